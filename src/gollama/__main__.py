@@ -1,0 +1,5 @@
+import sys
+
+from gollama.cli import main
+
+sys.exit(main())

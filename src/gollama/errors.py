@@ -1,0 +1,134 @@
+"""Errors that end a request, and their OpenAI-style bodies.
+
+ApiError                  an answer to the client: status, OpenAI error type, message
+ ├── BadRequest           400: the request itself is wrong
+ ├── ModelNotFound        404: no worker has ever served the named model
+ ├── QueueFull            429: the admission queue is at its bound (Retry-After)
+ ├── NoWorkerAvailable    503: no healthy worker can take the request (Retry-After)
+ ├── QueueTimeout         503: no slot became free within the queue timeout (Retry-After)
+ ├── UpstreamFailed       502/504: every attempt on a worker failed
+ └── DeadlineExceeded     504: the request ran past its total deadline
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+class ApiError(Exception):
+    status = 500
+    error_type = "server_error"
+    code: str | None = None
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, code=self.code, param=self.param)
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        all_headers = dict(headers or {})
+        if self.retry_after is not None:
+            all_headers["Retry-After"] = str(self.retry_after)
+        return json_response(self.body(), self.status, all_headers)
+
+
+class BadRequest(ApiError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class QueueFull(ApiError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+    retry_after = 1
+
+
+class NoWorkerAvailable(ApiError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_worker_available"
+    retry_after = 1
+
+
+class QueueTimeout(ApiError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "queue_timeout"
+    retry_after = 1
+
+
+class NotSupported(ApiError):
+    status = 501
+    error_type = "not_supported_error"
+    code = "not_supported"
+
+
+class UpstreamFailed(ApiError):
+    status = 502
+    error_type = "upstream_error"
+    code = "worker_failed"
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeadlineExceeded(ApiError):
+    status = 504
+    error_type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+def error_body(
+    message: str, error_type: str, *, code: str | int | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def structured_message(body: object) -> str | None:
+    """The message of an OpenAI or llama.cpp error body: `{"error": {"message": ...}}` or
+    `{"error": "..."}`. Errors are recognised by structure and status, never by reply text."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return None
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in the OpenAI error format."""
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return json_response(error_body(message, kind), exc.status_code, dict(exc.headers or {}))
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error_handler, HTTPException: http_error_handler}

@@ -1,0 +1,165 @@
+"""The hub's control plane: worker registration and heartbeats, health and statistics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gollama.errors import ApiError, BadRequest, json_response
+from gollama.hub.registry import Registration, WorkerState
+from gollama.hub.service import Hub
+from gollama.inbound import parse_object
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
+
+
+class UnknownWorker(ApiError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "unknown_worker"
+
+
+async def connect_worker(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    info = parse_registration(parse_object(await request.body()))
+    known = any(w.url == info.url for w in hub.registry)
+    worker = hub.registry.register(info, hub.now())
+    hub.scheduler.capacity_changed()
+    log.info(
+        "worker %s %s at %s: models %s, %d slots, %s",
+        worker.id,
+        "re-registered" if known else "registered",
+        worker.url,
+        ", ".join(worker.models),
+        worker.slots,
+        worker.state.value,
+    )
+    return json_response(
+        {
+            "id": worker.id,
+            "heartbeat_interval": hub.config.heartbeat_interval,
+            "heartbeat_path": "/heartbeat",
+        }
+    )
+
+
+async def heartbeat(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    payload = parse_object(await request.body())
+    worker_id = _required_name(payload, "id")
+    worker = hub.registry.get(worker_id)
+    state_before = worker.state if worker else None
+    worker = hub.registry.heartbeat(worker_id, parse_registration(payload), hub.now())
+    if worker is None:
+        raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
+    if worker.state is not state_before:
+        log.info("worker %s is %s", worker.id, worker.state.value)
+    hub.scheduler.capacity_changed()
+    return json_response({"id": worker.id, "state": worker.state.value})
+
+
+async def disconnect_worker(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    payload = parse_object(await request.body())
+    worker_id = _required_name(payload, "id")
+    worker = hub.registry.remove(worker_id)
+    if worker is None:
+        raise UnknownWorker(f"no worker {worker_id!r} is registered here")
+    hub.scheduler.capacity_changed()
+    log.info("worker %s said goodbye", worker_id)
+    return json_response({"id": worker_id, "removed": True})
+
+
+async def health(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    healthy = sum(1 for w in hub.registry if w.state is WorkerState.HEALTHY)
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "workers": healthy,
+        "workers_registered": len(hub.registry),
+        "queue": hub.scheduler.waiting,
+        "in_flight": hub.scheduler.in_flight,
+    }
+    return json_response(body, 200 if healthy else 503)
+
+
+async def stats(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    now = hub.now()
+    return json_response(
+        {
+            "workers": [w.describe(now) for w in hub.registry],
+            "queue": hub.scheduler.waiting,
+            "queue_size": hub.config.queue_size,
+            "in_flight": hub.scheduler.in_flight,
+            "policy": hub.config.policy,
+            "uptime_s": round(now - hub.started_at, 3),
+            "requests": hub.dispatcher.totals.as_dict(),
+        }
+    )
+
+
+async def models(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    served: dict[str, list[str]] = {}
+    for worker in hub.registry:
+        if worker.state is WorkerState.HEALTHY:
+            for model in worker.models:
+                served.setdefault(model, []).append(worker.id)
+    created = int(time.time() - (hub.now() - hub.started_at))
+    data = [
+        {
+            "id": model,
+            "object": "model",
+            "created": created,
+            "owned_by": "gollama",
+            "workers": workers,
+        }
+        for model, workers in sorted(served.items())
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+def parse_registration(payload: dict[str, Any]) -> Registration:
+    url = payload.get("url")
+    if (
+        not isinstance(url, str)
+        or urlsplit(url).scheme not in ("http", "https")
+        or not urlsplit(url).hostname
+    ):
+        raise BadRequest("'url' must be the worker's http:// or https:// URL", param="url")
+    models = payload.get("models")
+    if (
+        not isinstance(models, list)
+        or not models
+        or not all(isinstance(m, str) and m for m in models)
+    ):
+        raise BadRequest("'models' must be a non-empty array of model names", param="models")
+    slots = payload.get("slots")
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise BadRequest("'slots' must be an integer of 1 or more", param="slots")
+    healthy = payload.get("healthy", True)
+    if not isinstance(healthy, bool):
+        raise BadRequest("'healthy' must be true or false", param="healthy")
+    in_flight = payload.get("in_flight", 0)
+    if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 0:
+        raise BadRequest("'in_flight' must be an integer of 0 or more", param="in_flight")
+    name = payload.get("name")
+    if name is not None:
+        name = _required_name(payload, "name")
+    return Registration(url.rstrip("/"), tuple(models), slots, healthy, name, in_flight)
+
+
+def _required_name(payload: dict[str, Any], field: str) -> str:
+    value = payload.get(field)
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise BadRequest(f"'{field}' must be 1 to 100 letters, digits or . _ : -", param=field)
+    return value

@@ -1,0 +1,227 @@
+"""The hub's record of its workers and the one question it answers: can this worker take work?
+
+A worker is in one of four states:
+
+    healthy    registered, heartbeats arriving, its llama-server healthy, no recent failure
+    unhealthy  the worker reports that its llama-server is down (or still loading)
+    failing    an attempt on it failed (refused, reset, timeout, 5xx); the hub probes its
+               /health with backoff and puts it back as soon as a probe succeeds
+    offline    no heartbeat for `OFFLINE_AFTER_INTERVALS` intervals; back with the next one
+
+No state is permanent: a worker leaves the registry only when it says goodbye or has been
+offline for `FORGET_AFTER` seconds, and comes back by registering again.
+
+All times are `loop.time()` seconds passed in by the caller, so the registry is easy to test.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+OFFLINE_AFTER_INTERVALS = 3
+FORGET_AFTER = 600.0
+PROBE_BACKOFF_FIRST = 0.5
+PROBE_BACKOFF_MAX = 10.0
+
+
+class WorkerState(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    FAILING = "failing"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a worker says about itself when it registers or sends a heartbeat."""
+
+    url: str
+    models: tuple[str, ...]
+    slots: int
+    healthy: bool
+    name: str | None = None
+    in_flight: int = 0
+
+
+@dataclass(eq=False)
+class Worker:
+    id: str
+    seq: int  # registration order, for policies that go round the workers
+    url: str
+    models: tuple[str, ...]
+    slots: int
+    registered_at: float
+    last_heartbeat: float
+    reported_healthy: bool
+    reported_in_flight: int = 0
+    in_flight: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    failure: str | None = None
+    next_probe_at: float = 0.0
+    probe_backoff: float = PROBE_BACKOFF_FIRST
+    offline: bool = False
+    unsupported: set[str] = field(default_factory=set)
+
+    @property
+    def state(self) -> WorkerState:
+        if self.offline:
+            return WorkerState.OFFLINE
+        if self.failure is not None:
+            return WorkerState.FAILING
+        if not self.reported_healthy:
+            return WorkerState.UNHEALTHY
+        return WorkerState.HEALTHY
+
+    @property
+    def available(self) -> bool:
+        return self.state is WorkerState.HEALTHY
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self.in_flight)
+
+    def serves(self, model: str | None, endpoint: str | None) -> bool:
+        """Serves `model` (any when None) at `endpoint` (any when None)."""
+        if model is not None and model not in self.models:
+            return False
+        return endpoint is None or endpoint not in self.unsupported
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "model": self.models[0] if self.models else None,
+            "models": list(self.models),
+            "state": self.state.value,
+            "reason": self.failure,
+            "slots": self.slots,
+            "in_flight": self.in_flight,
+            "reported_in_flight": self.reported_in_flight,
+            "jobs_completed": self.jobs_completed,
+            "jobs_failed": self.jobs_failed,
+            "uptime_s": round(now - self.registered_at, 3),
+            "last_heartbeat_s": round(now - self.last_heartbeat, 3),
+        }
+
+
+class Registry:
+    def __init__(self, heartbeat_interval: float, rng: random.Random | None = None) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self._workers: dict[str, Worker] = {}
+        self._registrations = 0
+        self._rng = rng or random.Random()
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self._workers.values())
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def get(self, worker_id: str) -> Worker | None:
+        return self._workers.get(worker_id)
+
+    def register(self, info: Registration, now: float) -> Worker:
+        """Add a worker, or refresh the one already registered at the same URL."""
+        worker = next((w for w in self._workers.values() if w.url == info.url), None)
+        if worker is None:
+            self._registrations += 1
+            worker = Worker(
+                id=self._unique_id(info.name or _host_port(info.url)),
+                seq=self._registrations,
+                url=info.url,
+                models=info.models,
+                slots=info.slots,
+                registered_at=now,
+                last_heartbeat=now,
+                reported_healthy=info.healthy,
+            )
+            self._workers[worker.id] = worker
+        else:
+            # The same worker again (restarted, or the hub forgot it): start its record afresh,
+            # but keep the requests the hub still has in flight on it.
+            worker.registered_at = now
+            worker.failure = None
+            worker.probe_backoff = PROBE_BACKOFF_FIRST
+            worker.unsupported.clear()
+        self._apply(worker, info, now)
+        return worker
+
+    def heartbeat(self, worker_id: str, info: Registration, now: float) -> Worker | None:
+        worker = self._workers.get(worker_id)
+        if worker is None or worker.url != info.url:
+            return None
+        self._apply(worker, info, now)
+        if worker.failure is not None and info.healthy:
+            worker.next_probe_at = now  # the worker says it is fine: check it now
+        return worker
+
+    def remove(self, worker_id: str) -> Worker | None:
+        return self._workers.pop(worker_id, None)
+
+    def mark_failed(self, worker: Worker, reason: str, now: float) -> None:
+        """Take the worker out of rotation until a probe of its /health succeeds."""
+        if worker.failure is None:
+            worker.probe_backoff = PROBE_BACKOFF_FIRST
+        worker.failure = reason
+        worker.next_probe_at = now + self._jittered(worker.probe_backoff)
+
+    def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
+        worker.failure = reason
+        worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
+        worker.next_probe_at = now + self._jittered(worker.probe_backoff)
+
+    def recovered(self, worker: Worker) -> None:
+        worker.failure = None
+        worker.probe_backoff = PROBE_BACKOFF_FIRST
+
+    def due_for_probe(self, now: float) -> list[Worker]:
+        return [
+            w
+            for w in self._workers.values()
+            if w.failure is not None and not w.offline and w.next_probe_at <= now
+        ]
+
+    def expire(self, now: float) -> tuple[list[Worker], list[Worker]]:
+        """Mark silent workers offline and forget long-silent ones; returns (offline, forgotten)."""
+        silent_after = OFFLINE_AFTER_INTERVALS * self.heartbeat_interval
+        went_offline, forgotten = [], []
+        for worker in list(self._workers.values()):
+            silence = now - worker.last_heartbeat
+            if silence > FORGET_AFTER and worker.in_flight == 0:
+                forgotten.append(self._workers.pop(worker.id))
+            elif silence > silent_after and not worker.offline:
+                worker.offline = True
+                went_offline.append(worker)
+        return went_offline, forgotten
+
+    def known_models(self) -> set[str]:
+        return {model for worker in self._workers.values() for model in worker.models}
+
+    def _apply(self, worker: Worker, info: Registration, now: float) -> None:
+        if info.healthy and not worker.reported_healthy:
+            worker.unsupported.clear()  # its llama-server came back, maybe with other options
+        worker.models = info.models
+        worker.slots = info.slots
+        worker.reported_healthy = info.healthy
+        worker.reported_in_flight = info.in_flight
+        worker.last_heartbeat = now
+        worker.offline = False
+
+    def _unique_id(self, wanted: str) -> str:
+        candidate, n = wanted, 1
+        while candidate in self._workers:
+            n += 1
+            candidate = f"{wanted}-{n}"
+        return candidate
+
+    def _jittered(self, delay: float) -> float:
+        return delay * self._rng.uniform(0.8, 1.2)
+
+
+def _host_port(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]

@@ -1,0 +1,138 @@
+"""Sending a job's answer to the client: whole, or streamed event by event as it arrives.
+
+`JobResponse` is what an inference endpoint returns. When Starlette sends it, it runs the job
+(queue, worker choice, retries) and relays the answer, while watching for the client to go
+away: a disconnect cancels everything and frees the slot.
+
+A stream's bytes pass unchanged. A stream that breaks off after it started cannot be retried;
+it ends with an explicit error event and never with `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gollama.asgi import ClientDisconnected, until_disconnect
+from gollama.errors import ApiError, DeadlineExceeded
+from gollama.hub.dispatch import Answer, Dispatcher, Job
+from gollama.sse import SSE_HEADERS, StreamTail, error_event
+from gollama.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+# Turns a successful non-streamed answer into the body the client gets (for the simple API).
+Render = Callable[[Answer], bytes]
+
+
+class JobResponse(Response):
+    def __init__(self, dispatcher: Dispatcher, job: Job, render: Render | None = None) -> None:
+        # Starlette's Response.__init__ is not called: this response makes its own messages.
+        self.dispatcher = dispatcher
+        self.job = job
+        self.render_answer = render
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await until_disconnect(receive, self._run(send))
+        except ClientDisconnected:
+            self.dispatcher.totals.cancelled += 1
+            log.info("[%s] client disconnected", self.job.request_id)
+
+    async def _run(self, send: Send) -> None:
+        job = self.job
+        self.dispatcher.totals.requests += 1
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                answer = await self.dispatcher.answer(job)
+        except TimeoutError:
+            await self._send_error(send, DeadlineExceeded("the request ran out of time"))
+            return
+        except ApiError as exc:
+            await self._send_error(send, exc)
+            return
+        try:
+            if answer.stream is None:
+                await self._send_whole(send, answer)
+            else:
+                await self._send_stream(send, answer)
+        except BaseException:
+            self.dispatcher.abandon(answer)
+            raise
+
+    async def _send_error(self, send: Send, error: ApiError) -> None:
+        totals = self.dispatcher.totals
+        if error.status in (429, 503):
+            totals.rejected += 1
+        elif error.status < 500:
+            totals.client_errors += 1
+        else:
+            totals.failed += 1
+        log.info("[%s] answered %d: %s", self.job.request_id, error.status, error.message)
+        headers = [(b"x-request-id", self.job.request_id.encode())]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(error.retry_after).encode()))
+        await _send_json(send, error.status, orjson.dumps(error.body()), headers)
+
+    async def _send_whole(self, send: Send, answer: Answer) -> None:
+        body = answer.body
+        if self.render_answer is not None and answer.status == 200:
+            body = self.render_answer(answer)
+        await _send_json(send, answer.status, body, self._answer_headers(answer))
+        self.dispatcher.finish(answer)
+
+    async def _send_stream(self, send: Send, answer: Answer) -> None:
+        job = self.job
+        headers = self._answer_headers(answer)
+        headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        tail = StreamTail()
+        tail.feed(answer.body)
+        await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+        failure, blame_worker = None, False
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                async for chunk in answer.rest():
+                    tail.feed(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            failure, blame_worker = f"worker {answer.worker.id}: {exc}", True
+        except TimeoutError:
+            failure = "the request ran out of time"
+        upstream_error = tail.error_status
+        if failure is None and upstream_error is not None:
+            failure = f"worker {answer.worker.id}: the stream ended with an error event"
+            blame_worker = upstream_error >= 500
+        elif failure is None and not tail.done:
+            failure = f"worker {answer.worker.id}: the stream ended before it was complete"
+            blame_worker = True
+        if failure is not None:
+            log.warning("[%s] stream cut: %s", job.request_id, failure)
+            if upstream_error is None:
+                event = error_event(failure, code=502 if blame_worker else 504)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        self.dispatcher.finish(answer, failure=failure, blame_worker=blame_worker)
+
+    def _answer_headers(self, answer: Answer) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", answer.content_type.encode()),
+            (b"x-request-id", self.job.request_id.encode()),
+            (b"x-gollama-worker", answer.worker.id.encode()),
+        ]
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    if not any(name == b"content-type" for name, _ in headers):
+        headers = [(b"content-type", b"application/json"), *headers]
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

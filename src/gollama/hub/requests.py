@@ -1,0 +1,107 @@
+"""Reading client requests: parse the body once, check what the hub relies on, build the Job.
+
+The hub reads only what routing needs (`model`, `stream`, the token limit) and checks the
+shape llama-server would reject anyway, so a bad request never takes a slot. Every other field
+passes through to llama-server untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gollama.errors import BadRequest
+from gollama.hub.dispatch import Answer, Job
+
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+CHAT_FIELDS = {"message", "max_tokens", "model"}
+
+
+def openai_job(
+    endpoint: str,
+    payload: dict[str, Any],
+    *,
+    default_max_tokens: int,
+    request_id: str,
+    deadline: float,
+) -> Job:
+    """A job for one of the OpenAI-compatible endpoints, from its parsed body."""
+    model = _optional_string(payload, "model") or None
+    stream = payload.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    if endpoint == "/v1/chat/completions":
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty array", param="messages")
+    elif endpoint == "/v1/completions":
+        if "prompt" not in payload:
+            raise BadRequest("'prompt' is required", param="prompt")
+    elif endpoint == "/v1/embeddings":
+        if "input" not in payload:
+            raise BadRequest("'input' is required", param="input")
+        stream = False
+    if endpoint != "/v1/embeddings":
+        _check_token_limit(payload)
+        if default_max_tokens and all(payload.get(f) is None for f in TOKEN_LIMIT_FIELDS):
+            payload["max_tokens"] = default_max_tokens
+    return Job(endpoint, orjson.dumps(payload), model, stream, request_id, deadline)
+
+
+def chat_job(
+    payload: dict[str, Any], *, default_max_tokens: int, request_id: str, deadline: float
+) -> Job:
+    """A job for the original simple API: `{"message": "...", "max_tokens"?, "model"?}`."""
+    unknown = sorted(set(payload) - CHAT_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(unknown)}; /chat takes message, max_tokens and model"
+        )
+    message = payload.get("message")
+    if not isinstance(message, str) or not message:
+        raise BadRequest("'message' must be a non-empty string", param="message")
+    _check_token_limit(payload)
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": message}],
+        "max_tokens": payload.get("max_tokens") or default_max_tokens or None,
+    }
+    model = _optional_string(payload, "model") or None
+    if model:
+        body["model"] = model
+    if body["max_tokens"] is None:
+        del body["max_tokens"]
+    return Job("/v1/chat/completions", orjson.dumps(body), model, False, request_id, deadline)
+
+
+def render_chat(answer: Answer) -> bytes:
+    """The simple API's reply built from llama-server's chat completion."""
+    completion = orjson.loads(answer.body)
+    choices = completion.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    return orjson.dumps(
+        {
+            "response": message.get("content") or "",
+            "worker": answer.worker.id,
+            "model": completion.get("model"),
+            "finish_reason": choices[0].get("finish_reason"),
+            "usage": completion.get("usage") or {},
+        }
+    )
+
+
+def _check_token_limit(payload: dict[str, Any]) -> None:
+    for field in TOKEN_LIMIT_FIELDS:
+        value = payload.get(field)
+        if value is None:
+            continue
+        lowest = -1 if field == "n_predict" else 1  # llama.cpp's n_predict -1 means no limit
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise BadRequest(f"'{field}' must be an integer of {lowest} or more", param=field)
+
+
+def _optional_string(payload: dict[str, Any], field: str) -> str | None:
+    value = payload.get(field)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a string", param=field)
+    return value

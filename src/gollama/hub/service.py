@@ -1,0 +1,72 @@
+"""The hub's running parts, built from one `HubConfig` and started in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from gollama.hub.dispatch import Dispatcher
+from gollama.hub.health import HealthMonitor
+from gollama.hub.policies import make_policy
+from gollama.hub.registry import Registry
+from gollama.hub.scheduler import Scheduler
+from gollama.settings import HubConfig
+from gollama.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+# Connections to workers idle longer than this are dropped (the worker keeps them 30 s).
+WORKER_KEEPALIVE = 20.0
+
+
+@dataclass
+class Hub:
+    config: HubConfig
+    registry: Registry
+    scheduler: Scheduler
+    upstream: Upstream
+    dispatcher: Dispatcher
+    started_at: float
+    _monitor: asyncio.Task[None]
+
+    @classmethod
+    async def start(cls, config: HubConfig) -> Hub:
+        registry = Registry(config.heartbeat_interval)
+        scheduler = Scheduler(
+            registry,
+            make_policy(config.policy),
+            queue_size=config.queue_size,
+            max_in_flight=config.concurrent_workers,
+        )
+        upstream = Upstream(
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            keepalive_timeout=WORKER_KEEPALIVE,
+        )
+        dispatcher = Dispatcher(
+            registry,
+            scheduler,
+            upstream,
+            max_retries=config.max_retries,
+            queue_timeout=config.queue_timeout,
+        )
+        monitor = asyncio.create_task(HealthMonitor(registry, scheduler, upstream).run())
+        loop = asyncio.get_running_loop()
+        log.info(
+            "hub ready: policy %s, queue %d, retries %d",
+            config.policy,
+            config.queue_size,
+            config.max_retries,
+        )
+        return cls(config, registry, scheduler, upstream, dispatcher, loop.time(), monitor)
+
+    async def stop(self) -> None:
+        self._monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._monitor
+        await self.upstream.close()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()

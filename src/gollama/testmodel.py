@@ -1,0 +1,129 @@
+"""A random-weight llama model in GGUF, for tests and the demo.
+
+The vocabulary is the 256 byte tokens plus `<unk>`, `<s>` and `</s>`, so any text tokenizes and
+the model runs anywhere llama.cpp runs. The weights are random, so replies are random bytes
+(often invalid UTF-8), and the model is built never to choose `</s>`: every reply runs until its
+`max_tokens`, which makes reply lengths predictable in tests.
+
+How `</s>` is ruled out: dimension 0 of every token embedding is a positive constant and no
+layer writes to dimension 0, so after the final norm that dimension is always positive; the
+output row of `</s>` reads only dimension 0, with a large negative weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+N_SPECIAL = 3
+N_VOCAB = N_SPECIAL + 256
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    d_model: int = 64
+    layers: int = 2
+    context: int = 4096
+    seed: int = 0
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.d_model // 32)
+
+    @property
+    def d_ff(self) -> int:
+        return 2 * self.d_model
+
+
+def _vocabulary() -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    scores = [0.0] * N_VOCAB
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * 256
+    return tokens, scores, [int(t) for t in types]
+
+
+def _weights(shape: ModelShape) -> dict[str, np.ndarray]:
+    """Tensors in numpy order (rows = outputs), which is ggml's shape reversed."""
+    rng = np.random.default_rng(shape.seed)
+    d, ff = shape.d_model, shape.d_ff
+
+    def normal(*dims: int, scale: float) -> np.ndarray:
+        return rng.normal(0.0, scale, size=dims).astype(np.float32)
+
+    embeddings = normal(N_VOCAB, d, scale=1.0)
+    embeddings[:, 0] = 1.0  # the constant dimension that keeps </s> impossible
+    tensors = {"token_embd.weight": embeddings}
+    for layer in range(shape.layers):
+        attn_out = normal(d, d, scale=d**-0.5)
+        ffn_down = normal(d, ff, scale=ff**-0.5)
+        attn_out[0, :] = 0.0  # no layer writes to dimension 0
+        ffn_down[0, :] = 0.0
+        tensors |= {
+            f"blk.{layer}.attn_norm.weight": np.ones(d, dtype=np.float32),
+            f"blk.{layer}.attn_q.weight": normal(d, d, scale=d**-0.5),
+            f"blk.{layer}.attn_k.weight": normal(d, d, scale=d**-0.5),
+            f"blk.{layer}.attn_v.weight": normal(d, d, scale=d**-0.5),
+            f"blk.{layer}.attn_output.weight": attn_out,
+            f"blk.{layer}.ffn_norm.weight": np.ones(d, dtype=np.float32),
+            f"blk.{layer}.ffn_gate.weight": normal(ff, d, scale=d**-0.5),
+            f"blk.{layer}.ffn_up.weight": normal(ff, d, scale=d**-0.5),
+            f"blk.{layer}.ffn_down.weight": ffn_down,
+        }
+    output = normal(N_VOCAB, d, scale=0.3)
+    output[EOS_ID, :] = 0.0
+    output[EOS_ID, 0] = -100.0
+    tensors["output_norm.weight"] = np.ones(d, dtype=np.float32)
+    tensors["output.weight"] = output
+    return tensors
+
+
+def write_test_model(path: Path, shape: ModelShape = ModelShape()) -> Path:
+    """Write the model to `path` (replacing it atomically) and return the path."""
+    if shape.d_model % shape.heads or shape.d_model < 8 or shape.layers < 1:
+        raise ValueError(f"unsupported model shape: {shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    writer = gguf.GGUFWriter(str(partial), "llama")
+    writer.add_name(f"gollama-test-d{shape.d_model}-l{shape.layers}")
+    writer.add_vocab_size(N_VOCAB)
+    writer.add_context_length(shape.context)
+    writer.add_embedding_length(shape.d_model)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(shape.d_ff)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.heads)
+    writer.add_rope_dimension_count(shape.d_model // shape.heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    tokens, scores, types = _vocabulary()
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_add_bos_token(True)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    for name, tensor in _weights(shape).items():
+        writer.add_tensor(name, tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.replace(path)
+    return path

@@ -1,0 +1,132 @@
+"""Talking to the next hop (hub to worker, worker to llama-server) over pooled HTTP connections.
+
+One `Upstream` per process, created in the app's lifespan. Timeouts are per phase, never a
+total: `connect_timeout` to open a connection, `read_timeout` for each silence (until the
+response headers, then between body chunks), which is the right limit for token streams.
+
+llama-server (and any keep-alive server) may close a pooled connection just as it is reused;
+the request then fails before any answer arrived. `open()` retries such a request once on a
+fresh connection, so that a stale connection is never mistaken for a failing server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+# What a refused, reset or silent connection raises while we talk to the next hop.
+UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+
+class UpstreamError(Exception):
+    """The next hop could not be reached, or broke off, or fell silent (`timed_out`)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> UpstreamError:
+        return cls(describe(exc), timed_out=isinstance(exc, TimeoutError))
+
+
+class Upstream:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, keepalive_timeout: float
+    ) -> None:
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self.keepalive_timeout = keepalive_timeout
+        self._pooled = self._session(force_close=False)
+        self._fresh = self._session(force_close=True)
+
+    def _session(self, *, force_close: bool) -> aiohttp.ClientSession:
+        if force_close:
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        else:
+            # Idle connections are dropped before the server's own keep-alive limit runs out.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.keepalive_timeout)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            auto_decompress=False,  # bytes pass through unchanged
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        await self._pooled.close()
+        await self._fresh.close()
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        limits: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; return as soon as the status and headers arrived.
+
+        The caller owns the response and must release or close it.
+        """
+        kwargs = {"data": body, "headers": headers, "timeout": limits or self.timeout}
+        try:
+            return await self._pooled.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except aiohttp.ServerTimeoutError as exc:
+            raise UpstreamError.wrap(exc) from exc
+        except aiohttp.ClientConnectionError:
+            pass  # maybe a pooled connection closed under us: once more on a fresh one
+        except UPSTREAM_ERRORS as exc:
+            raise UpstreamError.wrap(exc) from exc
+        try:
+            return await self._fresh.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except UPSTREAM_ERRORS as exc:
+            raise UpstreamError.wrap(exc) from exc
+
+    async def call_json(
+        self, method: str, url: str, payload: bytes | None = None, *, time_limit: float
+    ) -> tuple[int, object]:
+        """A small control-plane call (health, registration, metadata) with a total time limit;
+        returns the status and the parsed JSON body, or None when the body is not JSON."""
+        headers = {"Content-Type": "application/json"} if payload is not None else None
+        limits = aiohttp.ClientTimeout(total=time_limit)
+        response = await self.open(method, url, body=payload, headers=headers, limits=limits)
+        async with response:
+            try:
+                data: object = await response.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                data = None
+            except UPSTREAM_ERRORS as exc:
+                raise UpstreamError.wrap(exc) from exc
+            return response.status, data
+
+
+async def read_body(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except UPSTREAM_ERRORS as exc:
+        raise UpstreamError.wrap(exc) from exc
+
+
+async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as it arrives, chunk by chunk, unchanged."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except UPSTREAM_ERRORS as exc:
+        raise UpstreamError.wrap(exc) from exc
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for an answer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before the answer was complete"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer broke off before it was complete"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

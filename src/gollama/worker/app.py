@@ -1,0 +1,114 @@
+"""The worker's HTTP app: forwarded inference endpoints, /execute, /health and /connect."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gollama import __version__
+from gollama.errors import EXCEPTION_HANDLERS, BadRequest, NoWorkerAvailable, json_response
+from gollama.inbound import parse_object, request_id
+from gollama.settings import WorkerConfig
+from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
+from gollama.worker.hub_link import HubUnavailable
+from gollama.worker.service import WorkerNode
+
+
+def create_app(config: WorkerConfig) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        node = await WorkerNode.start(config)
+        try:
+            yield {"node": node}
+        finally:
+            await node.stop()
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/connect", connect, methods=["POST"]),
+        Route("/execute", execute, methods=["POST"]),
+        *(Route(path, forward, methods=["POST"]) for path in sorted(INFERENCE_ENDPOINTS)),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def forward(request: Request) -> Response:
+    """An inference endpoint, forwarded as is to llama-server."""
+    node: WorkerNode = request.state.node
+    body = await request.body()
+    return ForwardResponse(
+        node, request.url.path, body, request_id(request.headers.get("x-request-id"))
+    )
+
+
+async def execute(request: Request) -> Response:
+    """The original envelope: `{"endpoint": "/v1/chat/completions", "body": {...}}`."""
+    node: WorkerNode = request.state.node
+    envelope = parse_object(await request.body())
+    endpoint = envelope.get("endpoint")
+    if not isinstance(endpoint, str) or endpoint not in INFERENCE_ENDPOINTS:
+        allowed = ", ".join(sorted(INFERENCE_ENDPOINTS))
+        raise BadRequest(
+            f"'endpoint' must be one of the llama.cpp inference endpoints: {allowed}",
+            param="endpoint",
+        )
+    body = envelope.get("body")
+    if not isinstance(body, dict):
+        raise BadRequest("'body' must be a JSON object", param="body")
+    rid = request_id(request.headers.get("x-request-id"))
+    return ForwardResponse(node, endpoint, orjson.dumps(body), rid)
+
+
+async def health(request: Request) -> Response:
+    """200 only while llama-server is healthy (checked now), with model and slots."""
+    node: WorkerNode = request.state.node
+    healthy = await node.check_llama()
+    status = node.llama.status
+    body: dict[str, Any] = {
+        "status": "ok" if healthy else "unavailable",
+        "model": status.models[0] if status.models else None,
+        "models": list(status.models),
+        "slots": status.slots,
+        "in_flight": node.in_flight,
+        "hub": {"url": node.config.hub_url, "id": node.link.worker_id},
+    }
+    if not healthy:
+        body["reason"] = status.reason
+    if node.managed is not None:
+        body["llama_server"] = {
+            "pid": node.managed.process.pid if node.managed.process else None,
+            "restarts": node.managed.restarts,
+        }
+    return json_response(body, 200 if healthy else 503)
+
+
+async def connect(request: Request) -> Response:
+    """Register with the hub now (the original's /connect)."""
+    node: WorkerNode = request.state.node
+    try:
+        worker_id = await node.link.register()
+    except HubUnavailable as exc:
+        raise NoWorkerAvailable(f"cannot register with the hub: {exc}") from exc
+    return json_response({"id": worker_id, "hub": node.config.hub_url})
+
+
+async def index(request: Request) -> Response:
+    return json_response(
+        {
+            "name": "gollama worker",
+            "version": __version__,
+            "endpoints": ["/health", "/connect", "/execute", *sorted(INFERENCE_ENDPOINTS)],
+        }
+    )

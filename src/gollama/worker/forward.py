@@ -1,0 +1,143 @@
+"""Forwarding inference requests to the worker's own llama-server, and nothing else.
+
+Only the llama.cpp inference endpoints below are forwarded, by exact path, to the one
+llama-server this worker fronts: the worker is not an open proxy. Administrative llama.cpp
+endpoints (slot save/restore, model loading, LoRA, props changes) are not reachable through it.
+
+Streams (text/event-stream) are relayed chunk by chunk, unchanged; if llama-server breaks off
+mid-stream the worker ends the stream with an error event. Other answers are read whole and
+sent with their length, so a cut answer becomes a clear 502 rather than truncated JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gollama.asgi import ClientDisconnected, until_disconnect
+from gollama.errors import error_body
+from gollama.sse import SSE_HEADERS, error_event
+from gollama.upstream import UpstreamError, iter_chunks, read_body
+
+if TYPE_CHECKING:
+    from gollama.worker.service import WorkerNode
+
+log = logging.getLogger(__name__)
+
+INFERENCE_ENDPOINTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+        "/completion",
+        "/v1/embeddings",
+        "/embeddings",
+        "/embedding",
+        "/v1/rerank",
+        "/rerank",
+        "/v1/reranking",
+        "/reranking",
+        "/v1/responses",
+        "/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/infill",
+        "/tokenize",
+        "/detokenize",
+        "/apply-template",
+    }
+)
+
+
+class ForwardResponse(Response):
+    """Sends one request to llama-server and relays its answer, counting it as in flight."""
+
+    def __init__(self, node: WorkerNode, endpoint: str, body: bytes, request_id: str) -> None:
+        self.node = node
+        self.upstream = node.upstream
+        self.url = node.llama.url + endpoint
+        self.payload = body
+        self.request_id = request_id
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.node.in_flight += 1
+        try:
+            await until_disconnect(receive, self._run(send))
+        except ClientDisconnected:
+            log.info(
+                "[%s] the client went away; request to llama-server cancelled", self.request_id
+            )
+        finally:
+            self.node.in_flight -= 1
+
+    async def _run(self, send: Send) -> None:
+        headers = {"Content-Type": "application/json", "X-Request-ID": self.request_id}
+        try:
+            response = await self.upstream.open(
+                "POST", self.url, body=self.payload, headers=headers
+            )
+        except UpstreamError as exc:
+            self.node.llama_unreachable(str(exc))
+            await self._send_error(send, f"llama-server: {exc}", 504 if exc.timed_out else 502)
+            return
+        async with response:
+            content_type = response.headers.get("Content-Type", "application/json")
+            out_headers = [
+                (b"content-type", content_type.encode()),
+                (b"x-request-id", self.request_id.encode()),
+            ]
+            if not content_type.startswith("text/event-stream"):
+                try:
+                    body = await read_body(response)
+                except UpstreamError as exc:
+                    await self._send_error(send, f"llama-server: {exc}", 502)
+                    return
+                out_headers.append((b"content-length", str(len(body)).encode()))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": out_headers,
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+            out_headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": out_headers}
+            )
+            try:
+                async for chunk in iter_chunks(response):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                log.warning("[%s] llama-server stream broke off: %s", self.request_id, exc)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "more_body": True,
+                        "body": error_event(f"llama-server: {exc}"),
+                    }
+                )
+            await send({"type": "http.response.body", "body": b""})
+
+    async def _send_error(self, send: Send, message: str, status: int) -> None:
+        log.warning("[%s] %s", self.request_id, message)
+        body = orjson.dumps(error_body(message, "upstream_error", code=status))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", self.request_id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,100 @@
+"""Managed mode: the worker runs its own llama-server, restarts it when it dies, stops it on exit.
+
+llama-server listens on 127.0.0.1 only, on a free port (a new one at each start). If it exits,
+it is started again after a backoff that doubles up to `RESTART_BACKOFF_MAX` and starts over
+once a run lasted `STABLE_AFTER` seconds. On Linux it also gets a parent-death signal, so it
+cannot outlive a worker that was killed without a chance to clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from gollama.processes import die_with_parent, free_port, terminate
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_FIRST = 1.0
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+STOP_GRACE = 5.0
+OUTPUT_LINES_KEPT = 40
+
+
+class ManagedLlama:
+    def __init__(self, binary: str, model: Path, extra_args: str = "") -> None:
+        self.binary = binary
+        self.model = model
+        self.extra_args = shlex.split(extra_args)
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES_KEPT)
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        args = [self.binary, "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
+        if not {"-a", "--alias"} & set(self.extra_args):
+            args += ["--alias", self.model.stem]
+        return args + self.extra_args
+
+    async def start(self) -> None:
+        command = self.command()
+        log.info("starting llama-server: %s", shlex.join(command))
+        self.process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent(),
+        )
+        log.info("llama-server started with pid %d on port %d", self.process.pid, self.port)
+
+    async def supervise(self, on_exit: Callable[[str], None]) -> None:
+        """Keep llama-server running until `stop()`; `on_exit` hears of every unplanned exit."""
+        backoff = RESTART_BACKOFF_FIRST
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if self.process is None:
+                await self.start()
+            assert self.process is not None
+            started = loop.time()
+            code = await self._wait_and_log(self.process)
+            if self._stopping:
+                return
+            reason = f"llama-server exited with code {code}"
+            if self.output:
+                reason += f"; last output: {self.output[-1]}"
+            log.error("%s; restarting in %.0f s", reason, backoff)
+            on_exit(reason)
+            if loop.time() - started >= STABLE_AFTER:
+                backoff = RESTART_BACKOFF_FIRST
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            self.port = free_port()  # its old port may have been taken meanwhile
+            self.process = None
+            self.restarts += 1
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.process is not None and self.process.returncode is None:
+            log.info("stopping llama-server (pid %d)", self.process.pid)
+            await terminate(self.process, STOP_GRACE)
+
+    async def _wait_and_log(self, process: asyncio.subprocess.Process) -> int:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.output.append(line)
+                log.debug("llama-server: %s", line)
+        return await process.wait()

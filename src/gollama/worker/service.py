@@ -1,0 +1,118 @@
+"""The worker's running parts: its llama-server (watched, or started and supervised), the link
+to the hub, and the count of requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from gollama.llama_binary import find_llama_server
+from gollama.settings import WorkerConfig
+from gollama.upstream import Upstream
+from gollama.worker.hub_link import HubLink, advertised_url
+from gollama.worker.llama import LlamaServer
+from gollama.worker.managed import ManagedLlama
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 1.0  # how often llama-server's health is checked once it has been up
+STARTUP_CHECK_INTERVAL = 0.25  # ... and before that
+CONNECT_TIMEOUT = 3.0
+LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
+
+
+class WorkerNode:
+    def __init__(self, config: WorkerConfig, upstream: Upstream) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.managed: ManagedLlama | None = None
+        if config.model is not None:
+            binary = find_llama_server(config.llama_server)
+            self.managed = ManagedLlama(binary, Path(config.model), config.llama_args)
+            llama_url = self.managed.url
+        else:
+            llama_url = f"http://{config.llama_host}:{config.llama_port}"
+        self.llama = LlamaServer(upstream, llama_url)
+        self.url = config.advertise_url or advertised_url(config.host, config.port, config.hub_url)
+        self.link = HubLink(upstream, config.hub_url, self.describe)
+        self.in_flight = 0
+        self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def start(cls, config: WorkerConfig) -> WorkerNode:
+        upstream = Upstream(
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=config.read_timeout,
+            keepalive_timeout=LLAMA_KEEPALIVE,
+        )
+        try:
+            node = cls(config, upstream)
+        except BaseException:
+            await upstream.close()
+            raise
+        if node.managed is not None:
+            await node.managed.start()
+            node._tasks.append(asyncio.create_task(node.managed.supervise(node.llama_unreachable)))
+        node._tasks.append(asyncio.create_task(node._watch_llama()))
+        node._tasks.append(asyncio.create_task(node.link.run()))
+        log.info(
+            "worker at %s in front of %s",
+            node.url,
+            "a managed llama-server" if node.managed else node.llama.url,
+        )
+        return node
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.link.goodbye()
+        if self.managed is not None:
+            await self.managed.stop()
+        await self.upstream.close()
+
+    def describe(self) -> dict[str, Any] | None:
+        """What the hub is told at registration and in every heartbeat."""
+        if self._known is None:
+            return None
+        models, slots = self._known
+        info: dict[str, Any] = {
+            "url": self.url,
+            "models": list(models),
+            "slots": slots,
+            "healthy": self.llama.status.healthy,
+            "in_flight": self.in_flight,
+        }
+        if self.config.name:
+            info["name"] = self.config.name
+        return info
+
+    async def check_llama(self) -> bool:
+        """Check llama-server now; tell the hub at once if its health changed."""
+        if self.managed is not None:
+            self.llama.url = self.managed.url
+        was_healthy = self.llama.status.healthy
+        status = await self.llama.check()
+        if status.healthy:
+            self._known = (status.models, status.slots)
+        if status.healthy != was_healthy:
+            self.link.nudge()
+        return status.healthy
+
+    def llama_unreachable(self, reason: str) -> None:
+        was_healthy = self.llama.status.healthy
+        self.llama.lost(reason)
+        if was_healthy:
+            self.link.nudge()
+
+    async def _watch_llama(self) -> None:
+        while True:
+            await self.check_llama()
+            up_once = self._known is not None
+            await asyncio.sleep(CHECK_INTERVAL if up_once else STARTUP_CHECK_INTERVAL)

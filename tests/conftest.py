@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gollama.llama_binary import find_llama_server
+from gollama.testmodel import ModelShape, write_test_model
+from tests.procs import Proc, Processes
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> str:
+    # No skip: the test command installs llama-server, and its absence is a failure.
+    return find_llama_server()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model (fast: ~10k tokens/s) and the 85 MB one (slow: ~140 tokens/s)."""
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "tiny": write_test_model(folder / "tiny.gguf", ModelShape(d_model=64, layers=2)),
+        "slow": write_test_model(folder / "slow.gguf", ModelShape(d_model=512, layers=8)),
+    }
+
+
+@pytest.fixture
+def procs(tmp_path: Path, llama_server_binary: str) -> Iterator[Processes]:
+    group = Processes(tmp_path, llama_server_binary)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@dataclass
+class Cluster:
+    """A hub, two workers, and their two llama-servers (tiny model, 2 slots, embeddings on)."""
+
+    hub: Proc
+    workers: list[Proc]
+    llamas: list[Proc]
+
+    @property
+    def url(self) -> str:
+        return self.hub.url
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_binary: str, models: dict[str, Path]
+) -> Iterator[Cluster]:
+    group = Processes(tmp_path_factory.mktemp("cluster"), llama_server_binary)
+    try:
+        hub = group.hub()
+        llamas = [
+            group.llama(f"llama-{i}", models["tiny"], "-np", "2", "--embeddings",
+                        "--pooling", "mean")
+            for i in (1, 2)
+        ]
+        workers = [group.worker(f"w{i}", hub, llama=llama) for i, llama in enumerate(llamas, 1)]
+        yield Cluster(hub, workers, llamas)
+    finally:
+        group.stop_all()
