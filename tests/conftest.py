@@ -57,8 +57,9 @@ def cluster(
     try:
         hub = group.hub()
         llamas = [
-            group.llama(f"llama-{i}", models["tiny"], "-np", "2", "--embeddings",
-                        "--pooling", "mean")
+            group.llama(
+                f"llama-{i}", models["tiny"], "-np", "2", "--embeddings", "--pooling", "mean"
+            )
             for i in (1, 2)
         ]
         workers = [group.worker(f"w{i}", hub, llama=llama) for i, llama in enumerate(llamas, 1)]

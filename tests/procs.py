@@ -93,8 +93,20 @@ class Processes:
         self, name: str, model: Path, *args: str, port: int | None = None, wait: bool = True
     ) -> Proc:
         port = port or free_port()
-        command = [self.llama_server, "-m", str(model), "--host", HOST, "--port", str(port),
-                   "-t", "1", "--alias", model.stem, *args]
+        command = [
+            self.llama_server,
+            "-m",
+            str(model),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "-t",
+            "1",
+            "--alias",
+            model.stem,
+            *args,
+        ]
         proc = self.spawn(name, command, port)
         if wait:
             wait_until(lambda: _status(proc.url + "/health") == 200, f"{name} healthy", proc)
@@ -111,8 +123,17 @@ class Processes:
 
     def hub(self, *args: str, name: str = "hub", port: int | None = None) -> Proc:
         port = port or free_port()
-        command = [sys.executable, "-m", "gollama", "hub", "--host", HOST, "--port", str(port),
-                   *args]
+        command = [
+            sys.executable,
+            "-m",
+            "gollama",
+            "hub",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            *args,
+        ]
         proc = self.spawn(name, command, port)
         wait_until(lambda: _status(proc.url + "/health") in (200, 503), f"{name} up", proc)
         return proc
@@ -127,8 +148,21 @@ class Processes:
         wait: bool = True,
     ) -> Proc:
         port = port or free_port()
-        command = [sys.executable, "-m", "gollama", "worker", "--host", HOST, "--port", str(port),
-                   "--hub", hub.url, "--name", name, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "gollama",
+            "worker",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--hub",
+            hub.url,
+            "--name",
+            name,
+            *args,
+        ]
         if llama is not None:
             command += ["--llama-port", str(llama.port)]
         proc = self.spawn(name, command, port)

@@ -27,7 +27,11 @@ def test_demo_answers_and_stops_everything(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "200"}
     result = subprocess.run(
         [sys.executable, "-m", "gollama", "demo", "--once", "--port", str(port)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -22,12 +22,13 @@ def sse_events(body: bytes) -> list[bytes]:
     events = body.split(b"\n\n")[:-1]
     for event in events:
         assert event.startswith(b"data: "), event
-    return [event[len(b"data: "):] for event in events]
+    return [event[len(b"data: ") :] for event in events]
 
 
 def test_simple_chat(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.url + "/chat", json={"message": "Hi there", "max_tokens": 12},
-                       timeout=30)
+    reply = httpx.post(
+        cluster.url + "/chat", json={"message": "Hi there", "max_tokens": 12}, timeout=30
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert set(body) >= {"response", "worker", "model", "usage"}
@@ -54,8 +55,9 @@ def test_chat_completion(cluster: Cluster) -> None:
 
 
 def test_chat_completion_stream(cluster: Cluster) -> None:
-    with httpx.stream("POST", cluster.url + "/v1/chat/completions",
-                      json={**CHAT, "stream": True}, timeout=30) as reply:
+    with httpx.stream(
+        "POST", cluster.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30
+    ) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
         body = reply.read()
@@ -82,8 +84,9 @@ def test_stream_bytes_pass_unchanged(cluster: Cluster) -> None:
 
 
 def test_completion(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.url + "/v1/completions",
-                       json={"prompt": "Once upon", "max_tokens": 5}, timeout=30)
+    reply = httpx.post(
+        cluster.url + "/v1/completions", json={"prompt": "Once upon", "max_tokens": 5}, timeout=30
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["object"] == "text_completion"
@@ -123,8 +126,17 @@ def test_stats_count_jobs(cluster: Cluster) -> None:
     done = sum(workers[i]["jobs_completed"] - before[i]["jobs_completed"] for i in workers)
     assert done == 6
     for worker in workers.values():
-        assert set(worker) >= {"id", "url", "model", "state", "slots", "in_flight",
-                               "jobs_completed", "jobs_failed", "uptime_s"}
+        assert set(worker) >= {
+            "id",
+            "url",
+            "model",
+            "state",
+            "slots",
+            "in_flight",
+            "jobs_completed",
+            "jobs_failed",
+            "uptime_s",
+        }
         assert worker["state"] == "healthy"
         assert worker["slots"] == 2
         assert worker["model"] == "tiny"
@@ -135,15 +147,17 @@ def test_stats_count_jobs(cluster: Cluster) -> None:
 
 
 def test_unknown_model_is_404(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.url + "/v1/chat/completions",
-                       json={**CHAT, "model": "no-such-model"}, timeout=10)
+    reply = httpx.post(
+        cluster.url + "/v1/chat/completions", json={**CHAT, "model": "no-such-model"}, timeout=10
+    )
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == "model_not_found"
 
 
 def test_named_model_is_served(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.url + "/v1/chat/completions", json={**CHAT, "model": "tiny"},
-                       timeout=30)
+    reply = httpx.post(
+        cluster.url + "/v1/chat/completions", json={**CHAT, "model": "tiny"}, timeout=30
+    )
     assert reply.status_code == 200
     assert reply.json()["model"] == "tiny"
 
@@ -157,8 +171,9 @@ def test_llama_client_error_passes_through_unretried(cluster: Cluster) -> None:
     assert reply.json()["error"]["type"] == "exceed_context_size_error"
     after = stats(cluster.hub)
     assert after["requests"]["retries"] == before["requests"]["retries"]
-    assert [w["jobs_failed"] for w in after["workers"]] == \
-        [w["jobs_failed"] for w in before["workers"]]
+    assert [w["jobs_failed"] for w in after["workers"]] == [
+        w["jobs_failed"] for w in before["workers"]
+    ]
     assert all(w["state"] == "healthy" for w in after["workers"])
 
 
@@ -211,11 +226,22 @@ def test_openai_sdk(cluster: Cluster) -> None:
 def test_openapi_schema_is_served(cluster: Cluster) -> None:
     schema = httpx.get(cluster.url + "/openapi.json", timeout=5).json()
     assert schema["openapi"].startswith("3.")
-    assert {"/chat", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-            "/v1/models", "/health", "/stats"} <= set(schema["paths"])
+    assert {
+        "/chat",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/health",
+        "/stats",
+    } <= set(schema["paths"])
 
 
 def test_request_id_is_echoed(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.url + "/v1/chat/completions", json=CHAT,
-                       headers={"X-Request-ID": "trace-123"}, timeout=30)
+    reply = httpx.post(
+        cluster.url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"X-Request-ID": "trace-123"},
+        timeout=30,
+    )
     assert reply.headers["x-request-id"] == "trace-123"

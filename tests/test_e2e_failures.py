@@ -18,13 +18,17 @@ pytestmark = pytest.mark.e2e
 
 
 def chat(max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": "Tell me more"}],
-            "max_tokens": max_tokens, "stream": stream}
+    return {
+        "messages": [{"role": "user", "content": "Tell me more"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
 def slots_busy(llama: Proc) -> int:
-    return sum(1 for slot in httpx.get(llama.url + "/slots", timeout=5).json()
-               if slot["is_processing"])
+    return sum(
+        1 for slot in httpx.get(llama.url + "/slots", timeout=5).json() if slot["is_processing"]
+    )
 
 
 def last_event(body: bytes) -> bytes:
@@ -68,8 +72,9 @@ async def test_sigkill_of_a_llama_server_mid_load_loses_nothing(
     procs.restart(llamas[0])
     wait_until(lambda: worker_state(hub, "w1") == "healthy", "w1 back", hub, timeout=15)
     served_by = {
-        httpx.post(hub.url + "/v1/chat/completions", json=chat(4), timeout=30)
-        .headers["x-gollama-worker"]
+        httpx.post(hub.url + "/v1/chat/completions", json=chat(4), timeout=30).headers[
+            "x-gollama-worker"
+        ]
         for _ in range(6)
     }
     assert served_by == {"w1", "w2"}
@@ -81,8 +86,16 @@ async def test_overload_while_a_worker_freezes_never_hangs(
     """The original's bug: under high load some requests hung. Drive 15x the capacity while
     one llama-server is frozen (SIGSTOP): every request must end within its deadline."""
     deadline = 15.0
-    hub = procs.hub("--request-timeout", str(deadline), "--queue-timeout", "6",
-                    "--read-timeout", "2", "--queue-size", "20")
+    hub = procs.hub(
+        "--request-timeout",
+        str(deadline),
+        "--queue-timeout",
+        "6",
+        "--read-timeout",
+        "2",
+        "--queue-size",
+        "20",
+    )
     llamas = [procs.llama(f"llama-{i}", models["tiny"], "-np", "1") for i in (1, 2)]
     for i, llama in enumerate(llamas, 1):
         procs.worker(f"w{i}", hub, llama=llama)
@@ -97,8 +110,9 @@ async def test_overload_while_a_worker_freezes_never_hangs(
 
     try:
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=hub.url, timeout=deadline + 15,
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=hub.url, timeout=deadline + 15, limits=limits
+        ) as client:
             results = await asyncio.gather(*(one(client, n) for n in range(30)))
     finally:
         llamas[0].signal(signal.SIGCONT)
@@ -165,8 +179,9 @@ async def test_client_disconnect_frees_the_slot(
 
     async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
         if stream:
-            async with client.stream("POST", "/v1/chat/completions",
-                                     json=chat(3000, stream=True)) as reply:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json=chat(3000, stream=True)
+            ) as reply:
                 assert reply.status_code == 200
                 async for _ in reply.aiter_bytes():
                     break  # the first event arrived; generation is under way

@@ -48,16 +48,20 @@ def test_managed_worker_starts_restarts_and_stops_llama_server(
 
     os.kill(first_pid, signal.SIGKILL)
     wait_until(lambda: llama_info(worker.url)["restarts"] == 1, "a restart", worker)
-    wait_until(lambda: httpx.get(worker.url + "/health", timeout=5).status_code == 200,
-               "the new llama-server healthy", worker)
+    wait_until(
+        lambda: httpx.get(worker.url + "/health", timeout=5).status_code == 200,
+        "the new llama-server healthy",
+        worker,
+    )
     wait_until(lambda: worker_state(hub, "m") == "healthy", "the hub sees it back", worker)
     second_pid = llama_info(worker.url)["pid"]
     assert second_pid != first_pid
     assert httpx.post(hub.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
 
     worker.stop()
-    wait_until(lambda: not process_exists(second_pid), "llama-server stopped with the worker",
-               timeout=10)
+    wait_until(
+        lambda: not process_exists(second_pid), "llama-server stopped with the worker", timeout=10
+    )
 
 
 def test_llama_server_dies_with_a_killed_worker(procs: Processes, models: dict[str, Path]) -> None:
@@ -71,7 +75,10 @@ def test_llama_server_dies_with_a_killed_worker(procs: Processes, models: dict[s
 def test_managed_worker_refuses_a_missing_model(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gollama", "worker", "--model", str(tmp_path / "none.gguf")],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert "no such file" in result.stderr

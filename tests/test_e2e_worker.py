@@ -19,8 +19,9 @@ CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
 
 def test_execute_envelope(cluster: Cluster) -> None:
     worker = cluster.workers[0]
-    reply = httpx.post(worker.url + "/execute",
-                       json={"endpoint": "/v1/chat/completions", "body": CHAT}, timeout=30)
+    reply = httpx.post(
+        worker.url + "/execute", json={"endpoint": "/v1/chat/completions", "body": CHAT}, timeout=30
+    )
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == 4
 
@@ -41,21 +42,26 @@ def test_execute_envelope(cluster: Cluster) -> None:
     ],
 )
 def test_execute_refuses_other_endpoints(cluster: Cluster, endpoint: str | None) -> None:
-    reply = httpx.post(cluster.workers[0].url + "/execute",
-                       json={"endpoint": endpoint, "body": {}}, timeout=10)
+    reply = httpx.post(
+        cluster.workers[0].url + "/execute", json={"endpoint": endpoint, "body": {}}, timeout=10
+    )
     assert reply.status_code == 400
     assert "inference endpoints" in reply.json()["error"]["message"]
 
 
 def test_execute_needs_an_object_body(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.workers[0].url + "/execute",
-                       json={"endpoint": "/v1/completions", "body": "hi"}, timeout=10)
+    reply = httpx.post(
+        cluster.workers[0].url + "/execute",
+        json={"endpoint": "/v1/completions", "body": "hi"},
+        timeout=10,
+    )
     assert reply.status_code == 400
 
 
 def test_direct_forwarding_streams(cluster: Cluster) -> None:
-    reply = httpx.post(cluster.workers[0].url + "/v1/chat/completions",
-                       json={**CHAT, "stream": True}, timeout=30)
+    reply = httpx.post(
+        cluster.workers[0].url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30
+    )
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/event-stream")
     assert reply.content.rstrip().endswith(b"data: [DONE]")
@@ -93,8 +99,11 @@ def test_worker_health_follows_its_llama_server(procs: Processes, models: dict[s
     worker = procs.worker("w", hub, llama=llama)
 
     llama.kill()
-    wait_until(lambda: httpx.get(worker.url + "/health", timeout=5).status_code == 503,
-               "worker unhealthy", worker)
+    wait_until(
+        lambda: httpx.get(worker.url + "/health", timeout=5).status_code == 503,
+        "worker unhealthy",
+        worker,
+    )
     wait_until(lambda: worker_state(hub, "w") in ("unhealthy", "failing"), "hub sees it", hub)
     assert httpx.get(hub.url + "/health", timeout=5).status_code == 503
     reply = httpx.post(hub.url + "/v1/chat/completions", json=CHAT, timeout=10)
@@ -111,13 +120,16 @@ def test_worker_health_follows_its_llama_server(procs: Processes, models: dict[s
     wait_until(lambda: worker_entry(hub, "w") is None, "goodbye", hub, timeout=5)
 
 
-def test_worker_registers_again_after_hub_restart(procs: Processes, models: dict[str, Path]) -> None:
+def test_worker_registers_again_after_hub_restart(
+    procs: Processes, models: dict[str, Path]
+) -> None:
     hub = procs.hub()
     llama = procs.llama("llama", models["tiny"], "-np", "1")
     procs.worker("w", hub, llama=llama)
     hub = procs.restart(hub, ready=(200, 503))
-    wait_until(lambda: worker_state(hub, "w") == "healthy", "worker found the new hub", hub,
-               timeout=15)
+    wait_until(
+        lambda: worker_state(hub, "w") == "healthy", "worker found the new hub", hub, timeout=15
+    )
     assert httpx.post(hub.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
 
 
@@ -126,8 +138,22 @@ def test_single_dash_flags(procs: Processes, models: dict[str, Path]) -> None:
     hub = procs.hub()
     llama = procs.llama("llama", models["tiny"], "-np", "1")
     port = free_port()
-    command = [sys.executable, "-m", "gollama", "worker", "-port", str(port),
-               "-llama-port", str(llama.port), "-hub", hub.url, "-name", "old", "-host", HOST]
+    command = [
+        sys.executable,
+        "-m",
+        "gollama",
+        "worker",
+        "-port",
+        str(port),
+        "-llama-port",
+        str(llama.port),
+        "-hub",
+        hub.url,
+        "-name",
+        "old",
+        "-host",
+        HOST,
+    ]
     worker = procs.spawn("old", command, port)
     wait_until(lambda: worker_state(hub, "old") == "healthy", "old-style worker", worker)
     entry = worker_entry(hub, "old")

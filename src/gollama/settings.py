@@ -317,15 +317,15 @@ class WorkerConfig:
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     """Declare the options as flags; values stay None unless given, so env and defaults apply."""
     for option in options:
+        shown = f" (default: {_shown(option.default)})" if option.default not in (None, "") else ""
         where = f" [env {option.env}]" if option.env else ""
-        shown = "none" if option.default in (None, "") else option.default
         parser.add_argument(
             option.flag,
             dest=option.dest,
             type=_argparse_type(option),
             default=None,
-            metavar=option.metavar or option.dest.upper(),
-            help=f"{option.help} (default: {shown}){where}",
+            metavar=option.metavar or _METAVARS.get(option.parse, option.dest.upper()),
+            help=f"{option.help}{shown}{where}",
         )
 
 
@@ -372,6 +372,18 @@ class SettingError(ValueError):
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_METAVARS: dict[Callable[[str], Any], str] = {
+    port_number: "PORT",
+    positive_seconds: "SECONDS",
+    non_negative_int: "N",
+    http_url: "URL",
+}
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any]:

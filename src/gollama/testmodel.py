@@ -91,8 +91,12 @@ def _weights(shape: ModelShape) -> dict[str, np.ndarray]:
 
 def write_test_model(path: Path, shape: ModelShape = ModelShape()) -> Path:
     """Write the model to `path` (replacing it atomically) and return the path."""
-    if shape.d_model % shape.heads or shape.d_model < 8 or shape.layers < 1:
-        raise ValueError(f"unsupported model shape: {shape}")
+    head_dim, rest = divmod(shape.d_model, shape.heads)
+    if rest or head_dim % 2 or shape.d_model < 8 or shape.layers < 1:
+        raise ValueError(
+            f"unsupported model shape: d_model {shape.d_model} must split into {shape.heads} "
+            "heads of an even size, and layers must be 1 or more"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     writer = gguf.GGUFWriter(str(partial), "llama")

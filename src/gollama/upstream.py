@@ -5,13 +5,15 @@ total: `connect_timeout` to open a connection, `read_timeout` for each silence (
 response headers, then between body chunks), which is the right limit for token streams.
 
 llama-server (and any keep-alive server) may close a pooled connection just as it is reused;
-the request then fails before any answer arrived. `open()` retries such a request once on a
-fresh connection, so that a stale connection is never mistaken for a failing server.
+the request then fails before any answer arrived. `open()` retries a request that failed that
+way on a reused connection once, on a fresh connection, so that a stale connection is never
+mistaken for a failing server; a request on a fresh connection is never sent twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from types import SimpleNamespace
 
 import aiohttp
 
@@ -53,6 +55,7 @@ class Upstream:
             timeout=self.timeout,
             auto_decompress=False,  # bytes pass through unchanged
             skip_auto_headers=("User-Agent",),
+            trace_configs=[_REUSE_TRACE],
         )
 
     async def close(self) -> None:
@@ -72,17 +75,22 @@ class Upstream:
 
         The caller owns the response and must release or close it.
         """
-        kwargs = {"data": body, "headers": headers, "timeout": limits or self.timeout}
+        timeout = limits or self.timeout
+        reuse = _Reuse()
         try:
-            return await self._pooled.request(method, url, **kwargs)  # type: ignore[arg-type]
-        except aiohttp.ServerTimeoutError as exc:
-            raise UpstreamError.wrap(exc) from exc
-        except aiohttp.ClientConnectionError:
-            pass  # maybe a pooled connection closed under us: once more on a fresh one
+            return await self._pooled.request(
+                method, url, data=body, headers=headers, timeout=timeout, trace_request_ctx=reuse
+            )
+        except aiohttp.ClientConnectionError as exc:
+            if not reuse.reused or isinstance(exc, aiohttp.ServerTimeoutError):
+                raise UpstreamError.wrap(exc) from exc
+            # A pooled connection closed under us before any answer: once more on a fresh one.
         except UPSTREAM_ERRORS as exc:
             raise UpstreamError.wrap(exc) from exc
         try:
-            return await self._fresh.request(method, url, **kwargs)  # type: ignore[arg-type]
+            return await self._fresh.request(
+                method, url, data=body, headers=headers, timeout=timeout
+            )
         except UPSTREAM_ERRORS as exc:
             raise UpstreamError.wrap(exc) from exc
 
@@ -118,6 +126,28 @@ async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             yield chunk
     except UPSTREAM_ERRORS as exc:
         raise UpstreamError.wrap(exc) from exc
+
+
+class _Reuse:
+    """Set by aiohttp's tracing when a request goes out on a pooled (reused) connection."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    if isinstance(context.trace_request_ctx, _Reuse):
+        context.trace_request_ctx.reused = True
+
+
+_REUSE_TRACE = aiohttp.TraceConfig()
+_REUSE_TRACE.on_connection_reuseconn.append(_on_reuse)
 
 
 def describe(exc: BaseException) -> str:

@@ -1,0 +1,136 @@
+"""A scripted stand-in for a worker, for fault injection: it fails exactly as told.
+
+Real workers and llama-servers are used everywhere else; this fake exists to produce failures
+on demand (5xx, resets, silence, cut streams) at an exact moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+import orjson
+from aiohttp import web
+
+from gollama.processes import free_port
+
+Behaviour = Literal[
+    "ok",
+    "error_500",
+    "unsupported_501",
+    "bad_request_400",
+    "reset",
+    "silent",
+    "cut_stream",
+    "error_event",
+]
+
+
+def completion(worker: str) -> bytes:
+    return orjson.dumps(
+        {
+            "object": "chat.completion",
+            "model": "fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": f"from {worker}"},
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+def chunk(text: str) -> bytes:
+    event = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": text}}]}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+@dataclass
+class FakeWorker:
+    name: str
+    behaviour: Behaviour = "ok"
+    healthy: bool = True
+    port: int = field(default_factory=free_port)
+    hits: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=200 if self.healthy else 503)
+
+    async def inference(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        body = await request.json()
+        if self.behaviour == "error_500":
+            return web.json_response({"error": {"code": 500, "message": "kaput"}}, status=500)
+        if self.behaviour == "unsupported_501":
+            return web.json_response(
+                {"error": {"code": 501, "message": "no embeddings"}}, status=501
+            )
+        if self.behaviour == "bad_request_400":
+            return web.json_response({"error": {"code": 400, "message": "too long"}}, status=400)
+        if self.behaviour == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if self.behaviour == "silent":
+            await asyncio.sleep(60)
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(chunk("Hel"))
+            await response.write(chunk("lo"))
+            if self.behaviour == "cut_stream":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if self.behaviour == "error_event":
+                await response.write(b'data: {"error":{"code":500,"message":"decode failed"}}\n\n')
+                return response
+            await response.write(b"data: [DONE]\n\n")
+            return response
+        return web.Response(body=completion(self.name), content_type="application/json")
+
+    def register(self, hub_url: str, slots: int = 1) -> str:
+        reply = httpx.post(
+            hub_url + "/connectWorker",
+            timeout=5,
+            json={
+                "url": self.url,
+                "name": self.name,
+                "models": ["fake"],
+                "slots": slots,
+                "healthy": True,
+            },
+        )
+        reply.raise_for_status()
+        worker_id: str = reply.json()["id"]
+        return worker_id
+
+
+@asynccontextmanager
+async def serving(*fakes: FakeWorker) -> AsyncIterator[None]:
+    runners = []
+    for fake in fakes:
+        app = web.Application()
+        app.router.add_get("/health", fake.health)
+        app.router.add_post("/v1/chat/completions", fake.inference)
+        app.router.add_post("/v1/embeddings", fake.inference)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", fake.port).start()
+        runners.append(runner)
+    try:
+        yield
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -1,0 +1,128 @@
+"""Worker states in the registry as pure units."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gollama.hub.registry import (
+    FORGET_AFTER,
+    PROBE_BACKOFF_MAX,
+    Registration,
+    Registry,
+    Worker,
+    WorkerState,
+)
+
+
+def info(
+    url: str = "http://10.0.0.1:9001",
+    *,
+    healthy: bool = True,
+    name: str | None = None,
+    slots: int = 2,
+) -> Registration:
+    return Registration(url, ("m",), slots, healthy, name)
+
+
+def state(worker: Worker) -> WorkerState:
+    return worker.state
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(heartbeat_interval=2.0, rng=random.Random(1))
+
+
+def test_registration_gives_ids_from_names_or_addresses(registry: Registry) -> None:
+    assert registry.register(info(name="gpu-a"), 0).id == "gpu-a"
+    assert registry.register(info("http://10.0.0.2:9001", name="gpu-a"), 0).id == "gpu-a-2"
+    assert registry.register(info("http://10.0.0.3:9005"), 0).id == "10.0.0.3:9005"
+
+
+def test_the_same_url_registering_again_keeps_its_record(registry: Registry) -> None:
+    worker = registry.register(info(name="a"), 0)
+    worker.in_flight = 1
+    registry.mark_failed(worker, "boom", 1)
+    again = registry.register(info(name="a", slots=4), 5)
+    assert again is worker
+    assert len(registry) == 1
+    assert state(worker) is WorkerState.HEALTHY
+    assert worker.slots == 4
+    assert worker.in_flight == 1  # requests still running on it are not forgotten
+
+
+def test_heartbeat_updates_health_and_slots(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    assert registry.heartbeat(worker.id, info(healthy=False, slots=3), 1) is worker
+    assert state(worker) is WorkerState.UNHEALTHY
+    assert not worker.available
+    assert worker.slots == 3
+    registry.heartbeat(worker.id, info(), 2)
+    assert state(worker) is WorkerState.HEALTHY
+
+
+def test_heartbeat_from_an_unknown_worker_is_refused(registry: Registry) -> None:
+    assert registry.heartbeat("nobody", info(), 0) is None
+    worker = registry.register(info(), 0)
+    assert registry.heartbeat(worker.id, info("http://10.9.9.9:1"), 0) is None
+
+
+def test_a_failing_worker_is_probed_with_backoff_and_comes_back(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    registry.mark_failed(worker, "reset", 10)
+    assert state(worker) is WorkerState.FAILING
+    assert not worker.available
+    assert registry.due_for_probe(10) == []
+    assert registry.due_for_probe(11) == [worker]
+    delays = []
+    for _ in range(8):
+        before = worker.next_probe_at
+        registry.probe_failed(worker, "still down", before)
+        delays.append(worker.next_probe_at - before)
+    assert delays[1] > delays[0]
+    assert max(delays) <= PROBE_BACKOFF_MAX * 1.2
+    registry.recovered(worker)
+    assert state(worker) is WorkerState.HEALTHY
+
+
+def test_a_healthy_heartbeat_asks_for_a_probe_now(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    registry.mark_failed(worker, "reset", 10)
+    registry.heartbeat(worker.id, info(), 10.1)
+    assert registry.due_for_probe(10.1) == [worker]
+    assert state(worker) is WorkerState.FAILING  # only a probe puts it back
+
+
+def test_silent_workers_go_offline_then_are_forgotten(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    assert registry.expire(5.9) == ([], [])
+    offline, _ = registry.expire(6.1)
+    assert offline == [worker]
+    assert state(worker) is WorkerState.OFFLINE
+    registry.heartbeat(worker.id, info(), 7)
+    assert state(worker) is WorkerState.HEALTHY
+    worker.in_flight = 1
+    assert registry.expire(7 + FORGET_AFTER + 1)[1] == []  # not while it holds requests
+    worker.in_flight = 0
+    assert registry.expire(7 + FORGET_AFTER + 2)[1] == [worker]
+    assert len(registry) == 0
+
+
+def test_unsupported_endpoints_are_forgotten_when_llama_server_returns(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    worker.unsupported.add("/v1/embeddings")
+    assert not worker.serves("m", "/v1/embeddings")
+    registry.heartbeat(worker.id, info(healthy=False), 1)
+    registry.heartbeat(worker.id, info(), 2)
+    assert worker.serves("m", "/v1/embeddings")
+
+
+def test_describe_has_the_stats_fields(registry: Registry) -> None:
+    worker = registry.register(info(name="a"), 0)
+    entry = worker.describe(now=12.5)
+    assert entry["id"] == "a"
+    assert entry["uptime_s"] == 12.5
+    assert entry["state"] == "healthy"
+    assert {"url", "model", "slots", "in_flight", "jobs_completed", "jobs_failed"} <= set(entry)

@@ -1,0 +1,186 @@
+"""Retries, passive health and cut streams, with failures injected by scripted workers in
+front of a real hub process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes import FakeWorker, serving
+from tests.procs import Proc, Processes, stats
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def hub_for_fakes(procs: Processes, *args: str) -> Proc:
+    # Fakes send no heartbeats: a long interval keeps them from going offline mid-test.
+    return procs.hub("--heartbeat-interval", "60", *args)
+
+
+def worker_stats(hub: Proc, worker_id: str) -> dict[str, Any]:
+    return next(w for w in stats(hub)["workers"] if w["id"] == worker_id)
+
+
+async def post(
+    hub: Proc,
+    body: dict[str, Any] | None = None,
+    path: str = "/v1/chat/completions",
+    timeout: float = 30,
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=timeout) as client:
+        return await client.post(path, json=body or CHAT)
+
+
+@pytest.mark.parametrize("failure", ["error_500", "reset", "silent"])
+async def test_a_failed_attempt_is_retried_on_another_worker(
+    procs: Processes, failure: str
+) -> None:
+    hub = hub_for_fakes(procs, "--read-timeout", "1", "--policy", "round_robin")
+    bad, good = FakeWorker("bad", failure), FakeWorker("good")  # type: ignore[arg-type]
+    async with serving(bad, good):
+        bad.register(hub.url)
+        good.register(hub.url)
+        started = time.monotonic()
+        reply = await post(hub)
+        assert time.monotonic() - started < 5
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["message"]["content"] == "from good"
+        assert (bad.hits, good.hits) == (1, 1)
+        entry = worker_stats(hub, "bad")
+        assert entry["state"] == "failing"
+        assert entry["jobs_failed"] == 1
+        assert entry["reason"]
+        assert stats(hub)["requests"]["retries"] == 1
+
+
+async def test_a_failing_worker_returns_once_its_health_probe_succeeds(
+    procs: Processes,
+) -> None:
+    hub = hub_for_fakes(procs, "--policy", "round_robin")
+    flaky, steady = FakeWorker("flaky", "error_500"), FakeWorker("steady")
+    async with serving(flaky, steady):
+        flaky.register(hub.url)
+        steady.register(hub.url)
+        flaky.healthy = False
+        assert (await post(hub)).status_code == 200
+        assert worker_stats(hub, "flaky")["state"] == "failing"
+        await asyncio.sleep(1.5)
+        assert worker_stats(hub, "flaky")["state"] == "failing"  # its probes still fail
+        flaky.behaviour, flaky.healthy = "ok", True
+        async with asyncio.timeout(15):
+            while worker_stats(hub, "flaky")["state"] != "healthy":
+                await asyncio.sleep(0.1)
+        replies = [await post(hub) for _ in range(4)]
+        assert {r.json()["choices"][0]["message"]["content"] for r in replies} == {
+            "from flaky",
+            "from steady",
+        }
+
+
+async def test_retries_are_bounded_and_the_error_is_clear(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--max-retries", "2")
+    fakes = [FakeWorker(f"w{i}", "error_500") for i in range(5)]
+    async with serving(*fakes):
+        for fake in fakes:
+            fake.register(hub.url)
+        reply = await post(hub)
+        assert reply.status_code == 502
+        error = reply.json()["error"]
+        assert error["type"] == "upstream_error"
+        assert "answered 500: kaput" in error["message"]
+        assert sum(f.hits for f in fakes) == 3  # one try and two retries
+
+
+async def test_when_every_worker_was_tried_the_last_error_is_returned(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    only = FakeWorker("only", "reset")
+    async with serving(only):
+        only.register(hub.url)
+        reply = await post(hub)
+        assert reply.status_code == 502
+        assert "worker only" in reply.json()["error"]["message"]
+        assert only.hits == 1
+
+
+async def test_501_routes_to_a_worker_that_supports_the_endpoint(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--policy", "round_robin")
+    plain, embedder = FakeWorker("plain", "unsupported_501"), FakeWorker("embedder")
+    async with serving(plain, embedder):
+        plain.register(hub.url)
+        embedder.register(hub.url)
+        for _ in range(3):
+            reply = await post(hub, {"input": "x"}, "/v1/embeddings")
+            assert reply.status_code == 200
+        assert plain.hits == 1  # learned once, then skipped
+        assert worker_stats(hub, "plain")["state"] == "healthy"
+        assert worker_stats(hub, "plain")["jobs_failed"] == 0
+
+
+async def test_501_everywhere_is_a_clear_501(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    plain = FakeWorker("plain", "unsupported_501")
+    async with serving(plain):
+        plain.register(hub.url)
+        first = await post(hub, {"input": "x"}, "/v1/embeddings")
+        second = await post(hub, {"input": "x"}, "/v1/embeddings")
+    assert first.status_code == second.status_code == 501
+    assert "--embeddings" in second.json()["error"]["message"]
+
+
+async def test_a_client_error_is_not_retried(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    picky, other = FakeWorker("picky", "bad_request_400"), FakeWorker("other", "bad_request_400")
+    async with serving(picky, other):
+        picky.register(hub.url)
+        other.register(hub.url)
+        reply = await post(hub)
+        assert reply.status_code == 400
+        assert reply.json()["error"]["message"] == "too long"
+        assert picky.hits + other.hits == 1
+        assert stats(hub)["requests"]["retries"] == 0
+
+
+async def test_a_stream_cut_after_it_started_ends_with_an_error_event(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    cutter = FakeWorker("cutter", "cut_stream")
+    async with serving(cutter):
+        cutter.register(hub.url)
+        reply = await post(hub, {**CHAT, "stream": True})
+    assert reply.status_code == 200
+    events = reply.content.strip().split(b"\n\n")
+    assert len(events) == 3
+    assert b"Hel" in events[0] and b"lo" in events[1]
+    assert events[2].startswith(b'data: {"error"')
+    assert b"[DONE]" not in reply.content
+    assert cutter.hits == 1  # never retried once bytes reached the client
+    assert worker_stats(hub, "cutter")["jobs_failed"] == 1
+
+
+async def test_an_error_event_from_upstream_is_relayed_once(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    broken = FakeWorker("broken", "error_event")
+    async with serving(broken):
+        broken.register(hub.url)
+        reply = await post(hub, {**CHAT, "stream": True})
+    events = reply.content.strip().split(b"\n\n")
+    assert events[-1] == b'data: {"error":{"code":500,"message":"decode failed"}}'
+    assert sum(1 for e in events if b'"error"' in e) == 1
+    assert worker_stats(hub, "broken")["jobs_failed"] == 1
+
+
+async def test_the_request_deadline_bounds_everything(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--request-timeout", "1.5", "--read-timeout", "30")
+    silent = FakeWorker("silent", "silent")
+    async with serving(silent):
+        silent.register(hub.url)
+        started = time.monotonic()
+        reply = await post(hub)
+        assert 1.4 < time.monotonic() - started < 3
+    assert reply.status_code == 504
+    assert reply.json()["error"]["code"] == "deadline_exceeded"

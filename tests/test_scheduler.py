@@ -1,0 +1,248 @@
+"""The admission queue as pure units: slots, FIFO fairness, bound, timeout, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
+from gollama.hub.policies import LeastBusy
+from gollama.hub.registry import Registration, Registry, Worker
+from gollama.hub.scheduler import Lease, Scheduler, Want
+
+CHAT = Want(None, "/v1/chat/completions")
+
+
+def make(queue_size: int = 10, max_in_flight: int = 0) -> tuple[Registry, Scheduler]:
+    registry = Registry(heartbeat_interval=2.0)
+    return registry, Scheduler(
+        registry, LeastBusy(), queue_size=queue_size, max_in_flight=max_in_flight
+    )
+
+
+def add(registry: Registry, name: str, slots: int = 1, model: str = "m") -> Worker:
+    return registry.register(Registration(f"http://{name}:9001", (model,), slots, True, name), 0.0)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_a_free_slot_is_granted_at_once() -> None:
+    registry, scheduler = make()
+    worker = add(registry, "a", slots=2)
+    first = await scheduler.acquire(CHAT)
+    second = await scheduler.acquire(CHAT)
+    assert first.worker is worker and second.worker is worker
+    assert worker.in_flight == 2
+    assert scheduler.in_flight == 2
+    first.release()
+    first.release()  # releasing twice frees one slot only
+    assert worker.in_flight == 1
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    registry, scheduler = make()
+    add(registry, "a")
+    held = await scheduler.acquire(CHAT)
+    order: list[int] = []
+
+    async def wait(n: int) -> Lease:
+        lease = await scheduler.acquire(CHAT)
+        order.append(n)
+        return lease
+
+    tasks = []
+    for n in range(5):
+        tasks.append(asyncio.create_task(wait(n)))
+        await settle()
+    assert scheduler.waiting == 5
+    lease = held
+    for _ in range(5):
+        lease.release()
+        await settle()
+        lease = next(t.result() for t in tasks if t.done() and not t.result().released)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_the_queue_is_bounded() -> None:
+    registry, scheduler = make(queue_size=2)
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    waiters = [asyncio.create_task(scheduler.acquire(CHAT)) for _ in range(2)]
+    await settle()
+    with pytest.raises(QueueFull):
+        await scheduler.acquire(CHAT)
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert scheduler.waiting == 0
+
+
+async def test_a_queue_of_size_zero_never_waits() -> None:
+    registry, scheduler = make(queue_size=0)
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    with pytest.raises(QueueFull):
+        await scheduler.acquire(CHAT)
+
+
+async def test_a_timed_out_waiter_leaves_the_queue() -> None:
+    registry, scheduler = make()
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await scheduler.acquire(CHAT)
+    assert scheduler.waiting == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    registry, scheduler = make()
+    worker = add(registry, "a")
+    held = await scheduler.acquire(CHAT)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert scheduler.waiting == 0
+    held.release()
+    assert worker.in_flight == 0
+
+
+async def test_a_waiter_cancelled_as_it_gets_a_slot_gives_it_back() -> None:
+    registry, scheduler = make()
+    worker = add(registry, "a")
+    held = await scheduler.acquire(CHAT)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    held.release()  # hands the slot to the waiter (its future is resolved) ...
+    waiter.cancel()  # ... which is cancelled before it could run
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    assert worker.in_flight == 0
+    assert scheduler.in_flight == 0
+
+
+async def test_a_waiter_for_another_model_does_not_block_the_line() -> None:
+    registry, scheduler = make()
+    add(registry, "a", model="big")
+    add(registry, "b", model="small")
+    await scheduler.acquire(Want("big", "/v1/completions"))
+    blocked = asyncio.create_task(scheduler.acquire(Want("big", "/v1/completions")))
+    await settle()
+    lease = await asyncio.wait_for(scheduler.acquire(Want("small", "/v1/completions")), 1)
+    assert lease.worker.id == "b"
+    assert not blocked.done()
+    blocked.cancel()
+    await asyncio.gather(blocked, return_exceptions=True)
+
+
+async def test_a_retry_goes_to_the_front_and_avoids_tried_workers() -> None:
+    registry, scheduler = make()
+    add(registry, "a")
+    add(registry, "b")
+    held_a = await scheduler.acquire(CHAT)
+    held_b = await scheduler.acquire(CHAT)
+    first = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    retry = asyncio.create_task(
+        scheduler.acquire(Want(None, CHAT.endpoint, frozenset({held_a.worker.id})), retry=True)
+    )
+    await settle()
+    held_a.release()  # a's slot: the retry may not use a, so the first waiter takes it
+    await settle()
+    assert first.done() and first.result().worker is held_a.worker
+    assert not retry.done()
+    held_b.release()
+    await settle()
+    assert retry.done() and retry.result().worker is held_b.worker
+
+
+async def test_requests_no_worker_could_serve_fail_at_once() -> None:
+    registry, scheduler = make()
+    a = add(registry, "a")
+    with pytest.raises(ModelNotFound):
+        await scheduler.acquire(Want("other", "/v1/completions"))
+    with pytest.raises(NoWorkerAvailable):
+        await scheduler.acquire(Want(None, "/v1/completions", frozenset({"a"})))
+    a.unsupported.add("/v1/embeddings")
+    with pytest.raises(NotSupported):
+        await scheduler.acquire(Want(None, "/v1/embeddings"))
+
+
+async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:
+    registry, scheduler = make()
+    worker = add(registry, "a")
+    registry.mark_failed(worker, "reset", 0.0)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    assert not waiter.done()
+    registry.recovered(worker)
+    scheduler.capacity_changed()
+    await settle()
+    assert waiter.result().worker is worker
+
+
+async def test_waiters_fail_when_their_last_worker_leaves() -> None:
+    registry, scheduler = make()
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    registry.remove("a")
+    scheduler.capacity_changed()
+    with pytest.raises(NoWorkerAvailable):
+        await waiter
+    assert scheduler.waiting == 0
+
+
+async def test_concurrent_workers_caps_requests_in_flight() -> None:
+    registry, scheduler = make(max_in_flight=2)
+    add(registry, "a", slots=4)
+    leases = [await scheduler.acquire(CHAT) for _ in range(2)]
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    assert not waiter.done()
+    leases[0].release()
+    await settle()
+    assert waiter.done()
+    assert scheduler.in_flight == 2
+
+
+async def test_new_slots_serve_waiters() -> None:
+    registry, scheduler = make()
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    add(registry, "b")
+    scheduler.capacity_changed()
+    await settle()
+    assert waiter.result().worker.id == "b"
+
+
+async def test_no_slot_is_ever_over_booked() -> None:
+    """Many requests, random hold times, three workers: in flight never exceeds the slots,
+    and every request is served."""
+    import random
+
+    registry, scheduler = make(queue_size=1000)
+    pool = [add(registry, name, slots=n) for name, n in (("a", 1), ("b", 2), ("c", 3))]
+    rng = random.Random(7)
+    peak = {w.id: 0 for w in pool}
+
+    async def one() -> None:
+        lease = await scheduler.acquire(CHAT)
+        worker = lease.worker
+        peak[worker.id] = max(peak[worker.id], worker.in_flight)
+        assert worker.in_flight <= worker.slots
+        await asyncio.sleep(rng.random() / 500)
+        lease.release()
+
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(300))), 10)
+    assert peak == {"a": 1, "b": 2, "c": 3}
+    assert scheduler.in_flight == 0
+    assert all(w.in_flight == 0 for w in pool)
