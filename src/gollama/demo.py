@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -41,12 +42,17 @@ def run_demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass  # Ctrl-C or SIGTERM: every process was stopped on the way out
     return 0
 
 
 async def _demo(args: argparse.Namespace, console: Console) -> None:
+    # Ctrl-C and SIGTERM cancel the demo wherever it is; its `finally` stops the processes.
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     try:
         find_llama_server(os.environ.get("GOLLAMA_LLAMA_SERVER"))
     except LlamaServerNotFound as exc:
