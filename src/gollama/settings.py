@@ -89,6 +89,15 @@ class Option:
     metavar: str | None = None
 
 
+LOG_LEVEL = Option(
+    "log_level",
+    "--log-level",
+    "GOLLAMA_LOG_LEVEL",
+    one_of(*get_args(LogLevel)),
+    "info",
+    "debug, info, warning or error",
+)
+
 HUB_OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "GOLLAMA_HOST", text, "0.0.0.0", "address the hub listens on"),
     Option("port", "--port", "GOLLAMA_PORT", port_number, 9000, "port the hub listens on"),
@@ -173,14 +182,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
         2.0,
         "seconds between worker heartbeats; a worker silent for 3 intervals is offline",
     ),
-    Option(
-        "log_level",
-        "--log-level",
-        "GOLLAMA_LOG_LEVEL",
-        one_of(*get_args(LogLevel)),
-        "info",
-        "debug, info, warning or error",
-    ),
+    LOG_LEVEL,
 )
 
 WORKER_OPTIONS: tuple[Option, ...] = (
@@ -266,14 +268,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         600.0,
         "longest silence from llama-server: until a non-streamed reply, or between chunks",
     ),
-    Option(
-        "log_level",
-        "--log-level",
-        "GOLLAMA_LOG_LEVEL",
-        one_of(*get_args(LogLevel)),
-        "info",
-        "debug, info, warning or error",
-    ),
+    LOG_LEVEL,
 )
 
 
