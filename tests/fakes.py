@@ -20,13 +20,16 @@ from gollama.processes import free_port
 
 Behaviour = Literal[
     "ok",
-    "error_500",
+    "error_500",  # llama-server's own structured error: it is up, this request failed
+    "error_500_plain",  # a 5xx without an error body: something is broken
+    "llama_down",  # the worker could not reach its llama-server
     "unsupported_501",
     "bad_request_400",
     "reset",
     "silent",
     "cut_stream",
     "error_event",
+    "firehose",  # a long fast stream, to fill a client's buffers
 ]
 
 
@@ -72,6 +75,11 @@ class FakeWorker:
         body = await request.json()
         if self.behaviour == "error_500":
             return web.json_response({"error": {"code": 500, "message": "kaput"}}, status=500)
+        if self.behaviour == "error_500_plain":
+            return web.Response(text="Internal Server Error", status=500)
+        if self.behaviour == "llama_down":
+            error = {"code": "llama_server_unreachable", "message": "cannot connect"}
+            return web.json_response({"error": error}, status=502)
         if self.behaviour == "unsupported_501":
             return web.json_response(
                 {"error": {"code": 501, "message": "no embeddings"}}, status=501
@@ -87,6 +95,11 @@ class FakeWorker:
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
+            if self.behaviour == "firehose":
+                for _ in range(20_000):
+                    await response.write(chunk("x" * 1000))
+                await response.write(b"data: [DONE]\n\n")
+                return response
             await response.write(chunk("Hel"))
             await response.write(chunk("lo"))
             if self.behaviour == "cut_stream":
@@ -101,20 +114,28 @@ class FakeWorker:
         return web.Response(body=completion(self.name), content_type="application/json")
 
     def register(self, hub_url: str, slots: int = 1) -> str:
-        reply = httpx.post(
-            hub_url + "/connectWorker",
-            timeout=5,
-            json={
-                "url": self.url,
-                "name": self.name,
-                "models": ["fake"],
-                "slots": slots,
-                "healthy": True,
-            },
-        )
+        reply = httpx.post(hub_url + "/connectWorker", timeout=5, json=self._info(slots))
         reply.raise_for_status()
         worker_id: str = reply.json()["id"]
         return worker_id
+
+    async def heartbeats(self, hub_url: str, interval: float, slots: int = 1) -> None:
+        """Register, then report `healthy` every `interval` seconds, like a real worker."""
+        async with httpx.AsyncClient(base_url=hub_url, timeout=5) as client:
+            reply = await client.post("/connectWorker", json=self._info(slots))
+            worker_id = reply.json()["id"]
+            while True:
+                await asyncio.sleep(interval)
+                await client.post("/heartbeat", json={"id": worker_id, **self._info(slots)})
+
+    def _info(self, slots: int) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "name": self.name,
+            "models": ["fake"],
+            "slots": slots,
+            "healthy": self.healthy,
+        }
 
 
 @asynccontextmanager

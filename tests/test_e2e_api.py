@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -245,3 +246,27 @@ def test_request_id_is_echoed(cluster: Cluster) -> None:
         timeout=30,
     )
     assert reply.headers["x-request-id"] == "trace-123"
+
+
+@pytest.mark.parametrize(
+    "registration",
+    [
+        {"url": "http://[::1", "models": ["m"], "slots": 1},
+        {"url": "ftp://host:1", "models": ["m"], "slots": 1},
+        {"url": "http://host:99999", "models": ["m"], "slots": 1},
+        {"url": "http://host:1", "models": [], "slots": 1},
+        {"url": "http://host:1", "models": ["m"], "slots": 0},
+        {"url": "http://host:1", "models": ["m"], "slots": 1, "name": "has space"},
+    ],
+)
+def test_bad_registrations_get_clear_400(cluster: Cluster, registration: dict[str, Any]) -> None:
+    reply = httpx.post(cluster.url + "/connectWorker", json=registration, timeout=5)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] in ("url", "models", "slots", "name")
+    assert reply.headers["x-request-id"]
+
+
+def test_errors_before_any_work_carry_a_request_id(cluster: Cluster) -> None:
+    reply = httpx.post(cluster.url + "/chat", json={}, timeout=5)
+    assert reply.status_code == 400
+    assert reply.headers["x-request-id"]

@@ -126,3 +126,18 @@ def test_describe_has_the_stats_fields(registry: Registry) -> None:
     assert entry["uptime_s"] == 12.5
     assert entry["state"] == "healthy"
     assert {"url", "model", "slots", "in_flight", "jobs_completed", "jobs_failed"} <= set(entry)
+
+
+def test_a_worker_that_keeps_failing_waits_longer_each_time(registry: Registry) -> None:
+    worker = registry.register(info(), 0)
+    waits = []
+    now = 0.0
+    for _ in range(4):
+        registry.mark_failed(worker, "500", now)
+        waits.append(worker.next_probe_at - now)
+        registry.recovered(worker)  # its /health looks fine ...
+        now += 100
+    assert waits[0] < waits[1] < waits[2] < waits[3]  # ... but its jobs keep failing
+    registry.job_succeeded(worker)
+    registry.mark_failed(worker, "500", now)
+    assert worker.next_probe_at - now <= waits[0] * 1.5

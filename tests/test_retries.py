@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.fakes import FakeWorker, serving
@@ -37,9 +38,12 @@ async def post(
         return await client.post(path, json=body or CHAT)
 
 
-@pytest.mark.parametrize("failure", ["error_500", "reset", "silent"])
-async def test_a_failed_attempt_is_retried_on_another_worker(
-    procs: Processes, failure: str
+@pytest.mark.parametrize(
+    ("failure", "stream"),
+    [("error_500_plain", False), ("llama_down", False), ("reset", False), ("silent", True)],
+)
+async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
+    procs: Processes, failure: str, stream: bool
 ) -> None:
     hub = hub_for_fakes(procs, "--read-timeout", "1", "--policy", "round_robin")
     bad, good = FakeWorker("bad", failure), FakeWorker("good")  # type: ignore[arg-type]
@@ -47,10 +51,10 @@ async def test_a_failed_attempt_is_retried_on_another_worker(
         bad.register(hub.url)
         good.register(hub.url)
         started = time.monotonic()
-        reply = await post(hub)
+        reply = await post(hub, {**CHAT, "stream": stream})
         assert time.monotonic() - started < 5
         assert reply.status_code == 200
-        assert reply.json()["choices"][0]["message"]["content"] == "from good"
+        assert b"from good" in reply.content or b"Hel" in reply.content
         assert (bad.hits, good.hits) == (1, 1)
         entry = worker_stats(hub, "bad")
         assert entry["state"] == "failing"
@@ -59,11 +63,51 @@ async def test_a_failed_attempt_is_retried_on_another_worker(
         assert stats(hub)["requests"]["retries"] == 1
 
 
+async def test_a_llama_server_error_is_retried_but_keeps_the_worker(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--policy", "round_robin")
+    picky, good = FakeWorker("picky", "error_500"), FakeWorker("good")
+    async with serving(picky, good):
+        picky.register(hub.url)
+        good.register(hub.url)
+        reply = await post(hub)
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["message"]["content"] == "from good"
+        entry = worker_stats(hub, "picky")
+        assert entry["state"] == "healthy"  # llama-server answered: it is up
+        assert entry["jobs_failed"] == 1
+
+
+async def test_a_silent_worker_reported_unhealthy_is_left_at_once(procs: Processes) -> None:
+    """A non-streamed answer may take long, so silence alone proves nothing; but when the
+    worker reports its llama-server unhealthy, the attempt moves on without a timeout."""
+    hub = procs.hub("--heartbeat-interval", "0.3", "--policy", "round_robin")
+    frozen, good = FakeWorker("frozen", "silent"), FakeWorker("good")
+    async with serving(frozen, good):
+        beats = [asyncio.create_task(f.heartbeats(hub.url, 0.3)) for f in (frozen, good)]
+        try:
+            async with asyncio.timeout(10):
+                while len(stats(hub)["workers"]) < 2:
+                    await asyncio.sleep(0.05)
+            request = asyncio.create_task(post(hub))
+            async with asyncio.timeout(10):
+                while frozen.hits == 0:
+                    await asyncio.sleep(0.05)
+            started = time.monotonic()
+            frozen.healthy = False
+            reply = await request
+            assert time.monotonic() - started < 2
+        finally:
+            for beat in beats:
+                beat.cancel()
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == "from good"
+
+
 async def test_a_failing_worker_returns_once_its_health_probe_succeeds(
     procs: Processes,
 ) -> None:
     hub = hub_for_fakes(procs, "--policy", "round_robin")
-    flaky, steady = FakeWorker("flaky", "error_500"), FakeWorker("steady")
+    flaky, steady = FakeWorker("flaky", "error_500_plain"), FakeWorker("steady")
     async with serving(flaky, steady):
         flaky.register(hub.url)
         steady.register(hub.url)
@@ -85,7 +129,7 @@ async def test_a_failing_worker_returns_once_its_health_probe_succeeds(
 
 async def test_retries_are_bounded_and_the_error_is_clear(procs: Processes) -> None:
     hub = hub_for_fakes(procs, "--max-retries", "2")
-    fakes = [FakeWorker(f"w{i}", "error_500") for i in range(5)]
+    fakes = [FakeWorker(f"w{i}", "llama_down") for i in range(5)]
     async with serving(*fakes):
         for fake in fakes:
             fake.register(hub.url)
@@ -93,8 +137,22 @@ async def test_retries_are_bounded_and_the_error_is_clear(procs: Processes) -> N
         assert reply.status_code == 502
         error = reply.json()["error"]
         assert error["type"] == "upstream_error"
-        assert "answered 500: kaput" in error["message"]
+        assert "answered 502: cannot connect" in error["message"]
         assert sum(f.hits for f in fakes) == 3  # one try and two retries
+
+
+async def test_when_llama_server_fails_everywhere_its_answer_is_relayed(
+    procs: Processes,
+) -> None:
+    hub = hub_for_fakes(procs)
+    fakes = [FakeWorker(f"w{i}", "error_500") for i in range(2)]
+    async with serving(*fakes):
+        for fake in fakes:
+            fake.register(hub.url)
+        reply = await post(hub)
+    assert reply.status_code == 500
+    assert reply.json() == {"error": {"code": 500, "message": "kaput"}}
+    assert reply.headers["x-request-id"]
 
 
 async def test_when_every_worker_was_tried_the_last_error_is_returned(procs: Processes) -> None:
@@ -184,3 +242,29 @@ async def test_the_request_deadline_bounds_everything(procs: Processes) -> None:
         assert 1.4 < time.monotonic() - started < 3
     assert reply.status_code == 504
     assert reply.json()["error"]["code"] == "deadline_exceeded"
+
+
+async def test_a_client_that_stops_reading_cannot_hold_a_slot(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--request-timeout", "2")
+    hose = FakeWorker("hose", "firehose")
+    async with serving(hose):
+        hose.register(hub.url)
+        body = orjson.dumps({**CHAT, "stream": True})
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: hub\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        try:
+            async with asyncio.timeout(10):  # never reading, the client holds its socket open
+                while stats(hub)["in_flight"] == 0:
+                    await asyncio.sleep(0.05)
+                while stats(hub)["in_flight"] != 0:
+                    await asyncio.sleep(0.1)
+        finally:
+            writer.close()
+    assert stats(hub)["requests"]["failed"] == 1

@@ -246,3 +246,25 @@ async def test_no_slot_is_ever_over_booked() -> None:
     assert peak == {"a": 1, "b": 2, "c": 3}
     assert scheduler.in_flight == 0
     assert all(w.in_flight == 0 for w in pool)
+
+
+async def test_a_full_queue_still_serves_what_can_run_now() -> None:
+    registry, scheduler = make(queue_size=1)
+    add(registry, "a", model="big")
+    add(registry, "b", model="small", slots=2)
+    await scheduler.acquire(Want("big", "/v1/completions"))
+    stuck = asyncio.create_task(scheduler.acquire(Want("big", "/v1/completions")))
+    await settle()
+    assert scheduler.waiting == 1  # the queue is full
+    lease = await scheduler.acquire(Want("small", "/v1/completions"))
+    assert lease.worker.id == "b"
+    with pytest.raises(QueueFull):
+        await scheduler.acquire(Want("big", "/v1/completions"))
+    retry = asyncio.create_task(
+        scheduler.acquire(Want("big", "/v1/completions", frozenset({"x"})), retry=True)
+    )
+    await settle()
+    assert scheduler.waiting == 2  # a retry was admitted already: it is not refused
+    for task in (stuck, retry):
+        task.cancel()
+    await asyncio.gather(stuck, retry, return_exceptions=True)

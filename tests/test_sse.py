@@ -17,7 +17,7 @@ def tail_of(*chunks: bytes) -> StreamTail:
 def test_done_across_chunk_boundaries() -> None:
     tail = tail_of(b'data: {"a": 1}\n\ndata: [DO', b"NE]\n", b"\n")
     assert tail.done
-    assert tail.error_status is None
+    assert tail.last_error() is None
 
 
 def test_crlf_framing() -> None:
@@ -27,14 +27,14 @@ def test_crlf_framing() -> None:
 def test_a_cut_stream_is_not_done() -> None:
     tail = tail_of(b'data: {"a": 1}\n\ndata: {"b"')
     assert not tail.done
-    assert tail.error_status is None
+    assert tail.last_error() is None
 
 
 def test_an_error_event_is_recognised_by_structure() -> None:
     tail = tail_of(b'data: {"a": 1}\n\n', b'data: {"error":{"code":500,"message":"oom"}}\n\n')
-    assert tail.error_status == 500
-    assert tail_of(b'data: {"error":"text only"}\n\n').error_status == 500
-    assert tail_of(b'data: {"content": "error"}\n\n').error_status is None
+    assert tail.last_error() == {"code": 500, "message": "oom"}
+    assert tail_of(b'data: {"error":"text only"}\n\n').last_error() == {"message": "text only"}
+    assert tail_of(b'data: {"content": "error"}\n\n').last_error() is None
 
 
 def test_long_streams_keep_a_bounded_tail() -> None:
@@ -52,4 +52,19 @@ def test_error_event_is_one_sse_event_with_an_openai_error() -> None:
     body = orjson.loads(event[6:])
     assert body["error"]["message"] == "worker w1: reset"
     assert body["error"]["code"] == 502
-    assert tail_of(b"data: x\n\n", event).error_status == 502
+    assert tail_of(b"data: x\n\n", event).last_error() == body["error"]
+
+
+def test_an_error_event_after_a_cut_event_starts_on_a_new_event() -> None:
+    tail = tail_of(b'data: {"a": 1}\n\ndata: {"choices": [{"text": "lo wo')
+    assert not tail.at_event_boundary
+    closing = tail.closing_error_event("cut", code=502)
+    assert closing.startswith(b"\n\ndata: {")
+    tail.feed(closing)
+    assert tail.last_error() == {
+        "message": "cut",
+        "type": "upstream_error",
+        "param": None,
+        "code": 502,
+    }
+    assert tail_of(b"data: [DONE]\n\n").closing_error_event("x", code=1).startswith(b"data:")

@@ -6,9 +6,15 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from starlette.types import Receive
+from starlette.types import Receive, Send
+
+from gollama.interrupt import Interrupt, Interrupted
 
 T = TypeVar("T")
+
+# How long the last messages of an answer (an error event, the end of a stream) may wait for a
+# client that does not read; the slot has been freed by then.
+CLOSING_SEND_TIMEOUT = 5.0
 
 
 class ClientDisconnected(Exception):
@@ -22,24 +28,29 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     can deliver is the disconnect. Cancelling the work closes its upstream connection, which
     is how a disconnect travels hub -> worker -> llama-server and frees the slot at once.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    disconnected = False
+    interrupt = Interrupt()
 
     async def watch() -> None:
-        nonlocal disconnected
         while (await receive())["type"] != "http.disconnect":
             pass
-        disconnected = True
-        task.cancel()
+        interrupt.fire("client disconnected")
 
     watcher = asyncio.create_task(watch())
     try:
-        return await work
-    except asyncio.CancelledError:
-        if disconnected:
-            task.uncancel()
-            raise ClientDisconnected from None
-        raise
+        return await interrupt.run(work)
+    except Interrupted:
+        raise ClientDisconnected from None
     finally:
         watcher.cancel()
+
+
+async def send_closing(send: Send, body: bytes) -> None:
+    """Send the last body bytes of an answer, without waiting long for a client that does not
+    read (the connection is then dropped by the server)."""
+    try:
+        async with asyncio.timeout(CLOSING_SEND_TIMEOUT):
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+    except TimeoutError:
+        pass

@@ -15,9 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import Response
+
+# Error codes a worker uses for its own failures to reach its llama-server; anything else in
+# a worker's error answer came from llama-server itself.
+LLAMA_UNREACHABLE = "llama_server_unreachable"
+LLAMA_TIMEOUT = "llama_server_timeout"
+LLAMA_BROKE_OFF = "llama_server_broke_off"
+WORKER_FAULT_CODES = frozenset({LLAMA_UNREACHABLE, LLAMA_TIMEOUT, LLAMA_BROKE_OFF})
 
 
 class ApiError(Exception):
@@ -31,14 +36,19 @@ class ApiError(Exception):
         self.message = message
         self.param = param
 
+    content_type = "application/json"
+
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
+
+    def payload(self) -> bytes:
+        return orjson.dumps(self.body())
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         all_headers = dict(headers or {})
         if self.retry_after is not None:
             all_headers["Retry-After"] = str(self.retry_after)
-        return json_response(self.body(), self.status, all_headers)
+        return Response(self.payload(), self.status, all_headers, media_type=self.content_type)
 
 
 class BadRequest(ApiError):
@@ -89,6 +99,19 @@ class UpstreamFailed(ApiError):
         self.status = status
 
 
+class RelayedError(ApiError):
+    """A worker's own error answer, relayed to the client as it came."""
+
+    def __init__(self, status: int, raw: bytes, content_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.raw = raw
+        self.content_type = content_type
+
+    def payload(self) -> bytes:
+        return self.raw
+
+
 class DeadlineExceeded(ApiError):
     status = 504
     error_type = "timeout_error"
@@ -116,19 +139,3 @@ def structured_message(body: object) -> str | None:
     if isinstance(error, str):
         return error
     return None
-
-
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return exc.response()
-
-
-async def http_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (unknown path, wrong method) in the OpenAI error format."""
-    assert isinstance(exc, HTTPException)
-    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    message = f"{request.method} {request.url.path}: {exc.detail}"
-    return json_response(error_body(message, kind), exc.status_code, dict(exc.headers or {}))
-
-
-EXCEPTION_HANDLERS = {ApiError: api_error_handler, HTTPException: http_error_handler}

@@ -1,4 +1,5 @@
-"""Reading inbound requests, shared by the hub and the worker: JSON bodies and request ids."""
+"""Inbound requests, shared by the hub and the worker: JSON bodies, request ids, and the
+OpenAI-style answers to requests that fail before any work starts."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import uuid
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
-from gollama.errors import BadRequest
+from gollama.errors import ApiError, BadRequest, error_body, json_response
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -42,3 +46,19 @@ def _json_type(value: object) -> str:
         bool: "a boolean",
     }
     return names.get(type(value), "null")
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response({"X-Request-ID": request_id(request.headers.get("x-request-id"))})
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in the OpenAI error format."""
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return json_response(error_body(message, kind), exc.status_code, dict(exc.headers or {}))
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error_handler, HTTPException: http_error_handler}

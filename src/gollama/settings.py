@@ -172,7 +172,8 @@ HUB_OPTIONS: tuple[Option, ...] = (
         "GOLLAMA_READ_TIMEOUT",
         positive_seconds,
         120.0,
-        "longest silence from a worker: until a non-streamed reply, or between stream chunks",
+        "longest silence of a worker's stream, until its first chunk and between chunks "
+        "(a non-streamed reply is bounded by the request timeout)",
     ),
     Option(
         "heartbeat_interval",

@@ -7,9 +7,11 @@ complete one. `StreamTail` watches the end of a relayed stream to tell which cas
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
-from gollama.errors import error_body, structured_message
+from gollama.errors import error_body
 
 DONE = b"data: [DONE]"
 TAIL_BYTES = 4096
@@ -33,14 +35,22 @@ class StreamTail:
         return events[-1].strip()
 
     @property
+    def at_event_boundary(self) -> bool:
+        """Nothing is relayed yet, or the last event is complete (a new event may follow)."""
+        return not self._tail or self._tail.endswith((b"\n\n", b"\r\n\r\n"))
+
+    def closing_error_event(self, message: str, *, code: int | str) -> bytes:
+        """An error event to end this stream with, starting on an event boundary."""
+        event = error_event(message, code=code)
+        return event if self.at_event_boundary else b"\n\n" + event
+
+    @property
     def done(self) -> bool:
         """The stream's last event is `data: [DONE]`."""
         return self._last_event() == DONE
 
-    @property
-    def error_status(self) -> int | None:
-        """If the stream's last event is an error event, its status code (500 when it names
-        none); None when it is not an error event."""
+    def last_error(self) -> dict[str, Any] | None:
+        """The error object of the stream's last event, if that event is an error event."""
         last = self._last_event()
         if not last.startswith(b"data:"):
             return None
@@ -48,12 +58,14 @@ class StreamTail:
             event = orjson.loads(last[5:])
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(event, dict) or structured_message(event) is None:
-            return None
-        code = event["error"].get("code") if isinstance(event["error"], dict) else None
-        return code if isinstance(code, int) and not isinstance(code, bool) else 500
+        error = event.get("error") if isinstance(event, dict) else None
+        if isinstance(error, str):
+            return {"message": error}
+        return error if isinstance(error, dict) else None
 
 
-def error_event(message: str, *, code: int = 502, error_type: str = "upstream_error") -> bytes:
+def error_event(
+    message: str, *, code: int | str = 502, error_type: str = "upstream_error"
+) -> bytes:
     body = error_body(message, error_type, code=code)
     return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -13,13 +13,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gollama import __version__
-from gollama.errors import EXCEPTION_HANDLERS, json_response
+from gollama.errors import json_response
 from gollama.hub import control
 from gollama.hub.openapi import openapi_schema
 from gollama.hub.relay import JobResponse
 from gollama.hub.requests import chat_job, openai_job, render_chat
 from gollama.hub.service import Hub
-from gollama.inbound import parse_object, request_id
+from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
 from gollama.settings import HubConfig
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -62,6 +62,8 @@ async def heartbeat(request: Request) -> Response:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
+        if state_before is WorkerState.HEALTHY and worker.state is WorkerState.UNHEALTHY:
+            hub.dispatcher.worker_lost(worker, "reported its llama-server unhealthy")
     hub.scheduler.capacity_changed()
     return json_response({"id": worker.id, "state": worker.state.value})
 
@@ -130,11 +132,7 @@ async def models(request: Request) -> Response:
 
 def parse_registration(payload: dict[str, Any]) -> Registration:
     url = payload.get("url")
-    if (
-        not isinstance(url, str)
-        or urlsplit(url).scheme not in ("http", "https")
-        or not urlsplit(url).hostname
-    ):
+    if not isinstance(url, str) or not _is_http_url(url):
         raise BadRequest("'url' must be the worker's http:// or https:// URL", param="url")
     models = payload.get("models")
     if (
@@ -156,6 +154,18 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     if name is not None:
         name = _required_name(payload, "name")
     return Registration(url.rstrip("/"), tuple(models), slots, healthy, name, in_flight)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and (parts.port is None or parts.port > 0)
+        )
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        return False
 
 
 def _required_name(payload: dict[str, Any], field: str) -> str:

@@ -1,12 +1,19 @@
 """Where the retry is decided: a job gets a slot, is sent to a worker, and is tried again on
 another worker if the attempt fails before its first byte reached the client.
 
-An attempt fails when the worker cannot be reached, resets or times out, or answers 5xx.
-Such a worker leaves the rotation (`Registry.mark_failed`) until the health monitor sees it
-healthy again. A worker answering 501 (llama-server started without that feature, e.g. no
-`--embeddings`) is not failing: it is remembered as not serving that endpoint and the job goes
-elsewhere. A 4xx is the client's error: it passes through, unretried, and does not count
-against the worker. Once the first byte is on its way to the client, nothing is retried.
+How an attempt's outcome is judged, from status codes and structured error bodies only:
+
+    worker unreachable, reset, silent, 503,     the worker is in trouble: it leaves the rotation
+    or the worker's own error code              (`Registry.mark_failed`) and the job is retried
+    lost while we waited (unhealthy/offline)    the same, without waiting for a timeout
+    other 5xx with a llama.cpp error body       llama-server is up but failed this request: the
+                                                job is retried elsewhere, the worker stays; if
+                                                every try fails, the last answer is relayed
+    501                                         this llama-server lacks the endpoint (e.g. no
+                                                --embeddings): remembered, the job goes elsewhere
+    4xx                                         the client's error: relayed, never retried
+
+Once the first byte is on its way to the client, nothing is retried.
 """
 
 from __future__ import annotations
@@ -15,21 +22,25 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
 
 from gollama.errors import (
+    WORKER_FAULT_CODES,
     ApiError,
     DeadlineExceeded,
     NotSupported,
     NoWorkerAvailable,
     QueueTimeout,
+    RelayedError,
     UpstreamFailed,
     structured_message,
 )
 from gollama.hub.registry import Registry, Worker
 from gollama.hub.scheduler import Lease, Scheduler, Want
+from gollama.interrupt import Interrupt, Interrupted
 from gollama.upstream import Upstream, UpstreamError, iter_chunks, read_body
 
 log = logging.getLogger(__name__)
@@ -85,10 +96,11 @@ class Answer:
 class _Retry(Exception):
     """This attempt failed; the job may go to another worker."""
 
-    def __init__(self, error: ApiError, *, worker_at_fault: bool) -> None:
+    def __init__(self, error: ApiError, *, take_out: bool, count_failure: bool = True) -> None:
         super().__init__(error.message)
         self.error = error
-        self.worker_at_fault = worker_at_fault
+        self.take_out = take_out
+        self.count_failure = count_failure
 
 
 class Dispatcher:
@@ -100,6 +112,7 @@ class Dispatcher:
         *,
         max_retries: int,
         queue_timeout: float,
+        read_timeout: float,
     ) -> None:
         self.registry = registry
         self.scheduler = scheduler
@@ -107,6 +120,13 @@ class Dispatcher:
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
         self.totals = Totals()
+        # A stream that falls silent for `read_timeout` is broken. A non-streamed answer says
+        # nothing until it is complete, which may take long: only the request's deadline and
+        # the worker's health (see `worker_lost`) bound the wait for it.
+        connect = upstream.timeout.sock_connect
+        self._stream_limits = aiohttp.ClientTimeout(sock_connect=connect, sock_read=read_timeout)
+        self._whole_limits = aiohttp.ClientTimeout(sock_connect=connect)
+        self._before_first_byte: dict[str, set[Interrupt]] = {}
 
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""
@@ -146,12 +166,19 @@ class Dispatcher:
         raise last_error
 
     def finish(
-        self, answer: Answer, *, failure: str | None = None, blame_worker: bool = False
+        self,
+        answer: Answer,
+        *,
+        failure: str | None = None,
+        worker_failed: bool = False,
+        take_out: bool = False,
     ) -> None:
         """Record how the answer ended and free its slot.
 
-        `failure` says why a started answer could not be completed; `blame_worker` takes the
-        worker out of rotation for it (a broken stream, not a request that ran out of time).
+        `failure` says why a started answer could not be completed; `worker_failed` counts it
+        as a failed job of the worker (not so a request that ran out of time), and `take_out`
+        also takes the worker out of rotation (a broken stream, not an error llama-server
+        reported itself).
         """
         worker = answer.worker
         if failure is None:
@@ -160,43 +187,59 @@ class Dispatcher:
                 self.totals.client_errors += 1
             else:
                 self.totals.completed += 1
+                self.registry.job_succeeded(worker)
         else:
             self.totals.failed += 1
-            if blame_worker:
+            if worker_failed or take_out:
                 worker.jobs_failed += 1
+            if take_out:
                 self._take_out(worker, failure)
+        self.abandon(answer)
+
+    def abandon(self, answer: Answer) -> None:
+        """Free the answer's connection and slot without judging the worker (the client went
+        away, or `finish` has judged already)."""
         if answer.stream is not None:
             answer.stream.close()
         answer.lease.release()
 
-    def abandon(self, answer: Answer) -> None:
-        """The answer will not be completed (the client went away): free the slot without
-        blaming the worker."""
-        if answer.stream is not None:
-            answer.stream.close()
-        answer.lease.release()
+    def worker_lost(self, worker: Worker, reason: str) -> None:
+        """The worker became unhealthy or went silent: attempts still waiting for its first
+        byte stop waiting and go to another worker now, rather than after a timeout."""
+        for interrupt in list(self._before_first_byte.get(worker.id, ())):
+            interrupt.fire(reason)
 
     async def _attempt(self, job: Job, lease: Lease) -> Answer:
         worker = lease.worker
+        interrupt = Interrupt()
+        waiting = self._before_first_byte.setdefault(worker.id, set())
+        waiting.add(interrupt)
+        try:
+            return await interrupt.run(self._exchange(job, lease))
+        except Interrupted as lost:
+            error = UpstreamFailed(f"worker {worker.id} {lost}")
+            raise _Retry(error, take_out=True) from None
+        finally:
+            waiting.discard(interrupt)
+            if not waiting:
+                self._before_first_byte.pop(worker.id, None)
+
+    async def _exchange(self, job: Job, lease: Lease) -> Answer:
+        """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
+        worker = lease.worker
         headers = {"Content-Type": "application/json", "X-Request-ID": job.request_id}
+        limits = self._stream_limits if job.stream else self._whole_limits
         try:
             response = await self.upstream.open(
-                "POST", worker.url + job.endpoint, body=job.body, headers=headers
+                "POST", worker.url + job.endpoint, body=job.body, headers=headers, limits=limits
             )
         except UpstreamError as exc:
-            raise _Retry(_failure(worker, exc), worker_at_fault=True) from exc
+            raise _Retry(_failure(worker, exc), take_out=True) from exc
         try:
             content_type = response.headers.get("Content-Type", "application/json")
-            if response.status == 501:
-                body = await read_body(response)
-                worker.unsupported.add(job.endpoint)
-                unsupported = NotSupported(f"worker {worker.id}: {_error_message(body, 501)}")
-                raise _Retry(unsupported, worker_at_fault=False)
             if response.status >= 500:
                 body = await read_body(response)
-                message = f"answered {response.status}: {_error_message(body, response.status)}"
-                error = UpstreamFailed(f"worker {worker.id} {message}", status=502)
-                raise _Retry(error, worker_at_fault=True)
+                raise _judge_server_error(worker, job, response.status, content_type, body)
             if job.stream and response.status == 200:
                 first = await _first_chunk(response)
                 return Answer(lease, 200, content_type, first, response)
@@ -205,7 +248,7 @@ class Dispatcher:
             return Answer(lease, response.status, content_type, body, None)
         except UpstreamError as exc:
             response.close()
-            raise _Retry(_failure(worker, exc), worker_at_fault=True) from exc
+            raise _Retry(_failure(worker, exc), take_out=True) from exc
         except BaseException:
             response.close()
             raise
@@ -213,15 +256,48 @@ class Dispatcher:
     def _attempt_failed(self, lease: Lease, retry: _Retry, request_id: str) -> None:
         worker = lease.worker
         log.warning("[%s] attempt on %s failed: %s", request_id, worker.id, retry.error.message)
-        if retry.worker_at_fault:
+        if retry.count_failure:
             worker.jobs_failed += 1
+        if retry.take_out:
             self._take_out(worker, retry.error.message)
         lease.release()
-        self.scheduler.capacity_changed()
 
     def _take_out(self, worker: Worker, reason: str) -> None:
         self.registry.mark_failed(worker, reason, asyncio.get_running_loop().time())
         self.scheduler.capacity_changed()
+
+
+def _judge_server_error(
+    worker: Worker, job: Job, status: int, content_type: str, body: bytes
+) -> _Retry:
+    error = _error_object(body)
+    message = structured_message({"error": error} if error else None) or f"HTTP {status}"
+    if status == 501:
+        worker.unsupported.add(job.endpoint)
+        return _Retry(
+            NotSupported(f"worker {worker.id}: {message}"), take_out=False, count_failure=False
+        )
+    code = error.get("code") if error else None
+    if status == 503 or error is None or code in WORKER_FAULT_CODES:
+        failed = UpstreamFailed(f"worker {worker.id} answered {status}: {message}")
+        return _Retry(failed, take_out=True)
+    # llama-server is up and said why this request failed: another worker may do better, and
+    # if none does, the client gets llama-server's own answer.
+    relayed = RelayedError(status, body, content_type, f"worker {worker.id}: {message}")
+    return _Retry(relayed, take_out=False)
+
+
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    return None
 
 
 def _failure(worker: Worker, exc: UpstreamError) -> ApiError:
@@ -233,11 +309,3 @@ async def _first_chunk(response: aiohttp.ClientResponse) -> bytes:
         if chunk:
             return chunk
     raise UpstreamError("the stream ended before its first event")
-
-
-def _error_message(body: bytes, status: int) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    return structured_message(parsed) or f"HTTP {status}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from gollama.hub.registry import Registry, Worker
 from gollama.hub.scheduler import Scheduler
@@ -21,10 +22,18 @@ PROBE_TIMEOUT = 2.0
 
 
 class HealthMonitor:
-    def __init__(self, registry: Registry, scheduler: Scheduler, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        scheduler: Scheduler,
+        upstream: Upstream,
+        on_lost: Callable[[Worker, str], None],
+    ) -> None:
+        """`on_lost(worker, reason)` hears of every worker that went offline."""
         self.registry = registry
         self.scheduler = scheduler
         self.upstream = upstream
+        self.on_lost = on_lost
         self._probes: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -42,6 +51,7 @@ class HealthMonitor:
         offline, forgotten = self.registry.expire(now)
         for worker in offline:
             log.warning("worker %s is offline: no heartbeat for a while", worker.id)
+            self.on_lost(worker, "went offline (no heartbeat)")
         for worker in forgotten:
             log.info("worker %s forgotten after a long silence", worker.id)
         if offline or forgotten:

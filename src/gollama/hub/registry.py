@@ -164,19 +164,22 @@ class Registry:
         return self._workers.pop(worker_id, None)
 
     def mark_failed(self, worker: Worker, reason: str, now: float) -> None:
-        """Take the worker out of rotation until a probe of its /health succeeds."""
-        if worker.failure is None:
-            worker.probe_backoff = PROBE_BACKOFF_FIRST
+        """Take the worker out of rotation until a probe of its /health succeeds.
+
+        The wait before the first probe doubles each time the worker fails again, and starts
+        over only once it completed a job: a worker whose /health looks fine but whose requests
+        keep failing is not put back every half second."""
         worker.failure = reason
         worker.next_probe_at = now + self._jittered(worker.probe_backoff)
+        worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
 
     def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
-        worker.failure = reason
-        worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
-        worker.next_probe_at = now + self._jittered(worker.probe_backoff)
+        self.mark_failed(worker, reason, now)
 
     def recovered(self, worker: Worker) -> None:
         worker.failure = None
+
+    def job_succeeded(self, worker: Worker) -> None:
         worker.probe_backoff = PROBE_BACKOFF_FIRST
 
     def due_for_probe(self, now: float) -> list[Worker]:

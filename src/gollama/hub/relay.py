@@ -14,14 +14,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gollama.asgi import ClientDisconnected, until_disconnect
-from gollama.errors import ApiError, DeadlineExceeded
+from gollama.asgi import (
+    CLOSING_SEND_TIMEOUT,
+    ClientDisconnected,
+    send_closing,
+    until_disconnect,
+)
+from gollama.errors import WORKER_FAULT_CODES, ApiError, DeadlineExceeded
 from gollama.hub.dispatch import Answer, Dispatcher, Job
-from gollama.sse import SSE_HEADERS, StreamTail, error_event
+from gollama.sse import SSE_HEADERS, StreamTail
 from gollama.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -75,50 +79,70 @@ class JobResponse(Response):
         else:
             totals.failed += 1
         log.info("[%s] answered %d: %s", self.job.request_id, error.status, error.message)
-        headers = [(b"x-request-id", self.job.request_id.encode())]
+        headers = [
+            (b"content-type", error.content_type.encode()),
+            (b"x-request-id", self.job.request_id.encode()),
+        ]
         if error.retry_after is not None:
             headers.append((b"retry-after", str(error.retry_after).encode()))
-        await _send_json(send, error.status, orjson.dumps(error.body()), headers)
+        await _send_json(send, error.status, error.payload(), headers)
 
     async def _send_whole(self, send: Send, answer: Answer) -> None:
         body = answer.body
         if self.render_answer is not None and answer.status == 200:
-            body = self.render_answer(answer)
-        await _send_json(send, answer.status, body, self._answer_headers(answer))
-        self.dispatcher.finish(answer)
+            try:
+                body = self.render_answer(answer)
+            except ApiError as exc:
+                self.dispatcher.finish(answer, failure=exc.message)
+                await self._send_error(send, exc)
+                return
+        self.dispatcher.finish(answer)  # the answer is complete: free the slot first
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(
+                max(self.job.deadline, loop.time() + CLOSING_SEND_TIMEOUT)
+            ):
+                await _send_json(send, answer.status, body, self._answer_headers(answer))
+        except TimeoutError:
+            log.info("[%s] the client did not read its answer in time", self.job.request_id)
 
     async def _send_stream(self, send: Send, answer: Answer) -> None:
         job = self.job
         headers = self._answer_headers(answer)
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
         tail = StreamTail()
-        tail.feed(answer.body)
-        await send({"type": "http.response.body", "body": answer.body, "more_body": True})
-        failure, blame_worker = None, False
+        failure, take_out, out_of_time = None, False, False
         try:
             async with asyncio.timeout_at(job.deadline):
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                tail.feed(answer.body)
+                await send({"type": "http.response.body", "body": answer.body, "more_body": True})
                 async for chunk in answer.rest():
                     tail.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            failure, blame_worker = f"worker {answer.worker.id}: {exc}", True
+            failure, take_out = f"worker {answer.worker.id}: {exc}", True
         except TimeoutError:
-            failure = "the request ran out of time"
-        upstream_error = tail.error_status
-        if failure is None and upstream_error is not None:
+            failure, out_of_time = "the request ran out of time", True
+        error = tail.last_error()
+        if failure is None and error is not None:
             failure = f"worker {answer.worker.id}: the stream ended with an error event"
-            blame_worker = upstream_error >= 500
+            take_out = error.get("code") in WORKER_FAULT_CODES
         elif failure is None and not tail.done:
             failure = f"worker {answer.worker.id}: the stream ended before it was complete"
-            blame_worker = True
+            take_out = True
+        # The slot is freed before the last bytes go out: a client that does not read cannot
+        # hold it past the deadline.
+        worker_failed = failure is not None and not out_of_time
+        self.dispatcher.finish(
+            answer, failure=failure, worker_failed=worker_failed, take_out=take_out
+        )
+        closing = b""
         if failure is not None:
             log.warning("[%s] stream cut: %s", job.request_id, failure)
-            if upstream_error is None:
-                event = error_event(failure, code=502 if blame_worker else 504)
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        self.dispatcher.finish(answer, failure=failure, blame_worker=blame_worker)
+            if error is None:
+                closing = tail.closing_error_event(failure, code=502 if worker_failed else 504)
+        await send_closing(send, closing)
 
     def _answer_headers(self, answer: Answer) -> list[tuple[bytes, bytes]]:
         return [

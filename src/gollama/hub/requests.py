@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gollama.errors import BadRequest
+from gollama.errors import BadRequest, UpstreamFailed
 from gollama.hub.dispatch import Answer, Job
 
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
@@ -76,15 +76,19 @@ def chat_job(
 
 def render_chat(answer: Answer) -> bytes:
     """The simple API's reply built from llama-server's chat completion."""
-    completion = orjson.loads(answer.body)
-    choices = completion.get("choices") or [{}]
-    message = choices[0].get("message") or {}
+    try:
+        completion = orjson.loads(answer.body)
+        choice = completion["choices"][0]
+        content = choice["message"].get("content") or ""
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        message = f"worker {answer.worker.id} did not answer with a chat completion"
+        raise UpstreamFailed(message) from None
     return orjson.dumps(
         {
-            "response": message.get("content") or "",
+            "response": content,
             "worker": answer.worker.id,
             "model": completion.get("model"),
-            "finish_reason": choices[0].get("finish_reason"),
+            "finish_reason": choice.get("finish_reason"),
             "usage": completion.get("usage") or {},
         }
     )

@@ -3,11 +3,12 @@
 Capacity is slots. A worker with `slots` llama.cpp slots never has more than `slots` requests
 from the hub in flight, so llama-server never queues internally and this queue is the only one.
 
-- A request that can be served now, with nobody waiting, takes a slot without queueing.
+- A request that can be served now takes a slot without queueing.
 - Otherwise it waits. Waiters are served in arrival order; a waiter no free worker can serve
   (another model, or only excluded workers) is passed over, never blocking those behind it.
 - A retry goes to the front: it has waited its turn already.
-- The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429).
+- The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
+  a retry, which was admitted already, is not.
 - A request no registered worker could serve fails at once (`ModelNotFound`, `NotSupported`,
   `NoWorkerAvailable`); one that a worker could serve once healthy again waits for it. The
   caller bounds every wait with a timeout: nothing waits forever.
@@ -84,11 +85,12 @@ class Scheduler:
         moment a slot was handed to it gives the slot back before the cancellation goes on.
         """
         self._check_servable(want)
-        if not self._waiters:
-            lease = self._assign(want, self._open_workers())
-            if lease is not None:
-                return lease
-        if len(self._waiters) >= self.queue_size:
+        # Every change of capacity serves the waiters first, so a free slot found here is one
+        # no waiter can use: taking it jumps nobody's turn.
+        lease = self._assign(want, self._open_workers())
+        if lease is not None:
+            return lease
+        if len(self._waiters) >= self.queue_size and not retry:
             raise QueueFull(f"the queue is full ({self.queue_size} requests waiting)")
 
         waiter = _Waiter(want, asyncio.get_running_loop().create_future())

@@ -51,8 +51,10 @@ class Hub:
             upstream,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
+            read_timeout=config.read_timeout,
         )
-        monitor = asyncio.create_task(HealthMonitor(registry, scheduler, upstream).run())
+        health = HealthMonitor(registry, scheduler, upstream, on_lost=dispatcher.worker_lost)
+        monitor = asyncio.create_task(health.run())
         loop = asyncio.get_running_loop()
         log.info(
             "hub ready: policy %s, queue %d, retries %d",

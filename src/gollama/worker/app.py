@@ -13,8 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gollama import __version__
-from gollama.errors import EXCEPTION_HANDLERS, BadRequest, NoWorkerAvailable, json_response
-from gollama.inbound import parse_object, request_id
+from gollama.errors import BadRequest, NoWorkerAvailable, json_response
+from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
 from gollama.settings import WorkerConfig
 from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
 from gollama.worker.hub_link import HubUnavailable

@@ -15,12 +15,13 @@ import logging
 from typing import TYPE_CHECKING
 
 import orjson
+from aiohttp import ClientResponse
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gollama.asgi import ClientDisconnected, until_disconnect
-from gollama.errors import error_body
-from gollama.sse import SSE_HEADERS, error_event
+from gollama.asgi import ClientDisconnected, send_closing, until_disconnect
+from gollama.errors import LLAMA_BROKE_OFF, LLAMA_TIMEOUT, LLAMA_UNREACHABLE, error_body
+from gollama.sse import SSE_HEADERS, StreamTail
 from gollama.upstream import UpstreamError, iter_chunks, read_body
 
 if TYPE_CHECKING:
@@ -84,7 +85,10 @@ class ForwardResponse(Response):
             )
         except UpstreamError as exc:
             self.node.llama_unreachable(str(exc))
-            await self._send_error(send, f"llama-server: {exc}", 504 if exc.timed_out else 502)
+            if exc.timed_out:
+                await self._send_error(send, f"llama-server: {exc}", 504, LLAMA_TIMEOUT)
+            else:
+                await self._send_error(send, f"llama-server: {exc}", 502, LLAMA_UNREACHABLE)
             return
         async with response:
             content_type = response.headers.get("Content-Type", "application/json")
@@ -92,52 +96,42 @@ class ForwardResponse(Response):
                 (b"content-type", content_type.encode()),
                 (b"x-request-id", self.request_id.encode()),
             ]
-            if not content_type.startswith("text/event-stream"):
-                try:
-                    body = await read_body(response)
-                except UpstreamError as exc:
-                    await self._send_error(send, f"llama-server: {exc}", 502)
-                    return
-                out_headers.append((b"content-length", str(len(body)).encode()))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status,
-                        "headers": out_headers,
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+            if content_type.startswith("text/event-stream"):
+                out_headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+                await self._relay_stream(send, response, out_headers)
                 return
-            out_headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": out_headers}
-            )
             try:
-                async for chunk in iter_chunks(response):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                body = await read_body(response)
             except UpstreamError as exc:
-                log.warning("[%s] llama-server stream broke off: %s", self.request_id, exc)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "more_body": True,
-                        "body": error_event(f"llama-server: {exc}"),
-                    }
-                )
-            await send({"type": "http.response.body", "body": b""})
+                await self._send_error(send, f"llama-server: {exc}", 502, LLAMA_BROKE_OFF)
+                return
+            out_headers.append((b"content-length", str(len(body)).encode()))
+            start = {"type": "http.response.start", "status": response.status}
+            await send({**start, "headers": out_headers})
+            await send({"type": "http.response.body", "body": body})
 
-    async def _send_error(self, send: Send, message: str, status: int) -> None:
+    async def _relay_stream(
+        self, send: Send, response: ClientResponse, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        tail = StreamTail()
+        closing = b""
+        try:
+            async for chunk in iter_chunks(response):
+                tail.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            log.warning("[%s] llama-server stream broke off: %s", self.request_id, exc)
+            closing = tail.closing_error_event(f"llama-server: {exc}", code=LLAMA_BROKE_OFF)
+        await send_closing(send, closing)
+
+    async def _send_error(self, send: Send, message: str, status: int, code: str) -> None:
         log.warning("[%s] %s", self.request_id, message)
-        body = orjson.dumps(error_body(message, "upstream_error", code=status))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", self.request_id.encode()),
-                ],
-            }
-        )
+        body = orjson.dumps(error_body(message, "upstream_error", code=code))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", self.request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -52,6 +52,7 @@ class HubLink:
     async def run(self) -> None:
         retry = RETRY_FIRST
         while True:
+            self._wake.clear()  # a nudge that arrives during this round wakes the next one
             try:
                 if self.describe() is not None:
                     await self.sync()
@@ -59,7 +60,6 @@ class HubLink:
             except HubUnavailable as exc:
                 log.warning("hub at %s: %s; trying again in %.1f s", self.hub_url, exc, retry)
                 delay, retry = retry, min(retry * 2, RETRY_MAX)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()

@@ -64,16 +64,19 @@ class ManagedLlama:
         backoff = RESTART_BACKOFF_FIRST
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            if self.process is None:
-                await self.start()
-            assert self.process is not None
             started = loop.time()
-            code = await self._wait_and_log(self.process)
+            try:
+                if self.process is None:
+                    await self.start()
+                assert self.process is not None
+                code = await self._wait_and_log(self.process)
+                reason = f"llama-server exited with code {code}"
+                if self.output:
+                    reason += f"; last output: {self.output[-1]}"
+            except OSError as exc:  # the binary vanished or cannot run: keep trying
+                reason = f"llama-server could not be started: {exc}"
             if self._stopping:
                 return
-            reason = f"llama-server exited with code {code}"
-            if self.output:
-                reason += f"; last output: {self.output[-1]}"
             log.error("%s; restarting in %.0f s", reason, backoff)
             on_exit(reason)
             if loop.time() - started >= STABLE_AFTER:

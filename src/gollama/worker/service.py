@@ -4,7 +4,6 @@ to the hub, and the count of requests in flight."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ class WorkerNode:
             await upstream.close()
             raise
         if node.managed is not None:
-            await node.managed.start()
             node._tasks.append(asyncio.create_task(node.managed.supervise(node.llama_unreachable)))
         node._tasks.append(asyncio.create_task(node._watch_llama()))
         node._tasks.append(asyncio.create_task(node.link.run()))
@@ -70,8 +68,12 @@ class WorkerNode:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("a background task of the worker had failed")
         await self.link.goodbye()
         if self.managed is not None:
             await self.managed.stop()
