@@ -30,6 +30,7 @@ Behaviour = Literal[
     "cut_stream",
     "error_event",
     "firehose",  # a long fast stream, to fill a client's buffers
+    "stall",  # a stream that falls silent after its first event
 ]
 
 
@@ -101,6 +102,8 @@ class FakeWorker:
                 await response.write(b"data: [DONE]\n\n")
                 return response
             await response.write(chunk("Hel"))
+            if self.behaviour == "stall":
+                await asyncio.sleep(60)
             await response.write(chunk("lo"))
             if self.behaviour == "cut_stream":
                 assert request.transport is not None
@@ -119,14 +122,12 @@ class FakeWorker:
         worker_id: str = reply.json()["id"]
         return worker_id
 
-    async def heartbeats(self, hub_url: str, interval: float, slots: int = 1) -> None:
-        """Register, then report `healthy` every `interval` seconds, like a real worker."""
+    async def heartbeats(self, hub_url: str, worker_id: str, interval: float) -> None:
+        """Report `healthy` every `interval` seconds, like a real worker."""
         async with httpx.AsyncClient(base_url=hub_url, timeout=5) as client:
-            reply = await client.post("/connectWorker", json=self._info(slots))
-            worker_id = reply.json()["id"]
             while True:
                 await asyncio.sleep(interval)
-                await client.post("/heartbeat", json={"id": worker_id, **self._info(slots)})
+                await client.post("/heartbeat", json={"id": worker_id, **self._info(1)})
 
     def _info(self, slots: int) -> dict[str, object]:
         return {

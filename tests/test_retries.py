@@ -40,7 +40,7 @@ async def post(
 
 @pytest.mark.parametrize(
     ("failure", "stream"),
-    [("error_500_plain", False), ("llama_down", False), ("reset", False), ("silent", True)],
+    [("error_500_plain", False), ("llama_down", False), ("reset", False), ("reset", True)],
 )
 async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
     procs: Processes, failure: str, stream: bool
@@ -54,7 +54,7 @@ async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
         reply = await post(hub, {**CHAT, "stream": stream})
         assert time.monotonic() - started < 5
         assert reply.status_code == 200
-        assert b"from good" in reply.content or b"Hel" in reply.content
+        assert b"from good" in reply.content or (stream and b"[DONE]" in reply.content)
         assert (bad.hits, good.hits) == (1, 1)
         entry = worker_stats(hub, "bad")
         assert entry["state"] == "failing"
@@ -83,11 +83,12 @@ async def test_a_silent_worker_reported_unhealthy_is_left_at_once(procs: Process
     hub = procs.hub("--heartbeat-interval", "0.3", "--policy", "round_robin")
     frozen, good = FakeWorker("frozen", "silent"), FakeWorker("good")
     async with serving(frozen, good):
-        beats = [asyncio.create_task(f.heartbeats(hub.url, 0.3)) for f in (frozen, good)]
+        ids = [fake.register(hub.url) for fake in (frozen, good)]  # frozen first in turn
+        beats = [
+            asyncio.create_task(fake.heartbeats(hub.url, worker_id, 0.3))
+            for fake, worker_id in zip((frozen, good), ids, strict=True)
+        ]
         try:
-            async with asyncio.timeout(10):
-                while len(stats(hub)["workers"]) < 2:
-                    await asyncio.sleep(0.05)
             request = asyncio.create_task(post(hub))
             async with asyncio.timeout(10):
                 while frozen.hits == 0:
@@ -268,3 +269,18 @@ async def test_a_client_that_stops_reading_cannot_hold_a_slot(procs: Processes) 
         finally:
             writer.close()
     assert stats(hub)["requests"]["failed"] == 1
+
+
+async def test_a_stalled_stream_is_cut_after_the_read_timeout(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--read-timeout", "1")
+    staller = FakeWorker("staller", "stall")
+    async with serving(staller):
+        staller.register(hub.url)
+        started = time.monotonic()
+        reply = await post(hub, {**CHAT, "stream": True})
+        assert 0.9 < time.monotonic() - started < 4
+    events = reply.content.strip().split(b"\n\n")
+    assert b"Hel" in events[0]
+    assert b"stalled" in events[-1]
+    assert events[-1].startswith(b'data: {"error"')
+    assert worker_stats(hub, "staller")["state"] == "failing"

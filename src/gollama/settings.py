@@ -172,8 +172,8 @@ HUB_OPTIONS: tuple[Option, ...] = (
         "GOLLAMA_READ_TIMEOUT",
         positive_seconds,
         120.0,
-        "longest silence of a worker's stream, until its first chunk and between chunks "
-        "(a non-streamed reply is bounded by the request timeout)",
+        "longest silence of a worker's stream once it started; until its first bytes an "
+        "answer is bounded by the request timeout and the worker's health",
     ),
     Option(
         "heartbeat_interval",

@@ -3,6 +3,7 @@
 One `Upstream` per process, created in the app's lifespan. Timeouts are per phase, never a
 total: `connect_timeout` to open a connection, `read_timeout` for each silence (until the
 response headers, then between body chunks), which is the right limit for token streams.
+Callers that know better pass their own limits per request, and an idle limit per stream.
 
 llama-server (and any keep-alive server) may close a pooled connection just as it is reused;
 the request then fails before any answer arrived. `open()` retries a request that failed that
@@ -12,6 +13,7 @@ mistaken for a failing server; a request on a fresh connection is never sent twi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
 
@@ -119,13 +121,25 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
         raise UpstreamError.wrap(exc) from exc
 
 
-async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body as it arrives, chunk by chunk, unchanged."""
-    try:
-        async for chunk in response.content.iter_any():
-            yield chunk
-    except UPSTREAM_ERRORS as exc:
-        raise UpstreamError.wrap(exc) from exc
+async def iter_chunks(
+    response: aiohttp.ClientResponse, *, idle_limit: float | None = None
+) -> AsyncIterator[bytes]:
+    """The body as it arrives, chunk by chunk, unchanged; a silence longer than `idle_limit`
+    seconds breaks it off (`UpstreamError` with `timed_out`)."""
+    chunks = response.content.iter_any().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_limit):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UpstreamError(
+                f"no data for {idle_limit:g} s: the stream stalled", timed_out=True
+            ) from None
+        except UPSTREAM_ERRORS as exc:
+            raise UpstreamError.wrap(exc) from exc
+        yield chunk
 
 
 class _Reuse:

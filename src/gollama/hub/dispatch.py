@@ -86,10 +86,11 @@ class Answer:
     def worker(self) -> Worker:
         return self.lease.worker
 
-    async def rest(self) -> AsyncIterator[bytes]:
-        """The remaining chunks of a stream (raises `UpstreamError` if it breaks off)."""
+    async def rest(self, idle_limit: float) -> AsyncIterator[bytes]:
+        """The remaining chunks of a stream; raises `UpstreamError` if it breaks off or stays
+        silent for `idle_limit` seconds (llama-server sends a ping every 30 s meanwhile)."""
         if self.stream is not None:
-            async for chunk in iter_chunks(self.stream):
+            async for chunk in iter_chunks(self.stream, idle_limit=idle_limit):
                 yield chunk
 
 
@@ -120,12 +121,12 @@ class Dispatcher:
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
         self.totals = Totals()
-        # A stream that falls silent for `read_timeout` is broken. A non-streamed answer says
-        # nothing until it is complete, which may take long: only the request's deadline and
-        # the worker's health (see `worker_lost`) bound the wait for it.
-        connect = upstream.timeout.sock_connect
-        self._stream_limits = aiohttp.ClientTimeout(sock_connect=connect, sock_read=read_timeout)
-        self._whole_limits = aiohttp.ClientTimeout(sock_connect=connect)
+        # Until its first bytes, an answer may rightly be silent for long: a non-streamed one
+        # until it is complete, a stream until its prompt is processed. Only the request's
+        # deadline and the worker's health (see `worker_lost`) bound that wait. After the
+        # first bytes, a stream silent for `read_timeout` is broken (see `Answer.rest`).
+        self.read_timeout = read_timeout
+        self._limits = aiohttp.ClientTimeout(sock_connect=upstream.timeout.sock_connect)
         self._before_first_byte: dict[str, set[Interrupt]] = {}
 
     async def answer(self, job: Job) -> Answer:
@@ -228,10 +229,13 @@ class Dispatcher:
         """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
         worker = lease.worker
         headers = {"Content-Type": "application/json", "X-Request-ID": job.request_id}
-        limits = self._stream_limits if job.stream else self._whole_limits
         try:
             response = await self.upstream.open(
-                "POST", worker.url + job.endpoint, body=job.body, headers=headers, limits=limits
+                "POST",
+                worker.url + job.endpoint,
+                body=job.body,
+                headers=headers,
+                limits=self._limits,
             )
         except UpstreamError as exc:
             raise _Retry(_failure(worker, exc), take_out=True) from exc

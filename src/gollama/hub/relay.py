@@ -117,7 +117,7 @@ class JobResponse(Response):
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 tail.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
-                async for chunk in answer.rest():
+                async for chunk in answer.rest(self.dispatcher.read_timeout):
                     tail.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
