@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -159,3 +160,46 @@ def test_single_dash_flags(procs: Processes, models: dict[str, Path]) -> None:
     entry = worker_entry(hub, "old")
     assert entry is not None
     assert entry["url"] == worker.url
+
+
+def test_requests_naming_a_model_go_only_to_its_workers(
+    procs: Processes, models: dict[str, Path]
+) -> None:
+    hub = procs.hub()
+    tiny = procs.llama("llama-tiny", models["tiny"], "-np", "2")
+    slow = procs.llama("llama-slow", models["slow"], "-np", "1")
+    procs.worker("w-tiny", hub, llama=tiny)
+    procs.worker("w-slow", hub, llama=slow)
+
+    listed = httpx.get(hub.url + "/v1/models", timeout=5).json()["data"]
+    assert {m["id"]: m["workers"] for m in listed} == {"slow": ["w-slow"], "tiny": ["w-tiny"]}
+    for model, worker in (("tiny", "w-tiny"), ("slow", "w-slow"), ("tiny", "w-tiny")):
+        reply = httpx.post(
+            hub.url + "/v1/chat/completions", json={**CHAT, "model": model}, timeout=30
+        )
+        assert reply.status_code == 200
+        assert reply.headers["x-gollama-worker"] == worker
+        assert reply.json()["model"] == model
+    simple = httpx.post(
+        hub.url + "/chat", json={"message": "x", "model": "slow", "max_tokens": 2}, timeout=30
+    ).json()
+    assert simple["worker"] == "w-slow"
+
+
+def test_a_frozen_worker_goes_offline_and_comes_back(
+    procs: Processes, models: dict[str, Path]
+) -> None:
+    hub = procs.hub("--heartbeat-interval", "0.5")
+    workers = [
+        procs.worker(f"w{i}", hub, llama=procs.llama(f"llama-{i}", models["tiny"], "-np", "1"))
+        for i in (1, 2)
+    ]
+    workers[0].signal(signal.SIGSTOP)  # a machine that froze: no heartbeats, no answers
+    try:
+        wait_until(lambda: worker_state(hub, "w1") == "offline", "w1 offline", hub, timeout=10)
+        for _ in range(3):
+            reply = httpx.post(hub.url + "/v1/chat/completions", json=CHAT, timeout=30)
+            assert reply.headers["x-gollama-worker"] == "w2"
+    finally:
+        workers[0].signal(signal.SIGCONT)
+    wait_until(lambda: worker_state(hub, "w1") == "healthy", "w1 back", hub, timeout=10)
