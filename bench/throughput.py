@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gollama.llama_binary import find_llama_server
-from gollama.processes import die_with_parent, free_port
+from gollama.processes import die_with_parent, free_ports
 from gollama.testmodel import ModelShape, write_test_model
 
 HOST = "127.0.0.1"
@@ -41,10 +41,15 @@ class Cluster:
 
     def start(self, name: str, command: list[str]) -> None:
         with (self.folder / f"{name}.log").open("wb") as log:
-            self.procs.append(subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(),
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=die_with_parent(),
+                )
+            )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -54,6 +59,10 @@ class Cluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def log_tails(folder: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
 
 
 async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> None:
@@ -70,8 +79,12 @@ async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> 
 
 
 async def load(
-    session: aiohttp.ClientSession, urls: list[str], requests: int, concurrency: int,
-    body: bytes, stream: bool,
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    requests: int,
+    concurrency: int,
+    body: bytes,
+    stream: bool,
 ) -> dict[str, float]:
     targets = itertools.cycle(urls)
     latencies: list[float] = []
@@ -83,8 +96,9 @@ async def load(
         nonlocal failures
         for _ in remaining:
             started = time.perf_counter()
-            async with session.post(next(targets), data=body,
-                                    headers={"Content-Type": "application/json"}) as reply:
+            async with session.post(
+                next(targets), data=body, headers={"Content-Type": "application/json"}
+            ) as reply:
                 if stream:
                     async for _ in reply.content.iter_any():
                         first_bytes.append(time.perf_counter() - started)
@@ -113,23 +127,57 @@ async def run(args: argparse.Namespace, folder: Path) -> list[tuple[str, dict[st
     model = write_test_model(folder / "tiny.gguf", ModelShape(d_model=64, layers=2))
     binary = find_llama_server()
     cluster = Cluster(folder)
-    llama_ports = [free_port(), free_port()]
-    worker_ports = [free_port(), free_port()]
-    hub_port = free_port()
+    *llama_ports, hub_port = free_ports(3)
+    worker_ports = free_ports(2)
     try:
         for i, port in enumerate(llama_ports):
-            cluster.start(f"llama-{i}", [binary, "-m", str(model), "--host", HOST, "--port",
-                                         str(port), "-t", "1", "-np", "4", "--alias", "tiny"])
+            cluster.start(
+                f"llama-{i}",
+                [
+                    binary,
+                    "-m",
+                    str(model),
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "-t",
+                    "1",
+                    "-np",
+                    "4",
+                    "--alias",
+                    "tiny",
+                ],
+            )
         gollama = [sys.executable, "-m", "gollama"]
-        cluster.start("hub", [*gollama, "hub", "--host", HOST, "--port", str(hub_port),
-                              "--log-level", "warning"])
+        cluster.start(
+            "hub",
+            [*gollama, "hub", "--host", HOST, "--port", str(hub_port), "--log-level", "warning"],
+        )
         for i, (port, llama_port) in enumerate(zip(worker_ports, llama_ports, strict=True)):
-            cluster.start(f"worker-{i}", [*gollama, "worker", "--host", HOST, "--port", str(port),
-                                          "--llama-port", str(llama_port), "--log-level", "warning",
-                                          "--hub", f"http://{HOST}:{hub_port}"])
+            cluster.start(
+                f"worker-{i}",
+                [
+                    *gollama,
+                    "worker",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--llama-port",
+                    str(llama_port),
+                    "--log-level",
+                    "warning",
+                    "--hub",
+                    f"http://{HOST}:{hub_port}",
+                ],
+            )
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_ok(session, f"http://{HOST}:{hub_port}/health", '"workers":2')
+            try:
+                await wait_ok(session, f"http://{HOST}:{hub_port}/health", '"workers":2')
+            except TimeoutError:
+                raise SystemExit(f"the cluster did not come up:\n{log_tails(folder)}") from None
             path = "/v1/chat/completions"
             routes = {
                 "direct to llama-server": [f"http://{HOST}:{p}{path}" for p in llama_ports],
@@ -139,18 +187,23 @@ async def run(args: argparse.Namespace, folder: Path) -> list[tuple[str, dict[st
             # llama-server often closes a kept-alive connection right after a streamed reply,
             # so a pooled client fails on reuse: streamed loads use a fresh connection each,
             # on every path alike.
-            fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0,
-                                                                         force_close=True))
+            fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
             results = []
             async with fresh:
                 for stream, client in ((False, session), (True, fresh)):
-                    body = orjson.dumps({"messages": [{"role": "user", "content": "Hi"}],
-                                         "max_tokens": args.max_tokens, "stream": stream})
+                    body = orjson.dumps(
+                        {
+                            "messages": [{"role": "user", "content": "Hi"}],
+                            "max_tokens": args.max_tokens,
+                            "stream": stream,
+                        }
+                    )
                     for name, urls in routes.items():
                         await load(client, urls, 200, args.concurrency, body, stream)  # warm-up
                         label = f"{name}, {'streamed' if stream else 'not streamed'}"
-                        measured = await load(client, urls, args.requests, args.concurrency,
-                                              body, stream)
+                        measured = await load(
+                            client, urls, args.requests, args.concurrency, body, stream
+                        )
                         results.append((label, measured))
             return results
     finally:
@@ -166,15 +219,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gollama-bench-") as folder:
         results = asyncio.run(run(args, Path(folder)))
 
-    table = Table(title=f"{args.requests} chat requests, max_tokens {args.max_tokens}, "
-                        f"concurrency {args.concurrency}, 2 llama-servers x 4 slots, {os.cpu_count()} cores")
+    table = Table(
+        title=f"{args.requests} chat requests, max_tokens {args.max_tokens}, "
+        f"concurrency {args.concurrency}, 2 llama-servers x 4 slots, {os.cpu_count()} cores"
+    )
     for column in ("path", "requests/s", "p50 ms", "p99 ms", "median first byte ms", "failures"):
         table.add_column(column, justify="left" if column == "path" else "right")
-    lines = ["| path | requests/s | p50 ms | p99 ms | median first byte ms | failures |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| path | requests/s | p50 ms | p99 ms | median first byte ms | failures |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for label, r in results:
-        cells = [label, f"{r['rps']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}",
-                 f"{r['ttfb']:.2f}" if "ttfb" in r else "-", f"{r['failures']:.0f}"]
+        cells = [
+            label,
+            f"{r['rps']:.0f}",
+            f"{r['p50']:.2f}",
+            f"{r['p99']:.2f}",
+            f"{r['ttfb']:.2f}" if "ttfb" in r else "-",
+            f"{r['failures']:.0f}",
+        ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console(width=140).print(table)
@@ -182,7 +245,8 @@ def main() -> None:
     command = " ".join(["uv run python bench/throughput.py", *sys.argv[1:]])
     (RESULTS / "throughput.md").write_text(
         f"# {table.title}\n\nMeasured with `{command}` on {time.strftime('%Y-%m-%d')}.\n\n"
-        + "\n".join(lines) + "\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
