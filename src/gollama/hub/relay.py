@@ -41,13 +41,15 @@ class JobResponse(Response):
         self.job = job
         self.render_answer = render
         self.background = None
+        self.settled = False  # the outcome is counted; only the last bytes may still be going
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
-            self.dispatcher.totals.cancelled += 1
-            log.info("[%s] client disconnected", self.job.request_id)
+            if not self.settled:
+                self.dispatcher.totals.cancelled += 1
+                log.info("[%s] client disconnected", self.job.request_id)
 
     async def _run(self, send: Send) -> None:
         job = self.job
@@ -70,14 +72,16 @@ class JobResponse(Response):
             self.dispatcher.abandon(answer)
             raise
 
-    async def _send_error(self, send: Send, error: ApiError) -> None:
-        totals = self.dispatcher.totals
-        if error.status in (429, 503):
-            totals.rejected += 1
-        elif error.status < 500:
-            totals.client_errors += 1
-        else:
-            totals.failed += 1
+    async def _send_error(self, send: Send, error: ApiError, *, counted: bool = False) -> None:
+        if not counted:
+            totals = self.dispatcher.totals
+            if error.status in (429, 503):
+                totals.rejected += 1
+            elif error.status < 500:
+                totals.client_errors += 1
+            else:
+                totals.failed += 1
+        self.settled = True
         log.info("[%s] answered %d: %s", self.job.request_id, error.status, error.message)
         headers = [
             (b"content-type", error.content_type.encode()),
@@ -93,10 +97,11 @@ class JobResponse(Response):
             try:
                 body = self.render_answer(answer)
             except ApiError as exc:
-                self.dispatcher.finish(answer, failure=exc.message)
-                await self._send_error(send, exc)
+                self.dispatcher.finish(answer, failure=exc.message, worker_failed=True)
+                await self._send_error(send, exc, counted=True)
                 return
         self.dispatcher.finish(answer)  # the answer is complete: free the slot first
+        self.settled = True
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(
@@ -137,6 +142,7 @@ class JobResponse(Response):
         self.dispatcher.finish(
             answer, failure=failure, worker_failed=worker_failed, take_out=take_out
         )
+        self.settled = True
         closing = b""
         if failure is not None:
             log.warning("[%s] stream cut: %s", job.request_id, failure)
