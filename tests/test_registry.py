@@ -79,7 +79,7 @@ def test_a_failing_worker_is_probed_with_backoff_and_comes_back(registry: Regist
     delays = []
     for _ in range(8):
         before = worker.next_probe_at
-        registry.probe_failed(worker, "still down", before)
+        registry.mark_failed(worker, "still down", before)
         delays.append(worker.next_probe_at - before)
     assert delays[1] > delays[0]
     assert max(delays) <= PROBE_BACKOFF_MAX * 1.2

@@ -73,11 +73,11 @@ class HealthMonitor:
                 "GET", worker.url + "/health", time_limit=PROBE_TIMEOUT
             )
         except UpstreamError as exc:
-            self.registry.probe_failed(worker, f"health probe: {exc}", loop.time())
+            self.registry.mark_failed(worker, f"health probe: {exc}", loop.time())
             return
         if status == 200:
             log.info("worker %s is healthy again", worker.id)
             self.registry.recovered(worker)
             self.scheduler.capacity_changed()
         else:
-            self.registry.probe_failed(worker, f"health probe answered {status}", loop.time())
+            self.registry.mark_failed(worker, f"health probe answered {status}", loop.time())

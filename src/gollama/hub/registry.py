@@ -173,9 +173,6 @@ class Registry:
         worker.next_probe_at = now + self._jittered(worker.probe_backoff)
         worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
 
-    def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
-        self.mark_failed(worker, reason, now)
-
     def recovered(self, worker: Worker) -> None:
         worker.failure = None
 
