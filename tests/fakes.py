@@ -30,8 +30,18 @@ Behaviour = Literal[
     "cut_stream",
     "error_event",
     "firehose",  # a long fast stream, to fill a client's buffers
-    "stall",  # a stream that falls silent after its first event
+    "stall",  # a stream that falls silent after its first event; a whole answer never comes
+    "raw",  # a stream of fixed bytes: broken UTF-8, events split across chunks
 ]
+
+
+# Model output as llama-server may send it: bytes that are not valid UTF-8, events split at
+# odd places across chunks. A relay must pass them on exactly.
+RAW_STREAM = (
+    b'data: {"choices":[{"delta":{"content":"\xff\xfe\xc3"}}]}\n',
+    b'\ndata: {"choices":[{"delta":{"cont',
+    b'ent":"\xe2\x82"}}]}\n\ndata: [DONE]\n\n',
+)
 
 
 def completion(worker: str) -> bytes:
@@ -61,6 +71,7 @@ class FakeWorker:
     name: str
     behaviour: Behaviour = "ok"
     healthy: bool = True
+    model: str = "fake"
     port: int = field(default_factory=free_port)
     hits: int = 0
 
@@ -91,11 +102,16 @@ class FakeWorker:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if self.behaviour == "silent":
+        if self.behaviour == "silent" or (self.behaviour == "stall" and not body.get("stream")):
             await asyncio.sleep(60)
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
+            if self.behaviour == "raw":
+                for piece in RAW_STREAM:
+                    await response.write(piece)
+                    await asyncio.sleep(0.01)
+                return response
             if self.behaviour == "firehose":
                 for _ in range(20_000):
                     await response.write(chunk("x" * 1000))
@@ -122,18 +138,20 @@ class FakeWorker:
         worker_id: str = reply.json()["id"]
         return worker_id
 
-    async def heartbeats(self, hub_url: str, worker_id: str, interval: float) -> None:
+    async def heartbeats(
+        self, hub_url: str, worker_id: str, interval: float, slots: int = 1
+    ) -> None:
         """Report `healthy` every `interval` seconds, like a real worker."""
         async with httpx.AsyncClient(base_url=hub_url, timeout=5) as client:
             while True:
                 await asyncio.sleep(interval)
-                await client.post("/heartbeat", json={"id": worker_id, **self._info(1)})
+                await client.post("/heartbeat", json={"id": worker_id, **self._info(slots)})
 
     def _info(self, slots: int) -> dict[str, object]:
         return {
             "url": self.url,
             "name": self.name,
-            "models": ["fake"],
+            "models": [self.model],
             "slots": slots,
             "healthy": self.healthy,
         }

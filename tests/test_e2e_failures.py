@@ -133,9 +133,10 @@ async def test_full_queue_answers_429_at_once(procs: Processes, models: dict[str
     procs.worker("w", hub, llama=llama)
 
     async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
-        long_requests = [asyncio.create_task(client.post("/v1/chat/completions", json=chat(150)))]
+        # holds the only slot for ~20 s; cancelled once the queue has been seen full
+        holder = asyncio.create_task(client.post("/v1/chat/completions", json=chat(3000)))
         await _until(lambda: stats(hub)["in_flight"] == 1)
-        long_requests += [
+        queued = [
             asyncio.create_task(client.post("/v1/chat/completions", json=chat(10)))
             for _ in range(2)
         ]
@@ -148,8 +149,9 @@ async def test_full_queue_answers_429_at_once(procs: Processes, models: dict[str
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"]["code"] == "queue_full"
 
-        replies = await asyncio.gather(*long_requests)
-    assert [r.status_code for r in replies] == [200, 200, 200]
+        holder.cancel()  # the queued requests get their turn
+        replies = await asyncio.gather(*queued)
+    assert [r.status_code for r in replies] == [200, 200]
 
 
 async def test_queue_timeout_is_a_clear_error(procs: Processes, models: dict[str, Path]) -> None:
@@ -158,7 +160,7 @@ async def test_queue_timeout_is_a_clear_error(procs: Processes, models: dict[str
     procs.worker("w", hub, llama=llama)
 
     async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
-        busy = asyncio.create_task(client.post("/v1/chat/completions", json=chat(300)))
+        busy = asyncio.create_task(client.post("/v1/chat/completions", json=chat(3000)))
         await _until(lambda: stats(hub)["in_flight"] == 1)
         started = time.monotonic()
         waited = await client.post("/v1/chat/completions", json=chat(5))

@@ -11,7 +11,7 @@ import pytest
 
 from gollama.processes import free_port
 from tests.conftest import Cluster
-from tests.procs import HOST, Processes, wait_until, worker_entry, worker_state
+from tests.procs import HOST, Processes, stats, wait_until, worker_entry, worker_state
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +118,9 @@ def test_worker_health_follows_its_llama_server(procs: Processes, models: dict[s
 
     worker.stop()  # SIGTERM: a clean shutdown
     assert "Application shutdown complete" in worker.tail()
-    wait_until(lambda: worker_entry(hub, "w") is None, "goodbye", hub, timeout=5)
+    wait_until(
+        lambda: all(w["id"] != "w" for w in stats(hub)["workers"]), "goodbye", hub, timeout=5
+    )
 
 
 def test_worker_registers_again_after_hub_restart(

@@ -79,20 +79,36 @@ def test_a_failing_worker_is_probed_with_backoff_and_comes_back(registry: Regist
     delays = []
     for _ in range(8):
         before = worker.next_probe_at
-        registry.mark_failed(worker, "still down", before)
+        registry.probe_failed(worker, "still down", before)
         delays.append(worker.next_probe_at - before)
     assert delays[1] > delays[0]
     assert max(delays) <= PROBE_BACKOFF_MAX * 1.2
-    registry.recovered(worker)
+    assert registry.recovered(worker, worker.failures)
     assert state(worker) is WorkerState.HEALTHY
 
 
-def test_a_healthy_heartbeat_asks_for_a_probe_now(registry: Registry) -> None:
+def test_a_heartbeat_saying_llama_server_is_back_asks_for_a_probe_now(registry: Registry) -> None:
     worker = registry.register(info(), 0)
     registry.mark_failed(worker, "reset", 10)
-    registry.heartbeat(worker.id, info(), 10.1)
-    assert registry.due_for_probe(10.1) == [worker]
+    probe_at = worker.next_probe_at
+    registry.heartbeat(worker.id, info(), 10.1)  # healthy as before: no change of plan
+    assert worker.next_probe_at == probe_at
+    registry.heartbeat(worker.id, info(healthy=False), 10.2)
+    registry.heartbeat(worker.id, info(), 10.3)  # its llama-server came back
+    assert registry.due_for_probe(10.3) == [worker]
     assert state(worker) is WorkerState.FAILING  # only a probe puts it back
+
+
+def test_a_probe_older_than_the_last_failure_does_not_put_the_worker_back(
+    registry: Registry,
+) -> None:
+    worker = registry.register(info(), 0)
+    registry.mark_failed(worker, "reset", 10)
+    seen = worker.failures  # a probe starts ...
+    registry.mark_failed(worker, "reset again", 11)  # ... a request fails meanwhile ...
+    assert not registry.recovered(worker, seen)  # ... and the probe's success is stale
+    assert state(worker) is WorkerState.FAILING
+    assert worker.describe(12)["times_failed"] == 2
 
 
 def test_silent_workers_go_offline_then_are_forgotten(registry: Registry) -> None:
@@ -135,7 +151,7 @@ def test_a_worker_that_keeps_failing_waits_longer_each_time(registry: Registry) 
     for _ in range(4):
         registry.mark_failed(worker, "500", now)
         waits.append(worker.next_probe_at - now)
-        registry.recovered(worker)  # its /health looks fine ...
+        registry.recovered(worker, worker.failures)  # its /health looks fine ...
         now += 100
     assert waits[0] < waits[1] < waits[2] < waits[3]  # ... but its jobs keep failing
     registry.job_succeeded(worker)

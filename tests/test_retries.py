@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.fakes import FakeWorker, serving
+from tests.fakes import RAW_STREAM, FakeWorker, serving
 from tests.procs import Proc, Processes, stats
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +50,7 @@ async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
     async with serving(bad, good):
         bad.register(hub.url)
         good.register(hub.url)
+        bad.healthy = False  # its /health too, so that the hub's probes keep it out
         started = time.monotonic()
         reply = await post(hub, {**CHAT, "stream": stream})
         assert time.monotonic() - started < 5
@@ -80,12 +81,12 @@ async def test_a_llama_server_error_is_retried_but_keeps_the_worker(procs: Proce
 async def test_a_silent_worker_reported_unhealthy_is_left_at_once(procs: Processes) -> None:
     """A non-streamed answer may take long, so silence alone proves nothing; but when the
     worker reports its llama-server unhealthy, the attempt moves on without a timeout."""
-    hub = procs.hub("--heartbeat-interval", "0.3", "--policy", "round_robin")
+    hub = procs.hub("--heartbeat-interval", "1", "--policy", "round_robin")
     frozen, good = FakeWorker("frozen", "silent"), FakeWorker("good")
     async with serving(frozen, good):
         ids = [fake.register(hub.url) for fake in (frozen, good)]  # frozen first in turn
         beats = [
-            asyncio.create_task(fake.heartbeats(hub.url, worker_id, 0.3))
+            asyncio.create_task(fake.heartbeats(hub.url, worker_id, 0.2))
             for fake, worker_id in zip((frozen, good), ids, strict=True)
         ]
         try:
@@ -96,11 +97,39 @@ async def test_a_silent_worker_reported_unhealthy_is_left_at_once(procs: Process
             started = time.monotonic()
             frozen.healthy = False
             reply = await request
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 2  # offline would take 3 s: this is the report
         finally:
             for beat in beats:
                 beat.cancel()
     assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == "from good"
+    assert "reported its llama-server unhealthy" in worker_stats(hub, "frozen")["reason"]
+
+
+async def test_a_failing_worker_reported_unhealthy_releases_its_waiting_requests(
+    procs: Processes,
+) -> None:
+    """Out of rotation already (its stream stalled), the worker then reports its llama-server
+    down: a request still waiting on it moves to another worker at once."""
+    hub = procs.hub("--heartbeat-interval", "1", "--read-timeout", "0.5")
+    stuck, good = FakeWorker("stuck", "stall"), FakeWorker("good")
+    async with serving(stuck, good):
+        stuck_id = stuck.register(hub.url, slots=2)
+        beats = [asyncio.create_task(stuck.heartbeats(hub.url, stuck_id, 0.2, slots=2))]
+        try:
+            waiting = asyncio.create_task(post(hub))  # whole answer: never comes
+            stalled = await post(hub, {**CHAT, "stream": True})  # cut after 0.5 s of silence
+            assert b"stalled" in stalled.content
+            assert worker_stats(hub, "stuck")["state"] == "failing"
+            good_id = good.register(hub.url)
+            beats.append(asyncio.create_task(good.heartbeats(hub.url, good_id, 0.2)))
+            started = time.monotonic()
+            stuck.healthy = False
+            reply = await waiting
+            assert time.monotonic() - started < 2
+        finally:
+            for beat in beats:
+                beat.cancel()
     assert reply.json()["choices"][0]["message"]["content"] == "from good"
 
 
@@ -260,12 +289,14 @@ async def test_a_client_that_stops_reading_cannot_hold_a_slot(procs: Processes) 
             + body
         )
         await writer.drain()
+        started = time.monotonic()
         try:
             async with asyncio.timeout(10):  # never reading, the client holds its socket open
                 while stats(hub)["in_flight"] == 0:
                     await asyncio.sleep(0.05)
                 while stats(hub)["in_flight"] != 0:
                     await asyncio.sleep(0.1)
+            assert time.monotonic() - started < 3.5  # the 2 s deadline, not the closing grace
         finally:
             writer.close()
     assert stats(hub)["requests"]["failed"] == 1
@@ -276,6 +307,7 @@ async def test_a_stalled_stream_is_cut_after_the_read_timeout(procs: Processes) 
     staller = FakeWorker("staller", "stall")
     async with serving(staller):
         staller.register(hub.url)
+        staller.healthy = False  # so that the hub's probes keep it out
         started = time.monotonic()
         reply = await post(hub, {**CHAT, "stream": True})
         assert 0.9 < time.monotonic() - started < 4
@@ -284,3 +316,68 @@ async def test_a_stalled_stream_is_cut_after_the_read_timeout(procs: Processes) 
     assert b"stalled" in events[-1]
     assert events[-1].startswith(b'data: {"error"')
     assert worker_stats(hub, "staller")["state"] == "failing"
+
+
+async def test_a_stream_that_runs_out_of_time_ends_with_a_timeout_event(
+    procs: Processes,
+) -> None:
+    hub = hub_for_fakes(procs, "--request-timeout", "1.5", "--read-timeout", "30")
+    staller = FakeWorker("staller", "stall")
+    async with serving(staller):
+        staller.register(hub.url)
+        started = time.monotonic()
+        reply = await post(hub, {**CHAT, "stream": True})
+        assert 1.4 < time.monotonic() - started < 3
+    last = orjson.loads(reply.content.strip().split(b"\n\n")[-1][len(b"data: ") :])
+    assert last["error"]["code"] == 504
+    assert "ran out of time" in last["error"]["message"]
+    entry = worker_stats(hub, "staller")
+    assert entry["state"] == "healthy"  # the deadline is not the worker's fault
+    assert entry["jobs_failed"] == 0
+
+
+async def test_stream_bytes_are_relayed_exactly(procs: Processes) -> None:
+    hub = hub_for_fakes(procs)
+    raw = FakeWorker("raw", "raw")
+    async with serving(raw):
+        raw.register(hub.url)
+        reply = await post(hub, {**CHAT, "stream": True})
+    assert reply.content == b"".join(RAW_STREAM)
+
+
+async def test_request_totals_add_up(procs: Processes) -> None:
+    hub = hub_for_fakes(procs, "--queue-size", "0")
+    fakes = [
+        FakeWorker("ok"),
+        FakeWorker("broken", "error_500", model="broken"),
+        FakeWorker("slow", "silent", model="slow"),
+    ]
+    async with serving(*fakes):
+        for fake in fakes:
+            fake.register(hub.url)
+        assert (await post(hub, {**CHAT, "model": "fake"})).status_code == 200
+        assert (await post(hub, {**CHAT, "model": "fake", "stream": True})).status_code == 200
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as client:
+            bad = await client.post("/v1/chat/completions", content=b"{")
+        assert bad.status_code == 400
+        assert (await post(hub, {**CHAT, "model": "nope"})).status_code == 404
+        assert (await post(hub, {**CHAT, "model": "broken"})).status_code == 500
+        waiting = asyncio.create_task(post(hub, {**CHAT, "model": "slow"}))
+        async with asyncio.timeout(10):
+            while fakes[2].hits == 0:
+                await asyncio.sleep(0.05)
+        assert (await post(hub, {**CHAT, "model": "slow"})).status_code == 429
+        waiting.cancel()
+        async with asyncio.timeout(10):
+            while stats(hub)["requests"]["cancelled"] == 0:
+                await asyncio.sleep(0.05)
+    totals = stats(hub)["requests"]
+    assert totals == {
+        "requests": 7,
+        "completed": 2,
+        "client_errors": 2,
+        "failed": 1,
+        "cancelled": 1,
+        "retries": 0,
+        "rejected": 1,
+    }

@@ -180,7 +180,7 @@ async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:
     waiter = asyncio.create_task(scheduler.acquire(CHAT))
     await settle()
     assert not waiter.done()
-    registry.recovered(worker)
+    registry.recovered(worker, worker.failures)
     scheduler.capacity_changed()
     await settle()
     assert waiter.result().worker is worker

@@ -102,11 +102,14 @@ class UpstreamFailed(ApiError):
 class RelayedError(ApiError):
     """A worker's own error answer, relayed to the client as it came."""
 
-    def __init__(self, status: int, raw: bytes, content_type: str, message: str) -> None:
+    def __init__(
+        self, status: int, raw: bytes, content_type: str, message: str, worker_id: str
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.raw = raw
         self.content_type = content_type
+        self.worker_id = worker_id
 
     def payload(self) -> bytes:
         return self.raw

@@ -2,8 +2,9 @@
 
 `Interrupt.run(work)` awaits `work`; `Interrupt.fire(reason)`, called from anywhere on the same
 event loop (a callback, another task), cancels it and makes `run` raise `Interrupted(reason)`
-instead of `CancelledError`. A cancellation that did not come from `fire` passes through
-untouched. Used for a client that disconnects and for a worker that is lost mid-request.
+instead of `CancelledError`. A cancellation that did not come from `fire`, alone or together
+with it, passes through untouched. Used for a client that disconnects and for a worker that
+is lost mid-request.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Interrupt:
             if self.reason is None:
                 raise
             assert self._task is not None
-            self._task.uncancel()
+            if self._task.uncancel() > 0:
+                raise  # someone else cancelled this task too: that cancellation goes on
             raise Interrupted(self.reason) from None
         finally:
             self._task = None

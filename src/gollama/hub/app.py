@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,10 +14,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gollama import __version__
-from gollama.errors import json_response
+from gollama.errors import ApiError, json_response
 from gollama.hub import control
+from gollama.hub.dispatch import Job
 from gollama.hub.openapi import openapi_schema
-from gollama.hub.relay import JobResponse
+from gollama.hub.relay import JobResponse, Render
 from gollama.hub.requests import chat_job, openai_job, render_chat
 from gollama.hub.service import Hub
 from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
@@ -57,30 +59,33 @@ def create_app(config: HubConfig) -> Starlette:
 
 async def chat(request: Request) -> Response:
     """The original simple API: `{"message": "..."}` in, `{"response": "..."}` out."""
-    hub: Hub = request.state.hub
-    job = chat_job(
-        parse_object(await request.body()),
-        default_max_tokens=hub.config.default_max_tokens,
-        request_id=request_id(request.headers.get("x-request-id")),
-        deadline=_deadline(hub),
-    )
-    return JobResponse(hub.dispatcher, job, render_chat)
+    return await _job_response(request, chat_job, render_chat)
 
 
 def _openai(endpoint: str) -> Endpoint:
     async def handle(request: Request) -> Response:
-        hub: Hub = request.state.hub
-        job = openai_job(
-            endpoint,
+        return await _job_response(request, functools.partial(openai_job, endpoint))
+
+    handle.__name__ = endpoint.strip("/").replace("/", "_")
+    return handle
+
+
+async def _job_response(
+    request: Request, make_job: Callable[..., Job], render: Render | None = None
+) -> Response:
+    hub: Hub = request.state.hub
+    try:
+        job = make_job(
             parse_object(await request.body()),
             default_max_tokens=hub.config.default_max_tokens,
             request_id=request_id(request.headers.get("x-request-id")),
             deadline=_deadline(hub),
         )
-        return JobResponse(hub.dispatcher, job)
-
-    handle.__name__ = endpoint.strip("/").replace("/", "_")
-    return handle
+    except ApiError:
+        hub.dispatcher.totals.requests += 1
+        hub.dispatcher.totals.client_errors += 1
+        raise
+    return JobResponse(hub.dispatcher, job, render)
 
 
 async def index(request: Request) -> Response:

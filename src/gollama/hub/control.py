@@ -57,13 +57,14 @@ async def heartbeat(request: Request) -> Response:
     worker_id = _required_name(payload, "id")
     worker = hub.registry.get(worker_id)
     state_before = worker.state if worker else None
+    was_healthy = worker.reported_healthy if worker else False
     worker = hub.registry.heartbeat(worker_id, parse_registration(payload), hub.now())
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
-        if state_before is WorkerState.HEALTHY and worker.state is WorkerState.UNHEALTHY:
-            hub.dispatcher.worker_lost(worker, "reported its llama-server unhealthy")
+    if was_healthy and not worker.reported_healthy:
+        hub.dispatcher.worker_lost(worker, "reported its llama-server unhealthy")
     hub.scheduler.capacity_changed()
     return json_response({"id": worker.id, "state": worker.state.value})
 

@@ -146,20 +146,22 @@ class Dispatcher:
             except NoWorkerAvailable as exc:
                 raise last_error or exc from None
             except TimeoutError:
+                if last_error is not None:
+                    raise last_error from None
                 if wait < self.queue_timeout:
-                    raise last_error or DeadlineExceeded("the request ran out of time") from None
+                    raise DeadlineExceeded("the request ran out of time") from None
                 raise QueueTimeout(
                     f"no worker slot became free within {wait:g} s "
                     f"({self.scheduler.describe_capacity(want)}); try again later"
                 ) from None
             tried.append(lease.worker.id)
+            if attempt > 0:
+                self.totals.retries += 1
             try:
                 return await self._attempt(job, lease)
             except _Retry as retry:
                 last_error = retry.error
                 self._attempt_failed(lease, retry, job.request_id)
-                if attempt < self.max_retries:
-                    self.totals.retries += 1
             except BaseException:
                 lease.release()
                 raise
@@ -287,7 +289,7 @@ def _judge_server_error(
         return _Retry(failed, take_out=True)
     # llama-server is up and said why this request failed: another worker may do better, and
     # if none does, the client gets llama-server's own answer.
-    relayed = RelayedError(status, body, content_type, f"worker {worker.id}: {message}")
+    relayed = RelayedError(status, body, content_type, f"worker {worker.id}: {message}", worker.id)
     return _Retry(relayed, take_out=False)
 
 

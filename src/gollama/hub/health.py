@@ -68,16 +68,17 @@ class HealthMonitor:
 
     async def _probe_once(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
+        failures_seen = worker.failures
         try:
             status, _ = await self.upstream.call_json(
                 "GET", worker.url + "/health", time_limit=PROBE_TIMEOUT
             )
         except UpstreamError as exc:
-            self.registry.mark_failed(worker, f"health probe: {exc}", loop.time())
+            self.registry.probe_failed(worker, f"health probe: {exc}", loop.time())
             return
         if status == 200:
-            log.info("worker %s is healthy again", worker.id)
-            self.registry.recovered(worker)
-            self.scheduler.capacity_changed()
+            if self.registry.recovered(worker, failures_seen):
+                log.info("worker %s is healthy again", worker.id)
+                self.scheduler.capacity_changed()
         else:
-            self.registry.mark_failed(worker, f"health probe answered {status}", loop.time())
+            self.registry.probe_failed(worker, f"health probe answered {status}", loop.time())

@@ -62,6 +62,7 @@ class Worker:
     jobs_completed: int = 0
     jobs_failed: int = 0
     failure: str | None = None
+    failures: int = 0  # how often it was taken out of rotation
     next_probe_at: float = 0.0
     probe_backoff: float = PROBE_BACKOFF_FIRST
     offline: bool = False
@@ -104,6 +105,7 @@ class Worker:
             "reported_in_flight": self.reported_in_flight,
             "jobs_completed": self.jobs_completed,
             "jobs_failed": self.jobs_failed,
+            "times_failed": self.failures,
             "uptime_s": round(now - self.registered_at, 3),
             "last_heartbeat_s": round(now - self.last_heartbeat, 3),
         }
@@ -155,9 +157,10 @@ class Registry:
         worker = self._workers.get(worker_id)
         if worker is None or worker.url != info.url:
             return None
+        was_healthy = worker.reported_healthy
         self._apply(worker, info, now)
-        if worker.failure is not None and info.healthy:
-            worker.next_probe_at = now  # the worker says it is fine: check it now
+        if worker.failure is not None and info.healthy and not was_healthy:
+            worker.next_probe_at = now  # its llama-server is back: check the worker now
         return worker
 
     def remove(self, worker_id: str) -> Worker | None:
@@ -169,12 +172,22 @@ class Registry:
         The wait before the first probe doubles each time the worker fails again, and starts
         over only once it completed a job: a worker whose /health looks fine but whose requests
         keep failing is not put back every half second."""
+        worker.failures += 1
+        self.probe_failed(worker, reason, now)
+
+    def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
+        """Keep the worker out; probe it again after a longer wait."""
         worker.failure = reason
         worker.next_probe_at = now + self._jittered(worker.probe_backoff)
         worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
 
-    def recovered(self, worker: Worker) -> None:
+    def recovered(self, worker: Worker, failures_seen: int) -> bool:
+        """A probe that started when the worker had failed `failures_seen` times succeeded;
+        it puts the worker back unless a newer failure came in meanwhile."""
+        if worker.failures != failures_seen:
+            return False
         worker.failure = None
+        return True
 
     def job_succeeded(self, worker: Worker) -> None:
         worker.probe_backoff = PROBE_BACKOFF_FIRST

@@ -23,7 +23,7 @@ from gollama.asgi import (
     send_closing,
     until_disconnect,
 )
-from gollama.errors import WORKER_FAULT_CODES, ApiError, DeadlineExceeded
+from gollama.errors import WORKER_FAULT_CODES, ApiError, DeadlineExceeded, RelayedError
 from gollama.hub.dispatch import Answer, Dispatcher, Job
 from gollama.sse import SSE_HEADERS, StreamTail
 from gollama.upstream import UpstreamError
@@ -87,6 +87,8 @@ class JobResponse(Response):
             (b"content-type", error.content_type.encode()),
             (b"x-request-id", self.job.request_id.encode()),
         ]
+        if isinstance(error, RelayedError):
+            headers.append((b"x-gollama-worker", error.worker_id.encode()))
         if error.retry_after is not None:
             headers.append((b"retry-after", str(error.retry_after).encode()))
         await _send_json(send, error.status, error.payload(), headers)
@@ -129,6 +131,8 @@ class JobResponse(Response):
             failure, take_out = f"worker {answer.worker.id}: {exc}", True
         except TimeoutError:
             failure, out_of_time = "the request ran out of time", True
+        if tail.done:  # [DONE] was relayed: whatever broke after it, the reply is complete
+            failure, take_out, out_of_time = None, False, False
         error = tail.last_error()
         if failure is None and error is not None:
             failure = f"worker {answer.worker.id}: the stream ended with an error event"
