@@ -133,12 +133,17 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def structured_message(body: object) -> str | None:
-    """The message of an OpenAI or llama.cpp error body: `{"error": {"message": ...}}` or
-    `{"error": "..."}`. Errors are recognised by structure and status, never by reply text."""
+def error_object(body: object) -> dict[str, Any] | None:
+    """The error of an OpenAI or llama.cpp error body, `{"error": {...}}` or `{"error": "..."}`,
+    as a dict (a bare string becomes its "message"). Errors are recognised by structure and
+    status, never by reply text."""
     error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
     if isinstance(error, str):
-        return error
-    return None
+        return {"message": error}
+    return error if isinstance(error, dict) else None
+
+
+def structured_message(body: object) -> str | None:
+    """The message of an error body, if it has one."""
+    message = (error_object(body) or {}).get("message")
+    return message if isinstance(message, str) else None

@@ -56,8 +56,14 @@ def positive_seconds(text: str) -> float:
 
 
 def http_url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """`text` without a trailing slash, if it is an http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        valid = valid and (parts.port is None or parts.port > 0)
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        valid = False
+    if not valid:
         raise ValueError("must be an http:// or https:// URL with a host")
     return text.rstrip("/")
 

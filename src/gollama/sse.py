@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gollama.errors import error_body
+from gollama.errors import error_body, error_object
 
 DONE = b"data: [DONE]"
 TAIL_BYTES = 4096
@@ -55,13 +55,9 @@ class StreamTail:
         if not last.startswith(b"data:"):
             return None
         try:
-            event = orjson.loads(last[5:])
+            return error_object(orjson.loads(last[5:]))
         except orjson.JSONDecodeError:
             return None
-        error = event.get("error") if isinstance(event, dict) else None
-        if isinstance(error, str):
-            return {"message": error}
-        return error if isinstance(error, dict) else None
 
 
 def error_event(

@@ -6,7 +6,6 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,6 +14,7 @@ from gollama.errors import ApiError, BadRequest, json_response
 from gollama.hub.registry import Registration, WorkerState
 from gollama.hub.service import Hub
 from gollama.inbound import parse_object
+from gollama.settings import http_url
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,12 @@ async def models(request: Request) -> Response:
 
 def parse_registration(payload: dict[str, Any]) -> Registration:
     url = payload.get("url")
-    if not isinstance(url, str) or not _is_http_url(url):
-        raise BadRequest("'url' must be the worker's http:// or https:// URL", param="url")
+    try:
+        url = http_url(url if isinstance(url, str) else "")
+    except ValueError:
+        raise BadRequest(
+            "'url' must be the worker's http:// or https:// URL", param="url"
+        ) from None
     models = payload.get("models")
     if (
         not isinstance(models, list)
@@ -154,19 +158,7 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     name = payload.get("name")
     if name is not None:
         name = _required_name(payload, "name")
-    return Registration(url.rstrip("/"), tuple(models), slots, healthy, name, in_flight)
-
-
-def _is_http_url(text: str) -> bool:
-    try:
-        parts = urlsplit(text)
-        return (
-            parts.scheme in ("http", "https")
-            and bool(parts.hostname)
-            and (parts.port is None or parts.port > 0)
-        )
-    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
-        return False
+    return Registration(url, tuple(models), slots, healthy, name, in_flight)
 
 
 def _required_name(payload: dict[str, Any], field: str) -> str:

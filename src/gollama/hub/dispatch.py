@@ -36,6 +36,7 @@ from gollama.errors import (
     QueueTimeout,
     RelayedError,
     UpstreamFailed,
+    error_object,
     structured_message,
 )
 from gollama.hub.registry import Registry, Worker
@@ -277,7 +278,7 @@ def _judge_server_error(
     worker: Worker, job: Job, status: int, content_type: str, body: bytes
 ) -> _Retry:
     error = _error_object(body)
-    message = structured_message({"error": error} if error else None) or f"HTTP {status}"
+    message = structured_message({"error": error}) or f"HTTP {status}"
     if status == 501:
         worker.unsupported.add(job.endpoint)
         return _Retry(
@@ -295,15 +296,9 @@ def _judge_server_error(
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
     try:
-        parsed = orjson.loads(body)
+        return error_object(orjson.loads(body))
     except orjson.JSONDecodeError:
         return None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict):
-        return error
-    if isinstance(error, str):
-        return {"message": error}
-    return None
 
 
 def _failure(worker: Worker, exc: UpstreamError) -> ApiError:
