@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -11,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gollama import __version__
+from gollama.logs import setup_logging
 from gollama.settings import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
-    LogLevel,
     SettingError,
     add_options,
     hub_config,
@@ -22,8 +21,6 @@ from gollama.settings import (
     positive_seconds,
     worker_config,
 )
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from gollama.demo import run_demo
 
-        _setup_logging("warning")
+        setup_logging("warning")
         return run_demo(args)
     load_dotenv_file()
     try:
@@ -148,7 +145,7 @@ def _serve_hub(args: argparse.Namespace) -> int:
     from gollama.hub.app import create_app
 
     config = hub_config(args, os.environ)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     uvicorn.run(
         create_app(config),
         host=config.host,
@@ -169,7 +166,7 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from gollama.worker.app import create_app
 
     config = worker_config(args, os.environ)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     if config.model is not None:
         if not Path(config.model).is_file():
             parser.error(f"--model {config.model}: no such file")
@@ -207,10 +204,6 @@ def _testmodel(args: argparse.Namespace) -> int:
         f"{shape.layers} layers)"
     )
     return 0
-
-
-def _setup_logging(level: LogLevel) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
 def _event_loop() -> str:

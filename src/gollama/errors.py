@@ -22,6 +22,9 @@ from starlette.responses import Response
 LLAMA_UNREACHABLE = "llama_server_unreachable"
 LLAMA_TIMEOUT = "llama_server_timeout"
 LLAMA_BROKE_OFF = "llama_server_broke_off"
+
+# The status counted for a request whose client went away before its answer (nginx's 499).
+CLIENT_CLOSED = 499
 WORKER_FAULT_CODES = frozenset({LLAMA_UNREACHABLE, LLAMA_TIMEOUT, LLAMA_BROKE_OFF})
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+from gollama.logs import LogFormat, LogLevel
+
 PolicyName = Literal["least_busy", "round_robin"]
-LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def _whole_number(text: str) -> int:
@@ -102,6 +103,16 @@ LOG_LEVEL = Option(
     one_of(*get_args(LogLevel)),
     "info",
     "debug, info, warning or error",
+)
+
+LOG_FORMAT = Option(
+    "log_format",
+    "--log-format",
+    "GOLLAMA_LOG_FORMAT",
+    one_of(*get_args(LogFormat)),
+    "text",
+    "text, or json for one JSON object per line; either way each line of a request carries "
+    "its request id",
 )
 
 HUB_OPTIONS: tuple[Option, ...] = (
@@ -190,6 +201,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
         "seconds between worker heartbeats; a worker silent for 3 intervals is offline",
     ),
     LOG_LEVEL,
+    LOG_FORMAT,
 )
 
 WORKER_OPTIONS: tuple[Option, ...] = (
@@ -276,6 +288,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "longest silence from llama-server: until a non-streamed reply, or between chunks",
     ),
     LOG_LEVEL,
+    LOG_FORMAT,
 )
 
 
@@ -294,6 +307,7 @@ class HubConfig:
     read_timeout: float = 120.0
     heartbeat_interval: float = 2.0
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
 
 @dataclass(frozen=True)
@@ -310,6 +324,7 @@ class WorkerConfig:
     llama_server: str | None = None
     read_timeout: float = 600.0
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
     @property
     def managed(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from gollama.errors import error_body, error_object
+from gollama.tokens import Timings, timings_of
 
 DONE = b"data: [DONE]"
 TAIL_BYTES = 4096
@@ -30,9 +31,13 @@ class StreamTail:
         tail = self._tail + chunk
         self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
 
+    def _events(self, count: int) -> list[bytes]:
+        """Up to `count` of the last events, the last one first."""
+        events = self._tail.replace(b"\r\n", b"\n").strip().rsplit(b"\n\n", count)
+        return [event.strip() for event in reversed(events[-count:])]
+
     def _last_event(self) -> bytes:
-        events = self._tail.replace(b"\r\n", b"\n").strip().rsplit(b"\n\n", 1)
-        return events[-1].strip()
+        return self._events(1)[0]
 
     @property
     def at_event_boundary(self) -> bool:
@@ -48,6 +53,16 @@ class StreamTail:
     def done(self) -> bool:
         """The stream's last event is `data: [DONE]`."""
         return self._last_event() == DONE
+
+    def timings(self) -> Timings | None:
+        """llama.cpp's token counts, from the last event or the one before `[DONE]`."""
+        for event in self._events(2):
+            if event.startswith(b"data:") and b'"timings"' in event:
+                try:
+                    return timings_of(orjson.loads(event[5:]))
+                except orjson.JSONDecodeError:
+                    return None
+        return None
 
     def last_error(self) -> dict[str, Any] | None:
         """The error object of the stream's last event, if that event is an error event."""

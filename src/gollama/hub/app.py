@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gollama import __version__
 from gollama.errors import ApiError, json_response
-from gollama.hub import control
+from gollama.hub import control, dashboard
 from gollama.hub.dispatch import Job
 from gollama.hub.openapi import openapi_schema
 from gollama.hub.relay import JobResponse, Render
 from gollama.hub.requests import chat_job, openai_job, render_chat
 from gollama.hub.service import Hub
 from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
+from gollama.logs import REQUEST_ID
 from gollama.settings import HubConfig
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -39,6 +43,10 @@ def create_app(config: HubConfig) -> Starlette:
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/dashboard", dashboard_page, methods=["GET"]),
+        Route("/dashboard/data", dashboard_data, methods=["GET"]),
+        Mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="static"),
         Route("/chat", chat, methods=["POST"]),
         Route("/v1/chat/completions", _openai("/v1/chat/completions"), methods=["POST"]),
         Route("/v1/completions", _openai("/v1/completions"), methods=["POST"]),
@@ -59,36 +67,44 @@ def create_app(config: HubConfig) -> Starlette:
 
 async def chat(request: Request) -> Response:
     """The original simple API: `{"message": "..."}` in, `{"response": "..."}` out."""
-    return await _job_response(request, chat_job, render_chat)
+    return await _job_response(request, "/chat", chat_job, render_chat)
 
 
 def _openai(endpoint: str) -> Endpoint:
     async def handle(request: Request) -> Response:
-        return await _job_response(request, functools.partial(openai_job, endpoint))
+        return await _job_response(request, endpoint, functools.partial(openai_job, endpoint))
 
     handle.__name__ = endpoint.strip("/").replace("/", "_")
     return handle
 
 
 async def _job_response(
-    request: Request, make_job: Callable[..., Job], render: Render | None = None
+    request: Request, route: str, make_job: Callable[..., Job], render: Render | None = None
 ) -> Response:
     hub: Hub = request.state.hub
+    received = time.perf_counter()
+    rid = request_id(request.headers.get("x-request-id"))
+    REQUEST_ID.set(rid)  # every log line of this request carries it
     try:
         job = make_job(
             parse_object(await request.body()),
             default_max_tokens=hub.config.default_max_tokens,
-            request_id=request_id(request.headers.get("x-request-id")),
-            deadline=_deadline(hub),
+            request_id=rid,
+            deadline=asyncio.get_running_loop().time() + hub.config.request_timeout,
         )
-    except ApiError:
+    except ApiError as exc:
         hub.dispatcher.totals.requests += 1
         hub.dispatcher.totals.client_errors += 1
+        seconds = time.perf_counter() - received
+        hub.metrics.request_done(route, "", exc.status, seconds)
         raise
-    return JobResponse(hub.dispatcher, job, render)
+    return JobResponse(hub.dispatcher, job, route, render, received=received)
 
 
 async def index(request: Request) -> Response:
+    """What this is and where to go: a short page for browsers, JSON for everyone else."""
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(dashboard.index_page(__version__))
     return json_response(
         {
             "name": "gollama hub",
@@ -101,8 +117,9 @@ async def index(request: Request) -> Response:
                     "/v1/models",
                 ],
                 "simple": ["/chat"],
-                "status": ["/health", "/stats", "/openapi.json"],
+                "status": ["/health", "/stats", "/metrics", "/openapi.json"],
             },
+            "dashboard": "/dashboard",
         }
     )
 
@@ -111,5 +128,15 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_schema(__version__))
 
 
-def _deadline(hub: Hub) -> float:
-    return asyncio.get_running_loop().time() + hub.config.request_timeout
+async def metrics(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return Response(hub.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def dashboard_page(request: Request) -> Response:
+    return HTMLResponse(dashboard.page())
+
+
+async def dashboard_data(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return json_response({**control.stats_body(hub), "history": hub.history.columns()})

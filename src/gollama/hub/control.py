@@ -95,19 +95,26 @@ async def health(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    hub: Hub = request.state.hub
+    return json_response(stats_body(request.state.hub))
+
+
+def stats_body(hub: Hub) -> dict[str, Any]:
     now = hub.now()
-    return json_response(
-        {
-            "workers": [w.describe(now) for w in hub.registry],
-            "queue": hub.scheduler.waiting,
-            "queue_size": hub.config.queue_size,
-            "in_flight": hub.scheduler.in_flight,
-            "policy": hub.config.policy,
-            "uptime_s": round(now - hub.started_at, 3),
-            "requests": hub.dispatcher.totals.as_dict(),
-        }
-    )
+    tokens = hub.metrics.tokens
+    return {
+        "workers": [w.describe(now) for w in hub.registry],
+        "queue": hub.scheduler.waiting,
+        "queue_size": hub.config.queue_size,
+        "in_flight": hub.scheduler.in_flight,
+        "policy": hub.config.policy,
+        "uptime_s": round(now - hub.started_at, 3),
+        "requests": hub.dispatcher.totals.as_dict(),
+        "tokens": {
+            "prompt_computed": tokens.prompt_computed,
+            "prompt_cached": tokens.prompt_cached,
+            "generated": tokens.generated,
+        },
+    }
 
 
 async def models(request: Request) -> Response:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from gollama.errors import (
     error_object,
     structured_message,
 )
+from gollama.hub.metrics import HubMetrics
 from gollama.hub.registry import Registry, Worker
 from gollama.hub.scheduler import Lease, Scheduler, Want
 from gollama.interrupt import Interrupt, Interrupted
@@ -96,11 +98,14 @@ class Answer:
 
 
 class _Retry(Exception):
-    """This attempt failed; the job may go to another worker."""
+    """This attempt failed, for `reason` (a metric label); the job may go to another worker."""
 
-    def __init__(self, error: ApiError, *, take_out: bool, count_failure: bool = True) -> None:
+    def __init__(
+        self, error: ApiError, reason: str, *, take_out: bool, count_failure: bool = True
+    ) -> None:
         super().__init__(error.message)
         self.error = error
+        self.reason = reason
         self.take_out = take_out
         self.count_failure = count_failure
 
@@ -111,6 +116,7 @@ class Dispatcher:
         registry: Registry,
         scheduler: Scheduler,
         upstream: Upstream,
+        metrics: HubMetrics,
         *,
         max_retries: int,
         queue_timeout: float,
@@ -119,6 +125,7 @@ class Dispatcher:
         self.registry = registry
         self.scheduler = scheduler
         self.upstream = upstream
+        self.metrics = metrics
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
         self.totals = Totals()
@@ -133,8 +140,10 @@ class Dispatcher:
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         tried: list[str] = []
         last_error: ApiError | None = None
+        last_reason = ""
         for attempt in range(self.max_retries + 1):
             remaining = job.deadline - loop.time()
             if remaining <= 0:
@@ -156,12 +165,15 @@ class Dispatcher:
                     f"({self.scheduler.describe_capacity(want)}); try again later"
                 ) from None
             tried.append(lease.worker.id)
-            if attempt > 0:
+            if attempt == 0:
+                self.metrics.queue_waited(time.perf_counter() - started)
+            else:
                 self.totals.retries += 1
+                self.metrics.retried(last_reason)
             try:
                 return await self._attempt(job, lease)
             except _Retry as retry:
-                last_error = retry.error
+                last_error, last_reason = retry.error, retry.reason
                 self._attempt_failed(lease, retry, job.request_id)
             except BaseException:
                 lease.release()
@@ -222,7 +234,7 @@ class Dispatcher:
             return await interrupt.run(self._exchange(job, lease))
         except Interrupted as lost:
             error = UpstreamFailed(f"worker {worker.id} {lost}")
-            raise _Retry(error, take_out=True) from None
+            raise _Retry(error, "worker_lost", take_out=True) from None
         finally:
             waiting.discard(interrupt)
             if not waiting:
@@ -241,7 +253,7 @@ class Dispatcher:
                 limits=self._limits,
             )
         except UpstreamError as exc:
-            raise _Retry(_failure(worker, exc), take_out=True) from exc
+            raise _failure(worker, exc) from exc
         try:
             content_type = response.headers.get("Content-Type", "application/json")
             if response.status >= 500:
@@ -255,7 +267,7 @@ class Dispatcher:
             return Answer(lease, response.status, content_type, body, None)
         except UpstreamError as exc:
             response.close()
-            raise _Retry(_failure(worker, exc), take_out=True) from exc
+            raise _failure(worker, exc) from exc
         except BaseException:
             response.close()
             raise
@@ -281,17 +293,16 @@ def _judge_server_error(
     message = structured_message({"error": error}) or f"HTTP {status}"
     if status == 501:
         worker.unsupported.add(job.endpoint)
-        return _Retry(
-            NotSupported(f"worker {worker.id}: {message}"), take_out=False, count_failure=False
-        )
+        unsupported = NotSupported(f"worker {worker.id}: {message}")
+        return _Retry(unsupported, "unsupported", take_out=False, count_failure=False)
     code = error.get("code") if error else None
     if status == 503 or error is None or code in WORKER_FAULT_CODES:
         failed = UpstreamFailed(f"worker {worker.id} answered {status}: {message}")
-        return _Retry(failed, take_out=True)
+        return _Retry(failed, "worker_error", take_out=True)
     # llama-server is up and said why this request failed: another worker may do better, and
     # if none does, the client gets llama-server's own answer.
     relayed = RelayedError(status, body, content_type, f"worker {worker.id}: {message}", worker.id)
-    return _Retry(relayed, take_out=False)
+    return _Retry(relayed, "server_error", take_out=False)
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
@@ -301,8 +312,10 @@ def _error_object(body: bytes) -> dict[str, Any] | None:
         return None
 
 
-def _failure(worker: Worker, exc: UpstreamError) -> ApiError:
-    return UpstreamFailed(f"worker {worker.id}: {exc}", status=504 if exc.timed_out else 502)
+def _failure(worker: Worker, exc: UpstreamError) -> _Retry:
+    """The worker could not be reached, or broke off or fell silent before its answer."""
+    error = UpstreamFailed(f"worker {worker.id}: {exc}", status=504 if exc.timed_out else 502)
+    return _Retry(error, "timeout" if exc.timed_out else "unreachable", take_out=True)
 
 
 async def _first_chunk(response: aiohttp.ClientResponse) -> bytes:

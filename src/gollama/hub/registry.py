@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gollama.tokens import TokenCounts
+
 OFFLINE_AFTER_INTERVALS = 3
 FORGET_AFTER = 600.0
 PROBE_BACKOFF_FIRST = 0.5
@@ -67,6 +69,7 @@ class Worker:
     probe_backoff: float = PROBE_BACKOFF_FIRST
     offline: bool = False
     unsupported: set[str] = field(default_factory=set)
+    tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
 
     @property
     def state(self) -> WorkerState:
@@ -106,6 +109,9 @@ class Worker:
             "jobs_completed": self.jobs_completed,
             "jobs_failed": self.jobs_failed,
             "times_failed": self.failures,
+            "prompt_tokens_computed": self.tokens.prompt_computed,
+            "prompt_tokens_cached": self.tokens.prompt_cached,
+            "tokens_generated": self.tokens.generated,
             "uptime_s": round(now - self.registered_at, 3),
             "last_heartbeat_s": round(now - self.last_heartbeat, 3),
         }

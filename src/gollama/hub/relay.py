@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from starlette.responses import Response
@@ -23,9 +24,17 @@ from gollama.asgi import (
     send_closing,
     until_disconnect,
 )
-from gollama.errors import WORKER_FAULT_CODES, ApiError, DeadlineExceeded, RelayedError
+from gollama.errors import (
+    CLIENT_CLOSED,
+    WORKER_FAULT_CODES,
+    ApiError,
+    DeadlineExceeded,
+    RelayedError,
+)
 from gollama.hub.dispatch import Answer, Dispatcher, Job
+from gollama.hub.registry import Worker
 from gollama.sse import SSE_HEADERS, StreamTail
+from gollama.tokens import Timings, body_timings
 from gollama.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -35,11 +44,24 @@ Render = Callable[[Answer], bytes]
 
 
 class JobResponse(Response):
-    def __init__(self, dispatcher: Dispatcher, job: Job, render: Render | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        job: Job,
+        route: str,
+        render: Render | None = None,
+        *,
+        received: float,
+    ) -> None:
+        """`route` is the hub's endpoint the request came to; `received`, when
+        (`time.perf_counter()`)."""
         # Starlette's Response.__init__ is not called: this response makes its own messages.
         self.dispatcher = dispatcher
+        self.metrics = dispatcher.metrics
         self.job = job
+        self.route = route
         self.render_answer = render
+        self.received = received
         self.background = None
         self.settled = False  # the outcome is counted; only the last bytes may still be going
 
@@ -49,7 +71,7 @@ class JobResponse(Response):
         except ClientDisconnected:
             if not self.settled:
                 self.dispatcher.totals.cancelled += 1
-                log.info("[%s] client disconnected", self.job.request_id)
+                self._settle(CLIENT_CLOSED, None, "the client went away")
 
     async def _run(self, send: Send) -> None:
         job = self.job
@@ -81,8 +103,8 @@ class JobResponse(Response):
                 totals.client_errors += 1
             else:
                 totals.failed += 1
-        self.settled = True
-        log.info("[%s] answered %d: %s", self.job.request_id, error.status, error.message)
+        worker_id = error.worker_id if isinstance(error, RelayedError) else None
+        self._settle(error.status, self.dispatcher.registry.get(worker_id or ""), error.message)
         headers = [
             (b"content-type", error.content_type.encode()),
             (b"x-request-id", self.job.request_id.encode()),
@@ -103,7 +125,9 @@ class JobResponse(Response):
                 await self._send_error(send, exc, counted=True)
                 return
         self.dispatcher.finish(answer)  # the answer is complete: free the slot first
-        self.settled = True
+        if answer.status == 200:
+            self._count_tokens(answer.worker, body_timings(answer.body))
+        self._settle(answer.status, answer.worker)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(
@@ -111,7 +135,7 @@ class JobResponse(Response):
             ):
                 await _send_json(send, answer.status, body, self._answer_headers(answer))
         except TimeoutError:
-            log.info("[%s] the client did not read its answer in time", self.job.request_id)
+            log.info("the client did not read its answer in time")
 
     async def _send_stream(self, send: Send, answer: Answer) -> None:
         job = self.job
@@ -119,12 +143,16 @@ class JobResponse(Response):
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
         tail = StreamTail()
         failure, take_out, out_of_time = None, False, False
+        model = self._model_label(answer.worker)
+        first_at = last_at = time.perf_counter()
+        self.metrics.first_token(model, first_at - self.received)
         try:
             async with asyncio.timeout_at(job.deadline):
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 tail.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
                 async for chunk in answer.rest(self.dispatcher.read_timeout):
+                    last_at = time.perf_counter()
                     tail.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
@@ -146,13 +174,48 @@ class JobResponse(Response):
         self.dispatcher.finish(
             answer, failure=failure, worker_failed=worker_failed, take_out=take_out
         )
-        self.settled = True
+        timings = tail.timings()
+        self._count_tokens(answer.worker, timings)
+        self.metrics.stream_done(model, last_at - first_at, timings)
         closing = b""
-        if failure is not None:
-            log.warning("[%s] stream cut: %s", job.request_id, failure)
+        if failure is None:
+            self._settle(200, answer.worker)
+        else:
+            self.metrics.stream_cut(model)
+            self._settle(200, answer.worker, f"stream cut: {failure}", warn=True)
             if error is None:
                 closing = tail.closing_error_event(failure, code=502 if worker_failed else 504)
         await send_closing(send, closing)
+
+    def _settle(
+        self, status: int, worker: Worker | None, note: str = "", *, warn: bool = False
+    ) -> None:
+        """The request's outcome is decided: count it and write its one log line."""
+        self.settled = True
+        seconds = time.perf_counter() - self.received
+        self.metrics.request_done(self.route, self._model_label(worker), status, seconds)
+        log.log(
+            logging.WARNING if warn else logging.INFO,
+            "%s %d in %.1f ms%s%s",
+            self.route,
+            status,
+            seconds * 1000,
+            f" on {worker.id}" if worker else "",
+            f": {note}" if note else "",
+        )
+
+    def _model_label(self, worker: Worker | None) -> str:
+        """The model for metric labels: one a worker serves, never a client's arbitrary name."""
+        model = self.job.model
+        if worker is not None:
+            return model if model is not None and model in worker.models else worker.models[0]
+        if model is not None and model in self.dispatcher.registry.known_models():
+            return model
+        return ""
+
+    def _count_tokens(self, worker: Worker, timings: Timings | None) -> None:
+        if timings is not None:
+            self.metrics.tokens_counted(worker, self._model_label(worker), timings)
 
     def _answer_headers(self, answer: Answer) -> list[tuple[bytes, bytes]]:
         return [

@@ -7,8 +7,10 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from gollama.hub.dashboard import History
 from gollama.hub.dispatch import Dispatcher
 from gollama.hub.health import HealthMonitor
+from gollama.hub.metrics import HubMetrics
 from gollama.hub.policies import make_policy
 from gollama.hub.registry import Registry
 from gollama.hub.scheduler import Scheduler
@@ -28,8 +30,10 @@ class Hub:
     scheduler: Scheduler
     upstream: Upstream
     dispatcher: Dispatcher
+    metrics: HubMetrics
+    history: History
     started_at: float
-    _monitor: asyncio.Task[None]
+    _tasks: list[asyncio.Task[None]]
 
     @classmethod
     async def start(cls, config: HubConfig) -> Hub:
@@ -45,16 +49,19 @@ class Hub:
             read_timeout=config.read_timeout,
             keepalive_timeout=WORKER_KEEPALIVE,
         )
+        metrics = HubMetrics(registry, scheduler, config.queue_size)
         dispatcher = Dispatcher(
             registry,
             scheduler,
             upstream,
+            metrics,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,
         )
         health = HealthMonitor(registry, scheduler, upstream, on_lost=dispatcher.worker_lost)
-        monitor = asyncio.create_task(health.run())
+        history = History(metrics, scheduler)
+        tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
         loop = asyncio.get_running_loop()
         log.info(
             "hub ready: policy %s, queue %d, retries %d",
@@ -62,12 +69,24 @@ class Hub:
             config.queue_size,
             config.max_retries,
         )
-        return cls(config, registry, scheduler, upstream, dispatcher, loop.time(), monitor)
+        return cls(
+            config,
+            registry,
+            scheduler,
+            upstream,
+            dispatcher,
+            metrics,
+            history,
+            loop.time(),
+            tasks,
+        )
 
     async def stop(self) -> None:
-        self._monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._monitor
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.upstream.close()
 
     def now(self) -> float:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,6 +17,7 @@ from starlette.routing import Route
 from gollama import __version__
 from gollama.errors import BadRequest, NoWorkerAvailable, json_response
 from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
+from gollama.logs import REQUEST_ID
 from gollama.settings import WorkerConfig
 from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
 from gollama.worker.hub_link import HubUnavailable
@@ -33,6 +36,7 @@ def create_app(config: WorkerConfig) -> Starlette:
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/connect", connect, methods=["POST"]),
         Route("/execute", execute, methods=["POST"]),
         *(Route(path, forward, methods=["POST"]) for path in sorted(INFERENCE_ENDPOINTS)),
@@ -47,15 +51,15 @@ def create_app(config: WorkerConfig) -> Starlette:
 async def forward(request: Request) -> Response:
     """An inference endpoint, forwarded as is to llama-server."""
     node: WorkerNode = request.state.node
+    received, rid = _arrived(request)
     body = await request.body()
-    return ForwardResponse(
-        node, request.url.path, body, request_id(request.headers.get("x-request-id"))
-    )
+    return ForwardResponse(node, request.url.path, body, rid, received=received)
 
 
 async def execute(request: Request) -> Response:
     """The original envelope: `{"endpoint": "/v1/chat/completions", "body": {...}}`."""
     node: WorkerNode = request.state.node
+    received, rid = _arrived(request)
     envelope = parse_object(await request.body())
     endpoint = envelope.get("endpoint")
     if not isinstance(endpoint, str) or endpoint not in INFERENCE_ENDPOINTS:
@@ -67,8 +71,19 @@ async def execute(request: Request) -> Response:
     body = envelope.get("body")
     if not isinstance(body, dict):
         raise BadRequest("'body' must be a JSON object", param="body")
+    return ForwardResponse(node, endpoint, orjson.dumps(body), rid, received=received)
+
+
+def _arrived(request: Request) -> tuple[float, str]:
+    """When the request arrived, and its id, which every log line of it carries from now on."""
     rid = request_id(request.headers.get("x-request-id"))
-    return ForwardResponse(node, endpoint, orjson.dumps(body), rid)
+    REQUEST_ID.set(rid)
+    return time.perf_counter(), rid
+
+
+async def metrics(request: Request) -> Response:
+    node: WorkerNode = request.state.node
+    return Response(node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def health(request: Request) -> Response:
@@ -109,6 +124,12 @@ async def index(request: Request) -> Response:
         {
             "name": "gollama worker",
             "version": __version__,
-            "endpoints": ["/health", "/connect", "/execute", *sorted(INFERENCE_ENDPOINTS)],
+            "endpoints": [
+                "/health",
+                "/metrics",
+                "/connect",
+                "/execute",
+                *sorted(INFERENCE_ENDPOINTS),
+            ],
         }
     )

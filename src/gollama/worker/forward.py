@@ -12,6 +12,7 @@ sent with their length, so a cut answer becomes a clear 502 rather than truncate
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -20,7 +21,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gollama.asgi import ClientDisconnected, send_closing, until_disconnect
-from gollama.errors import LLAMA_BROKE_OFF, LLAMA_TIMEOUT, LLAMA_UNREACHABLE, error_body
+from gollama.errors import (
+    CLIENT_CLOSED,
+    LLAMA_BROKE_OFF,
+    LLAMA_TIMEOUT,
+    LLAMA_UNREACHABLE,
+    error_body,
+)
 from gollama.sse import SSE_HEADERS, StreamTail
 from gollama.upstream import UpstreamError, iter_chunks, read_body
 
@@ -58,12 +65,18 @@ INFERENCE_ENDPOINTS = frozenset(
 class ForwardResponse(Response):
     """Sends one request to llama-server and relays its answer, counting it as in flight."""
 
-    def __init__(self, node: WorkerNode, endpoint: str, body: bytes, request_id: str) -> None:
+    def __init__(
+        self, node: WorkerNode, endpoint: str, body: bytes, request_id: str, *, received: float
+    ) -> None:
+        """`received`: when the request arrived (`time.perf_counter()`)."""
         self.node = node
         self.upstream = node.upstream
+        self.endpoint = endpoint
         self.url = node.llama.url + endpoint
         self.payload = body
         self.request_id = request_id
+        self.received = received
+        self.status = CLIENT_CLOSED  # until an answer starts
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,11 +84,12 @@ class ForwardResponse(Response):
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
-            log.info(
-                "[%s] the client went away; request to llama-server cancelled", self.request_id
-            )
+            log.info("the client went away; request to llama-server cancelled")
         finally:
             self.node.in_flight -= 1
+            seconds = time.perf_counter() - self.received
+            self.node.metrics.forwarded(self.endpoint, self.status, seconds)
+            log.info("%s %d in %.1f ms", self.endpoint, self.status, seconds * 1000)
 
     async def _run(self, send: Send) -> None:
         headers = {"Content-Type": "application/json", "X-Request-ID": self.request_id}
@@ -106,6 +120,7 @@ class ForwardResponse(Response):
                 await self._send_error(send, f"llama-server: {exc}", 502, LLAMA_BROKE_OFF)
                 return
             out_headers.append((b"content-length", str(len(body)).encode()))
+            self.status = response.status
             start = {"type": "http.response.start", "status": response.status}
             await send({**start, "headers": out_headers})
             await send({"type": "http.response.body", "body": body})
@@ -113,6 +128,7 @@ class ForwardResponse(Response):
     async def _relay_stream(
         self, send: Send, response: ClientResponse, headers: list[tuple[bytes, bytes]]
     ) -> None:
+        self.status = response.status
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = StreamTail()
         closing = b""
@@ -121,17 +137,18 @@ class ForwardResponse(Response):
                 tail.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            log.warning("[%s] llama-server stream broke off: %s", self.request_id, exc)
+            log.warning("llama-server stream broke off: %s", exc)
             closing = tail.closing_error_event(f"llama-server: {exc}", code=LLAMA_BROKE_OFF)
         await send_closing(send, closing)
 
     async def _send_error(self, send: Send, message: str, status: int, code: str) -> None:
-        log.warning("[%s] %s", self.request_id, message)
+        log.warning("%s", message)
         body = orjson.dumps(error_body(message, "upstream_error", code=code))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", self.request_id.encode()),
         ]
+        self.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

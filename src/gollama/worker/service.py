@@ -14,6 +14,7 @@ from gollama.upstream import Upstream
 from gollama.worker.hub_link import HubLink, advertised_url
 from gollama.worker.llama import LlamaServer
 from gollama.worker.managed import ManagedLlama
+from gollama.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class WorkerNode:
         self.url = config.advertise_url or advertised_url(config.host, config.port, config.hub_url)
         self.link = HubLink(upstream, config.hub_url, self.describe)
         self.in_flight = 0
+        self.metrics = WorkerMetrics(self)
         self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -1,0 +1,182 @@
+"""Metrics and logs end to end: real hub, workers and llama-servers, real traffic, and the
+exposition read back with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Cluster
+from tests.procs import Proc, Processes, wait_until, worker_state
+
+pytestmark = pytest.mark.e2e
+
+# Long enough that a repeat on the same llama-server is mostly served from its cache.
+DOCUMENT = "The quick brown fox jumps over the lazy dog. " * 20
+PROMPT_MARKER = "zebra-secret-prompt-7731"
+
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Series:
+    """Every sample of a /metrics page, keyed by (name, labels)."""
+    reply = httpx.get(url + "/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    series: Series = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return series
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    return series[(name, frozenset(labels.items()))]
+
+
+def total(series: Series, name: str, **labels: str) -> float:
+    """The sum over all series of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in series.items() if n == name and wanted <= ls)
+
+
+def logged(proc: Proc, text: str) -> Callable[[], bool]:
+    return lambda: text in proc.log.read_text()
+
+
+def chat(
+    url: str,
+    content: str,
+    max_tokens: int,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    reply = httpx.post(
+        url + "/v1/chat/completions", json={**body, **extra}, headers=headers, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
+def test_metrics_after_real_traffic(cluster: Cluster) -> None:
+    url = cluster.url
+    before = scrape(url)
+    prompt_tokens = 0
+    for _ in range(4):  # four repeats over two workers: some land where the prompt is cached
+        prompt_tokens += chat(url, DOCUMENT, 5).json()["usage"]["prompt_tokens"]
+    for _ in range(2):
+        reply = chat(url, "stream me", 6, stream=True)
+        assert reply.text.rstrip().endswith("data: [DONE]")
+    assert httpx.post(url + "/v1/chat/completions", content=b"{", timeout=10).status_code == 400
+    unknown = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+    assert httpx.post(url + "/v1/chat/completions", json=unknown, timeout=10).status_code == 404
+
+    after = scrape(url)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    endpoint = "/v1/chat/completions"
+    assert grew("gollama_requests_total", endpoint=endpoint, model="tiny", status="200") == 6
+    assert grew("gollama_requests_total", endpoint=endpoint, model="", status="400") == 1
+    assert grew("gollama_requests_total", endpoint=endpoint, model="", status="404") == 1
+    assert grew("gollama_request_duration_seconds_count", endpoint=endpoint) == 8
+    assert grew("gollama_time_to_first_token_seconds_count", model="tiny") == 2
+    assert grew("gollama_inter_token_seconds_count", model="tiny") == 2
+    assert grew("gollama_queue_wait_seconds_count") == 6
+    # The test model never stops early: exactly max_tokens per reply, as llama.cpp counts them.
+    assert grew("gollama_generated_tokens_total", model="tiny") == 4 * 5 + 2 * 6
+    assert grew("gollama_worker_generated_tokens_total") == 4 * 5 + 2 * 6
+    computed = grew("gollama_prompt_tokens_total", source="computed")
+    cached = grew("gollama_prompt_tokens_total", source="cache")
+    assert cached > 0
+    assert computed + cached > prompt_tokens  # the streams' prompts come on top
+    assert grew("gollama_worker_jobs_total", outcome="completed") == 6
+
+    assert value(after, "gollama_workers", state="healthy") == 2
+    assert value(after, "gollama_queue_depth") == 0
+    assert value(after, "gollama_in_flight") == 0
+    for worker in ("w1", "w2"):
+        assert value(after, "gollama_worker_state", worker=worker, state="healthy") == 1
+        assert value(after, "gollama_worker_state", worker=worker, state="failing") == 0
+        assert value(after, "gollama_worker_slots", worker=worker) == 2
+        assert value(after, "gollama_worker_in_flight", worker=worker) == 0
+
+
+def test_worker_metrics(cluster: Cluster) -> None:
+    worker = cluster.workers[0]
+    before = scrape(worker.url)
+    chat(worker.url, "hi", 2)
+    after = scrape(worker.url)
+    labels = {"endpoint": "/v1/chat/completions", "status": "200"}
+    name = "gollama_forwarded_requests_total"
+    assert total(after, name, **labels) - total(before, name, **labels) == 1
+    assert value(after, "gollama_llama_server_up") == 1
+    assert value(after, "gollama_llama_server_slots") == 2
+    assert value(after, "gollama_hub_registered") == 1
+    assert value(after, "gollama_forward_in_flight") == 0
+
+
+def test_request_id_travels_and_prompts_stay_out_of_logs(cluster: Cluster) -> None:
+    rid = "trace-abc-123"
+    reply = chat(cluster.url, f"{PROMPT_MARKER} tell me", 3, headers={"X-Request-ID": rid})
+    assert reply.headers["x-request-id"] == rid
+    answered_by = next(w for w in cluster.workers if w.name == reply.headers["x-gollama-worker"])
+    for proc in (cluster.hub, answered_by):
+        wait_until(logged(proc, f"[{rid}]"), f"{rid} in {proc.name}'s log", proc)
+    for proc in (cluster.hub, *cluster.workers):
+        assert PROMPT_MARKER not in proc.log.read_text()
+
+    generated = httpx.post(cluster.url + "/v1/chat/completions", content=b"[]", timeout=10)
+    assert generated.status_code == 400
+    assert len(generated.headers["x-request-id"]) == 32
+
+
+def test_a_workers_series_disappear_when_it_leaves(procs: Processes) -> None:
+    hub = procs.hub()
+    registration = {"url": "http://127.0.0.1:9", "models": ["ghost"], "slots": 3, "name": "ghost"}
+    assert httpx.post(hub.url + "/connectWorker", json=registration, timeout=5).status_code == 200
+    series = scrape(hub.url)
+    assert value(series, "gollama_worker_slots", worker="ghost") == 3
+    assert (
+        value(
+            series, "gollama_worker_info", worker="ghost", url="http://127.0.0.1:9", model="ghost"
+        )
+        == 1
+    )
+    goodbye = httpx.post(hub.url + "/disconnectWorker", json={"id": "ghost"}, timeout=5)
+    assert goodbye.status_code == 200
+    series = scrape(hub.url)
+    assert not [key for key in series if ("worker", "ghost") in key[1]]
+    assert value(series, "gollama_workers", state="healthy") == 0
+
+
+@pytest.fixture
+def json_logging_cluster(procs: Processes, models: dict[str, Path]) -> Processes:
+    hub = procs.hub("--log-format", "json")
+    llama = procs.llama("llama", models["tiny"])
+    procs.worker("w1", hub, "--log-format", "json", llama=llama)
+    return procs
+
+
+def test_json_logs_carry_the_request_id(json_logging_cluster: Processes) -> None:
+    hub, _, worker = json_logging_cluster.started
+    rid = "json-log-check-1"
+    chat(hub.url, PROMPT_MARKER, 2, headers={"X-Request-ID": rid})
+    assert worker_state(hub, "w1") == "healthy"
+    for proc in (hub, worker):
+        wait_until(logged(proc, rid), f"{rid} in {proc.name}'s log", proc)
+        lines = [line for line in proc.log.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]  # every line is one JSON object
+        for record in records:
+            assert {"time", "level", "logger", "message", "request_id"} <= set(record)
+        mine = [r for r in records if r["request_id"] == rid]
+        assert any("/v1/chat/completions 200" in r["message"] for r in mine), mine
+        assert PROMPT_MARKER not in proc.log.read_text()
