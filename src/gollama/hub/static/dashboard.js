@@ -12,12 +12,13 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
-function makeChart(elementId, series) {
+// A time chart whose y axis starts at 0 and reaches at least `minTop`.
+function makeChart(elementId, minTop, series) {
   const element = byId(elementId);
   const options = {
     width: Math.max(element.clientWidth, 300),
     height: 180,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, 1e-9) * 1.1] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, minTop) * 1.1] } },
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: false }))],
     axes: [{}, { size: 60 }],
     legend: { live: false },
@@ -29,10 +30,10 @@ function makeChart(elementId, series) {
 }
 
 const charts = {
-  requests: makeChart("chart-requests", [["requests/s", "#2e90fa"]]),
-  tokens: makeChart("chart-tokens", [["tokens/s", "#12805c"]]),
-  ttft: makeChart("chart-ttft", [["time to first token (s)", "#b54708"]]),
-  queue: makeChart("chart-queue", [["queue", "#b42318"], ["in flight", "#7a5af8"]]),
+  requests: makeChart("chart-requests", 1, [["requests/s", "#2e90fa"]]),
+  tokens: makeChart("chart-tokens", 1, [["tokens/s", "#12805c"]]),
+  ttft: makeChart("chart-ttft", 0.01, [["time to first token (s)", "#b54708"]]),
+  queue: makeChart("chart-queue", 1, [["queue", "#b42318"], ["in flight", "#7a5af8"]]),
 };
 
 function cell(row, text, className) {
