@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,166 +20,22 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from common import HOST, RESULTS, Cluster, load, start_cluster
 from rich.console import Console
 from rich.table import Table
 
-from gollama.llama_binary import find_llama_server
-from gollama.processes import die_with_parent, free_ports
-from gollama.testmodel import ModelShape, write_test_model
-
-HOST = "127.0.0.1"
-RESULTS = Path(__file__).parent / "results"
-
-
-class Cluster:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, command: list[str]) -> None:
-        with (self.folder / f"{name}.log").open("wb") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    preexec_fn=die_with_parent(),
-                )
-            )
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def log_tails(folder: Path) -> str:
-    return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
-
-
-async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> None:
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                async with session.get(url) as reply:
-                    body = await reply.text()
-                    if reply.status == 200 and check in body:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-
-
-async def load(
-    session: aiohttp.ClientSession,
-    urls: list[str],
-    requests: int,
-    concurrency: int,
-    body: bytes,
-    stream: bool,
-) -> dict[str, float]:
-    targets = itertools.cycle(urls)
-    latencies: list[float] = []
-    first_bytes: list[float] = []
-    failures = 0
-    remaining = iter(range(requests))
-
-    async def client() -> None:
-        nonlocal failures
-        for _ in remaining:
-            started = time.perf_counter()
-            async with session.post(
-                next(targets), data=body, headers={"Content-Type": "application/json"}
-            ) as reply:
-                if stream:
-                    async for _ in reply.content.iter_any():
-                        first_bytes.append(time.perf_counter() - started)
-                        break
-                await reply.read()
-                if reply.status != 200:
-                    failures += 1
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    result = {
-        "rps": requests / elapsed,
-        "p50": latencies[len(latencies) // 2] * 1000,
-        "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-        "failures": failures,
-    }
-    if first_bytes:
-        result["ttfb"] = statistics.median(first_bytes) * 1000
-    return result
-
 
 async def run(args: argparse.Namespace, folder: Path) -> list[tuple[str, dict[str, float]]]:
-    model = write_test_model(folder / "tiny.gguf", ModelShape(d_model=64, layers=2))
-    binary = find_llama_server()
     cluster = Cluster(folder)
-    *llama_ports, hub_port = free_ports(3)
-    worker_ports = free_ports(2)
     try:
-        for i, port in enumerate(llama_ports):
-            cluster.start(
-                f"llama-{i}",
-                [
-                    binary,
-                    "-m",
-                    str(model),
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "-t",
-                    "1",
-                    "-np",
-                    "4",
-                    "--alias",
-                    "tiny",
-                ],
-            )
-        gollama = [sys.executable, "-m", "gollama"]
-        cluster.start(
-            "hub",
-            [*gollama, "hub", "--host", HOST, "--port", str(hub_port), "--log-level", "warning"],
-        )
-        for i, (port, llama_port) in enumerate(zip(worker_ports, llama_ports, strict=True)):
-            cluster.start(
-                f"worker-{i}",
-                [
-                    *gollama,
-                    "worker",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--llama-port",
-                    str(llama_port),
-                    "--log-level",
-                    "warning",
-                    "--hub",
-                    f"http://{HOST}:{hub_port}",
-                ],
-            )
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            try:
-                await wait_ok(session, f"http://{HOST}:{hub_port}/health", '"workers":2')
-            except TimeoutError:
-                raise SystemExit(f"the cluster did not come up:\n{log_tails(folder)}") from None
+            ports = await start_cluster(cluster, session)
             path = "/v1/chat/completions"
             routes = {
-                "direct to llama-server": [f"http://{HOST}:{p}{path}" for p in llama_ports],
-                "through a worker": [f"http://{HOST}:{p}{path}" for p in worker_ports],
-                "through the hub": [f"http://{HOST}:{hub_port}{path}"],
+                "direct to llama-server": [f"http://{HOST}:{p}{path}" for p in ports.llamas],
+                "through a worker": [f"http://{HOST}:{p}{path}" for p in ports.workers],
+                "through the hub": [ports.hub_url + path],
             }
             # llama-server often closes a kept-alive connection right after a streamed reply,
             # so a pooled client fails on reuse: streamed loads use a fresh connection each,

@@ -1,0 +1,187 @@
+"""What the benchmarks share: a local cluster of real processes and a closed-loop load."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from gollama.llama_binary import find_llama_server
+from gollama.processes import die_with_parent, free_ports
+from gollama.testmodel import ModelShape, write_test_model
+
+HOST = "127.0.0.1"
+RESULTS = Path(__file__).parent / "results"
+
+
+class Cluster:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        with (self.folder / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def log_tails(folder: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
+
+
+async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> None:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                async with session.get(url) as reply:
+                    body = await reply.text()
+                    if reply.status == 200 and check in body:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def load(
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    requests: int | None,
+    concurrency: int,
+    body: bytes,
+    stream: bool,
+    seconds: float | None = None,
+) -> dict[str, float]:
+    """`concurrency` clients send `body` in turn to `urls`: `requests` in all, or for
+    `seconds`. Returns requests per second, latency p50/p99 in ms, failures and, for
+    streams, the median time to the first byte in ms."""
+    targets = itertools.cycle(urls)
+    latencies: list[float] = []
+    first_bytes: list[float] = []
+    failures = 0
+    remaining = iter(range(requests)) if requests is not None else itertools.count()
+    stop_at = time.perf_counter() + seconds if seconds is not None else float("inf")
+
+    async def client() -> None:
+        nonlocal failures
+        for _ in remaining:
+            if time.perf_counter() >= stop_at:
+                return
+            started = time.perf_counter()
+            async with session.post(
+                next(targets), data=body, headers={"Content-Type": "application/json"}
+            ) as reply:
+                if stream:
+                    async for _ in reply.content.iter_any():
+                        first_bytes.append(time.perf_counter() - started)
+                        break
+                await reply.read()
+                if reply.status != 200:
+                    failures += 1
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    result = {
+        "rps": len(latencies) / elapsed,
+        "p50": latencies[len(latencies) // 2] * 1000,
+        "p99": latencies[int(len(latencies) * 0.99)] * 1000,
+        "failures": failures,
+    }
+    if first_bytes:
+        result["ttfb"] = statistics.median(first_bytes) * 1000
+    return result
+
+
+@dataclass
+class Ports:
+    llamas: list[int]
+    workers: list[int]
+    hub: int
+    hub_pid: int
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://{HOST}:{self.hub}"
+
+
+async def start_cluster(
+    cluster: Cluster, session: aiohttp.ClientSession, *, llamas: int = 2, slots: int = 4
+) -> Ports:
+    """llama-servers on the generated tiny model (one thread each), a worker in front of each,
+    and a hub, all logging warnings only; returns once the hub sees every worker healthy."""
+    model = write_test_model(cluster.folder / "tiny.gguf", ModelShape(d_model=64, layers=2))
+    binary = find_llama_server()
+    *llama_ports, hub_port = free_ports(llamas + 1)
+    worker_ports = free_ports(llamas)
+    for i, port in enumerate(llama_ports):
+        cluster.start(
+            f"llama-{i}",
+            [
+                binary,
+                "-m",
+                str(model),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "-t",
+                "1",
+                "-np",
+                str(slots),
+                "--alias",
+                "tiny",
+            ],
+        )
+    gollama = [sys.executable, "-m", "gollama"]
+    quiet = ["--log-level", "warning"]
+    hub = cluster.start("hub", [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet])
+    ports = Ports(llama_ports, worker_ports, hub_port, hub.pid)
+    for i, (port, llama_port) in enumerate(zip(ports.workers, ports.llamas, strict=True)):
+        cluster.start(
+            f"worker-{i}",
+            [
+                *gollama,
+                "worker",
+                "--name",
+                f"worker-{i}",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *quiet,
+                "--llama-port",
+                str(llama_port),
+                "--hub",
+                ports.hub_url,
+            ],
+        )
+    try:
+        await wait_ok(session, ports.hub_url + "/health", f'"workers":{llamas}')
+    except TimeoutError:
+        raise SystemExit(f"the cluster did not come up:\n{log_tails(cluster.folder)}") from None
+    return ports
