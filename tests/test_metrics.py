@@ -81,7 +81,7 @@ def test_history_turns_totals_into_rates() -> None:
         metrics.request_done("/v1/chat/completions", "m", 200, 0.1)
     metrics.first_token("m", 0.2)
     metrics.first_token("m", 0.4)
-    metrics.flow.tokens_generated += 50
+    metrics.tokens.generated += 50
     history.sample(now=102.0, wall_time=1_002.0)
     history.sample(now=103.0, wall_time=1_003.0)
     columns = history.columns()

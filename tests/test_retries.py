@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes import RAW_STREAM, FakeWorker, serving
 from tests.procs import Proc, Processes, stats
+from tests.prom import scrape, total
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +40,16 @@ async def post(
 
 
 @pytest.mark.parametrize(
-    ("failure", "stream"),
-    [("error_500_plain", False), ("llama_down", False), ("reset", False), ("reset", True)],
+    ("failure", "stream", "reason"),
+    [
+        ("error_500_plain", False, "worker_error"),
+        ("llama_down", False, "worker_error"),
+        ("reset", False, "unreachable"),
+        ("reset", True, "unreachable"),
+    ],
 )
 async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
-    procs: Processes, failure: str, stream: bool
+    procs: Processes, failure: str, stream: bool, reason: str
 ) -> None:
     hub = hub_for_fakes(procs, "--read-timeout", "1", "--policy", "round_robin")
     bad, good = FakeWorker("bad", failure), FakeWorker("good")  # type: ignore[arg-type]
@@ -62,6 +68,7 @@ async def test_a_worker_in_trouble_is_taken_out_and_the_job_retried(
         assert entry["jobs_failed"] == 1
         assert entry["reason"]
         assert stats(hub)["requests"]["retries"] == 1
+        assert total(scrape(hub.url), "gollama_retries_total", reason=reason) == 1
 
 
 async def test_a_llama_server_error_is_retried_but_keeps_the_worker(procs: Processes) -> None:
@@ -76,6 +83,7 @@ async def test_a_llama_server_error_is_retried_but_keeps_the_worker(procs: Proce
         entry = worker_stats(hub, "picky")
         assert entry["state"] == "healthy"  # llama-server answered: it is up
         assert entry["jobs_failed"] == 1
+        assert total(scrape(hub.url), "gollama_retries_total", reason="server_error") == 1
 
 
 async def test_a_silent_worker_reported_unhealthy_is_left_at_once(procs: Processes) -> None:
@@ -250,6 +258,9 @@ async def test_a_stream_cut_after_it_started_ends_with_an_error_event(procs: Pro
     assert b"[DONE]" not in reply.content
     assert cutter.hits == 1  # never retried once bytes reached the client
     assert worker_stats(hub, "cutter")["jobs_failed"] == 1
+    series = scrape(hub.url)
+    assert total(series, "gollama_streams_cut_total") == 1
+    assert total(series, "gollama_requests_total", status="200") == 1
 
 
 async def test_an_error_event_from_upstream_is_relayed_once(procs: Processes) -> None:

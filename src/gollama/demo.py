@@ -182,6 +182,7 @@ def _show(console: Console, reply: dict[str, Any], hub_url: str, model: Path, lo
     body = '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":16}'
     console.print(f"""
 Hub:        {hub_url}   (stats: {hub_url}/stats, health: {hub_url}/health)
+Dashboard:  {hub_url}/dashboard   (Prometheus metrics: {hub_url}/metrics)
 Logs:       {logs}
 Try:        curl -s {hub_url}/v1/chat/completions -H 'Content-Type: application/json' \\
               -d {shlex.quote(body)}

@@ -41,6 +41,7 @@ class History:
         self.scheduler = scheduler
         self.samples: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
         self._last = Flow()
+        self._last_tokens = 0
         self._last_at: float | None = None
 
     async def run(self) -> None:
@@ -52,7 +53,9 @@ class History:
     def sample(self, now: float, wall_time: float) -> None:
         """Take one sample: `now` is monotonic seconds, `wall_time` the time to show."""
         flow, last = self.metrics.flow, self._last
+        tokens, last_tokens = self.metrics.tokens.generated, self._last_tokens
         self._last = Flow(**{name: getattr(flow, name) for name in Flow.__slots__})
+        self._last_tokens = tokens
         elapsed = None if self._last_at is None else now - self._last_at
         self._last_at = now
         if not elapsed:
@@ -62,7 +65,7 @@ class History:
             Sample(
                 time=round(wall_time, 3),
                 requests_per_s=round((flow.requests - last.requests) / elapsed, 3),
-                tokens_per_s=round((flow.tokens_generated - last.tokens_generated) / elapsed, 3),
+                tokens_per_s=round((tokens - last_tokens) / elapsed, 3),
                 first_token_s=(
                     round((flow.first_token_seconds - last.first_token_seconds) / first_tokens, 4)
                     if first_tokens

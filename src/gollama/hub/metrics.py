@@ -35,7 +35,6 @@ class Flow:
     """Hub-wide running totals that never go down, for the dashboard's per-second rates."""
 
     requests: int = 0
-    tokens_generated: int = 0
     first_token_seconds: float = 0.0
     first_tokens: int = 0
 
@@ -44,7 +43,7 @@ class HubMetrics:
     def __init__(self, registry: Registry, scheduler: Scheduler, queue_size: int) -> None:
         self.prometheus = CollectorRegistry()
         self.flow = Flow()
-        self.tokens = TokenCounts()
+        self.tokens = TokenCounts()  # hub-wide, kept when workers leave
         on = self.prometheus
         self._requests = Counter(
             "gollama_requests",
@@ -136,7 +135,6 @@ class HubMetrics:
     def tokens_counted(self, worker: Worker, model: str, timings: Timings) -> None:
         worker.tokens.add(timings)
         self.tokens.add(timings)
-        self.flow.tokens_generated += timings.generated
         self._prompt_tokens.labels(model, "computed").inc(timings.prompt_computed)
         self._prompt_tokens.labels(model, "cache").inc(timings.prompt_cached)
         self._generated_tokens.labels(model).inc(timings.generated)

@@ -142,6 +142,23 @@ def openapi_schema(version: str) -> dict[str, Any]:
                     "responses": {"200": _json(_ANY_OBJECT, "statistics")},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of the hub, its queue and its workers",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/dashboard/data": {
+                "get": {
+                    "summary": "What the dashboard shows: /stats plus per-second history",
+                    "responses": {"200": _json(_ANY_OBJECT, "statistics and history")},
+                }
+            },
         },
         "components": {
             "schemas": {

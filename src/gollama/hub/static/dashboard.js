@@ -12,6 +12,9 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+const clock = (seconds) =>
+  new Date(seconds * 1000).toLocaleTimeString("en-GB", { hour12: false });
+
 // A time chart whose y axis starts at 0 and reaches at least `minTop`.
 function makeChart(elementId, minTop, series) {
   const element = byId(elementId);
@@ -20,7 +23,7 @@ function makeChart(elementId, minTop, series) {
     height: 180,
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, minTop) * 1.1] } },
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: false }))],
-    axes: [{}, { size: 60 }],
+    axes: [{ space: 90, values: (u, ticks) => ticks.map(clock) }, { size: 60 }],
     legend: { live: false },
   };
   const chart = new uPlot(options, [[], ...series.map(() => [])], element);
