@@ -87,7 +87,9 @@ async def pollers(session: aiohttp.ClientSession, url: str, count: int) -> Async
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run(args: argparse.Namespace, folder: Path) -> dict[str, list[dict[str, float]]]:
+async def run(
+    args: argparse.Namespace, folder: Path
+) -> tuple[dict[str, list[dict[str, float]]], tuple[float, int]]:
     cluster = Cluster(folder)
     body = orjson.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
     results: dict[str, list[dict[str, float]]] = {NO_DASHBOARD: [], BROWSER: [], POLLERS: []}
@@ -130,9 +132,21 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, list[dict[str
             await load(session, target, None, CONCURRENCY, streamed, True, 6.0)
             await screenshot(browser, url)
             await browser.close()
-        return results
+            poll = await time_polls(session, url)
+        return results, poll
     finally:
         cluster.stop()
+
+
+async def time_polls(session: aiohttp.ClientSession, url: str) -> tuple[float, int]:
+    """Median time of one /dashboard/data request on the idle hub (ms), and its size."""
+    times, size = [], 0
+    for _ in range(200):
+        started = time.perf_counter()
+        async with session.get(url + "/dashboard/data") as reply:
+            size = len(await reply.read())
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), size
 
 
 async def screenshot(browser: Browser, url: str) -> None:
@@ -153,7 +167,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=3, help="dashboards open at once")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gollama-bench-") as folder:
-        results = asyncio.run(run(args, Path(folder)))
+        results, (poll_ms, poll_bytes) = asyncio.run(run(args, Path(folder)))
 
     baseline = statistics.median(r["rps"] for r in results[NO_DASHBOARD])
     table = Table(
@@ -178,10 +192,16 @@ def main() -> None:
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console(width=140).print(table)
+    poll_line = (
+        f"One poll of /dashboard/data on the idle hub afterwards: {poll_ms:.2f} ms median "
+        f"({poll_bytes / 1000:.0f} kB), one a second per open page."
+    )
+    print(poll_line)
     command = " ".join(["uv run python bench/dashboard_cost.py", *sys.argv[1:]])
     (RESULTS / "dashboard_cost.md").write_text(
         f"# {table.title}\n\nMeasured with `{command}` on {time.strftime('%Y-%m-%d')}.\n\n"
         + "\n".join(lines)
+        + f"\n\n{poll_line}"
         + "\n\nThe browser runs on the same cores as the hub, the workers and the llama-servers: "
         "its own CPU use lowers the requests per second of the whole machine. The hub's CPU "
         "time per request is the hub's own cost.\n"
