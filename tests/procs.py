@@ -191,6 +191,11 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
 
 
+def logged(proc: Proc, text: str) -> Callable[[], bool]:
+    """A condition for `wait_until`: `text` is in the process's log."""
+    return lambda: text in proc.log.read_text(errors="replace")
+
+
 def stats(hub: Proc) -> dict[str, Any]:
     result: dict[str, Any] = httpx.get(hub.url + "/stats", timeout=5).json()
     return result

@@ -8,9 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(url: str) -> Series:
+def scrape(url: str, headers: dict[str, str] | None = None) -> Series:
     """Every sample of a /metrics page, keyed by (name, labels)."""
-    reply = httpx.get(url + "/metrics", timeout=10)
+    reply = httpx.get(url + "/metrics", headers=headers, timeout=10)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
     series: Series = {}

@@ -4,14 +4,13 @@ exposition read back with prometheus-client's own parser."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import Cluster
-from tests.procs import Proc, Processes, wait_until, worker_state
+from tests.procs import Processes, logged, wait_until, worker_state
 from tests.prom import scrape, total, value
 
 pytestmark = pytest.mark.e2e
@@ -19,10 +18,6 @@ pytestmark = pytest.mark.e2e
 # Long enough that a repeat on the same llama-server is mostly served from its cache.
 DOCUMENT = "The quick brown fox jumps over the lazy dog. " * 20
 PROMPT_MARKER = "zebra-secret-prompt-7731"
-
-
-def logged(proc: Proc, text: str) -> Callable[[], bool]:
-    return lambda: text in proc.log.read_text()
 
 
 def chat(

@@ -111,7 +111,7 @@ def test_simple_chat_builds_a_chat_completion() -> None:
     [
         (b"", "empty"),
         (b"{", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
         (b"3", "not a number"),
         (b"null", "not null"),
     ],

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gollama import __version__
+from gollama.auth import KeyFileError
+from gollama.http_protocol import guarded_protocol
 from gollama.logs import setup_logging
 from gollama.settings import (
     HUB_OPTIONS,
@@ -146,14 +148,22 @@ def _serve_hub(args: argparse.Namespace) -> int:
 
     config = hub_config(args, os.environ)
     setup_logging(config.log_level, config.log_format)
+    try:
+        app = create_app(config)
+    except KeyFileError as exc:
+        raise SettingError(str(exc)) from None
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
         log_config=None,
         access_log=False,
         loop=_event_loop(),
-        http="httptools",
+        http=guarded_protocol(
+            max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
+        ),
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -178,10 +188,14 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         create_app(config),
         host=config.host,
         port=config.port,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
         log_config=None,
         access_log=False,
         loop=_event_loop(),
-        http="httptools",
+        http=guarded_protocol(
+            max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
+        ),
         timeout_keep_alive=30,  # the hub keeps its pooled connections to workers for 20 s
         timeout_graceful_shutdown=10,
     )

@@ -33,6 +33,7 @@ class ApiError(Exception):
     error_type = "server_error"
     code: str | None = None
     retry_after: int | None = None
+    closes_connection = False  # the request was not read to its end: the connection goes
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -51,12 +52,61 @@ class ApiError(Exception):
         all_headers = dict(headers or {})
         if self.retry_after is not None:
             all_headers["Retry-After"] = str(self.retry_after)
+        if self.closes_connection:
+            all_headers["Connection"] = "close"
         return Response(self.payload(), self.status, all_headers, media_type=self.content_type)
 
 
 class BadRequest(ApiError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    """A missing or wrong key; `challenge` is the WWW-Authenticate scheme to ask for."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, challenge: str = 'Bearer realm="gollama"') -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        return super().response({**(headers or {}), "WWW-Authenticate": self.challenge})
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+    closes_connection = True
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+    closes_connection = True
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    error_type = "invalid_request_error"
+    code = "headers_too_large"
+
+
+class RateLimited(ApiError):
+    """A key's own limit (requests at once, or per minute) is reached."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelNotFound(ApiError):

@@ -3,8 +3,10 @@ OpenAI-style answers to requests that fail before any work starts."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,7 +14,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gollama.errors import ApiError, BadRequest, error_body, json_response
+from gollama.errors import (
+    ApiError,
+    BadRequest,
+    BodyTooLarge,
+    RequestTimeout,
+    error_body,
+    json_response,
+)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -24,6 +33,43 @@ def request_id(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    timeout: float  # seconds to receive the whole body
+
+
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The request body, or 413 when it is larger than allowed, 408 when it comes too slowly."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("the Content-Length header is not a number")
+        if int(declared) > limits.max_bytes:
+            raise BodyTooLarge(_too_large(limits))
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(limits.timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise BodyTooLarge(_too_large(limits))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {limits.timeout:g} s"
+        ) from None
+    return b"".join(chunks)
+
+
+def _too_large(limits: BodyLimits) -> str:
+    return f"the request body is larger than {limits.max_bytes} bytes, the most accepted"
+
+
+async def read_object(request: Request, limits: BodyLimits) -> dict[str, Any]:
+    return parse_object(await read_body(request, limits))
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 that says what is wrong with it."""
     if not raw:
@@ -31,6 +77,8 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "UTF-8" in str(exc):
+            raise BadRequest(f"the request body is not valid UTF-8 JSON: {exc}") from None
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"the request body must be a JSON object, not {_json_type(payload)}")

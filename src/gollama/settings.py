@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+from gollama.auth import KeyFileError, check_secret
 from gollama.logs import LogFormat, LogLevel
 
 PolicyName = Literal["least_busy", "round_robin"]
@@ -69,6 +70,19 @@ def http_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def positive_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise ValueError(f"no such file: {text}")
+    return text
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -113,6 +127,69 @@ LOG_FORMAT = Option(
     "text",
     "text, or json for one JSON object per line; either way each line of a request carries "
     "its request id",
+)
+
+# Settings the hub and the worker share: security, limits of what a request may send, TLS.
+WORKER_TOKEN = Option(
+    "worker_token",
+    "--worker-token",
+    "GOLLAMA_WORKER_TOKEN",
+    text,
+    None,
+    "shared secret of the hub and its workers (16+ characters): registration and every call "
+    "between them carry it, the other side refuses calls without it; prefer the environment "
+    "to the flag, which other users of the machine can see",
+    metavar="SECRET",
+)
+MAX_BODY_BYTES = Option(
+    "max_body_bytes",
+    "--max-body-bytes",
+    "GOLLAMA_MAX_BODY_BYTES",
+    positive_int,
+    16 * 1024 * 1024,
+    "largest request body accepted; a larger one gets 413",
+)
+BODY_TIMEOUT = Option(
+    "body_timeout",
+    "--body-timeout",
+    "GOLLAMA_BODY_TIMEOUT",
+    positive_seconds,
+    30.0,
+    "seconds a client may take to send its request body; a slower one gets 408",
+)
+HEADER_TIMEOUT = Option(
+    "header_timeout",
+    "--header-timeout",
+    "GOLLAMA_HEADER_TIMEOUT",
+    positive_seconds,
+    10.0,
+    "seconds a client may take to send a request's headers; a slower one gets 408",
+)
+MAX_HEADER_BYTES = Option(
+    "max_header_bytes",
+    "--max-header-bytes",
+    "GOLLAMA_MAX_HEADER_BYTES",
+    positive_int,
+    16 * 1024,
+    "largest total size of a request's headers; larger ones get 431",
+)
+TLS_CERT = Option(
+    "tls_cert",
+    "--tls-cert",
+    "GOLLAMA_TLS_CERT",
+    existing_file,
+    None,
+    "serve HTTPS with this certificate chain (PEM file; needs --tls-key)",
+    metavar="PEM",
+)
+TLS_KEY = Option(
+    "tls_key",
+    "--tls-key",
+    "GOLLAMA_TLS_KEY",
+    existing_file,
+    None,
+    "private key of --tls-cert (PEM file)",
+    metavar="PEM",
 )
 
 HUB_OPTIONS: tuple[Option, ...] = (
@@ -200,6 +277,84 @@ HUB_OPTIONS: tuple[Option, ...] = (
         2.0,
         "seconds between worker heartbeats; a worker silent for 3 intervals is offline",
     ),
+    Option(
+        "api_keys",
+        "--api-keys",
+        "GOLLAMA_API_KEYS",
+        text,
+        "",
+        "comma-separated client API keys (16+ characters each); with any key (here or in "
+        "--api-keys-file) the inference API needs 'Authorization: Bearer KEY'; prefer the "
+        "environment or the file to the flag",
+        metavar="KEYS",
+    ),
+    Option(
+        "api_keys_file",
+        "--api-keys-file",
+        "GOLLAMA_API_KEYS_FILE",
+        existing_file,
+        None,
+        "file of client API keys, one a line: KEY [name=NAME] [concurrent=N] [rpm=N]",
+        metavar="PATH",
+    ),
+    Option(
+        "key_concurrency",
+        "--key-concurrency",
+        "GOLLAMA_KEY_CONCURRENCY",
+        non_negative_int,
+        0,
+        "requests one API key may have in flight at once; more get 429 (0 = no limit)",
+    ),
+    Option(
+        "key_rpm",
+        "--key-rpm",
+        "GOLLAMA_KEY_RPM",
+        non_negative_int,
+        0,
+        "requests one API key may start per minute; more get 429 (0 = no limit)",
+    ),
+    Option(
+        "admin_key",
+        "--admin-key",
+        "GOLLAMA_ADMIN_KEY",
+        text,
+        None,
+        "key (16+ characters) for /metrics, /stats and /dashboard, as a Bearer token or a "
+        "browser login's password (default: those stay open)",
+        metavar="SECRET",
+    ),
+    WORKER_TOKEN,
+    Option(
+        "worker_ca",
+        "--worker-ca",
+        "GOLLAMA_WORKER_CA",
+        existing_file,
+        None,
+        "CA certificates (PEM) to verify workers served over HTTPS (default: the system's)",
+        metavar="PEM",
+    ),
+    Option(
+        "max_tokens_limit",
+        "--max-tokens-limit",
+        "GOLLAMA_MAX_TOKENS_LIMIT",
+        non_negative_int,
+        32768,
+        "largest max_tokens a request may ask for; larger ones get 400 (0 = no cap)",
+    ),
+    Option(
+        "max_messages",
+        "--max-messages",
+        "GOLLAMA_MAX_MESSAGES",
+        non_negative_int,
+        1024,
+        "most messages in one chat request; more get 400 (0 = no cap)",
+    ),
+    MAX_BODY_BYTES,
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_HEADER_BYTES,
+    TLS_CERT,
+    TLS_KEY,
     LOG_LEVEL,
     LOG_FORMAT,
 )
@@ -287,6 +442,22 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         600.0,
         "longest silence from llama-server: until a non-streamed reply, or between chunks",
     ),
+    WORKER_TOKEN,
+    Option(
+        "hub_ca",
+        "--hub-ca",
+        "GOLLAMA_HUB_CA",
+        existing_file,
+        None,
+        "CA certificates (PEM) to verify an https:// hub against (default: the system's)",
+        metavar="PEM",
+    ),
+    MAX_BODY_BYTES,
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_HEADER_BYTES,
+    TLS_CERT,
+    TLS_KEY,
     LOG_LEVEL,
     LOG_FORMAT,
 )
@@ -306,6 +477,21 @@ class HubConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 120.0
     heartbeat_interval: float = 2.0
+    api_keys: str = ""
+    api_keys_file: str | None = None
+    key_concurrency: int = 0
+    key_rpm: int = 0
+    admin_key: str | None = None
+    worker_token: str | None = None
+    worker_ca: str | None = None
+    max_tokens_limit: int = 32768
+    max_messages: int = 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
 
@@ -323,6 +509,14 @@ class WorkerConfig:
     llama_args: str = ""
     llama_server: str | None = None
     read_timeout: float = 600.0
+    worker_token: str | None = None
+    hub_ca: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
 
@@ -367,11 +561,31 @@ def resolve(
 
 
 def hub_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> HubConfig:
-    return HubConfig(**_known(HubConfig, resolve(HUB_OPTIONS, flags, environ)))
+    config = HubConfig(**_known(HubConfig, resolve(HUB_OPTIONS, flags, environ)))
+    _check_security(config.tls_cert, config.tls_key, config.worker_token)
+    if config.admin_key is not None:
+        _check_secret(config.admin_key, "the admin key")
+    return config
 
 
 def worker_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> WorkerConfig:
-    return WorkerConfig(**_known(WorkerConfig, resolve(WORKER_OPTIONS, flags, environ)))
+    config = WorkerConfig(**_known(WorkerConfig, resolve(WORKER_OPTIONS, flags, environ)))
+    _check_security(config.tls_cert, config.tls_key, config.worker_token)
+    return config
+
+
+def _check_security(tls_cert: str | None, tls_key: str | None, worker_token: str | None) -> None:
+    if (tls_cert is None) != (tls_key is None):
+        raise SettingError("--tls-cert and --tls-key go together: give both or neither")
+    if worker_token is not None:
+        _check_secret(worker_token, "the worker token")
+
+
+def _check_secret(secret: str, what: str) -> None:
+    try:
+        check_secret(secret, what)
+    except KeyFileError as exc:
+        raise SettingError(str(exc)) from None
 
 
 def load_dotenv_file(path: str = ".env") -> None:
@@ -399,6 +613,7 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     port_number: "PORT",
     positive_seconds: "SECONDS",
     non_negative_int: "N",
+    positive_int: "N",
     http_url: "URL",
 }
 

@@ -14,6 +14,7 @@ mistaken for a failing server; a request on a fresh connection is never sent twi
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
 
@@ -37,23 +38,36 @@ class UpstreamError(Exception):
 
 class Upstream:
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, keepalive_timeout: float
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive_timeout: float,
+        headers: Mapping[str, str] | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """`headers` go with every request; `ca_file` verifies https:// peers instead of the
+        system's certificate authorities."""
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self.keepalive_timeout = keepalive_timeout
+        self.headers = dict(headers or {})
+        self.tls = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._pooled = self._session(force_close=False)
         self._fresh = self._session(force_close=True)
 
     def _session(self, *, force_close: bool) -> aiohttp.ClientSession:
         if force_close:
-            connector = aiohttp.TCPConnector(limit=0, force_close=True)
+            connector = aiohttp.TCPConnector(limit=0, force_close=True, ssl=self.tls)
         else:
             # Idle connections are dropped before the server's own keep-alive limit runs out.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.keepalive_timeout)
+            connector = aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=self.keepalive_timeout, ssl=self.tls
+            )
         return aiohttp.ClientSession(
             connector=connector,
+            headers=self.headers,
             timeout=self.timeout,
             auto_decompress=False,  # bytes pass through unchanged
             skip_auto_headers=("User-Agent",),
@@ -97,11 +111,19 @@ class Upstream:
             raise UpstreamError.wrap(exc) from exc
 
     async def call_json(
-        self, method: str, url: str, payload: bytes | None = None, *, time_limit: float
+        self,
+        method: str,
+        url: str,
+        payload: bytes | None = None,
+        *,
+        time_limit: float,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, object]:
         """A small control-plane call (health, registration, metadata) with a total time limit;
         returns the status and the parsed JSON body, or None when the body is not JSON."""
-        headers = {"Content-Type": "application/json"} if payload is not None else None
+        headers = dict(headers or {})
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         limits = aiohttp.ClientTimeout(total=time_limit)
         response = await self.open(method, url, body=payload, headers=headers, limits=limits)
         async with response:

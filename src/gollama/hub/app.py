@@ -15,23 +15,28 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Scope
 
 from gollama import __version__
+from gollama.auth import KeyRing
 from gollama.errors import ApiError, json_response
+from gollama.guard import Access, Guard, Rules
 from gollama.hub import control, dashboard
 from gollama.hub.dispatch import Job
 from gollama.hub.openapi import openapi_schema
 from gollama.hub.relay import JobResponse, Render
 from gollama.hub.requests import chat_job, openai_job, render_chat
 from gollama.hub.service import Hub
-from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
+from gollama.inbound import EXCEPTION_HANDLERS, read_object, request_id
 from gollama.logs import REQUEST_ID
 from gollama.settings import HubConfig
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(config: HubConfig) -> Starlette:
+def create_app(config: HubConfig) -> ASGIApp:
+    """The hub's app behind its guard; raises `KeyFileError` for unusable API keys."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         hub = await Hub.start(config)
@@ -58,11 +63,47 @@ def create_app(config: HubConfig) -> Starlette:
         Route("/heartbeat", control.heartbeat, methods=["POST"]),
         Route("/disconnectWorker", control.disconnect_worker, methods=["POST"]),
     ]
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    keys = KeyRing.load(
+        config.api_keys,
+        config.api_keys_file,
+        concurrent=config.key_concurrency,
+        per_minute=config.key_rpm,
     )
+    rules = Rules(
+        access=access,
+        max_header_bytes=config.max_header_bytes,
+        keys=keys,
+        admin_key=config.admin_key,
+        worker_token=config.worker_token,
+    )
+    return Guard(app, rules, on_refused=_count_refused)
+
+
+INFERENCE_ROUTES = frozenset(
+    {"/chat", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+)
+CONTROL_ROUTES = frozenset({"/connectWorker", "/heartbeat", "/disconnectWorker"})
+ADMIN_ROUTES = frozenset({"/metrics", "/stats"})
+
+
+def access(path: str) -> Access:
+    """Which credential a hub path needs (when that credential is configured)."""
+    if path in INFERENCE_ROUTES:
+        return Access.CLIENT
+    if path in CONTROL_ROUTES:
+        return Access.WORKER
+    if path in ADMIN_ROUTES or path == "/dashboard" or path.startswith("/dashboard/"):
+        return Access.ADMIN
+    return Access.OPEN
+
+
+def _count_refused(scope: Scope, status: int, seconds: float) -> None:
+    """Inference requests the guard refused count in the request metrics too."""
+    path = scope["path"]
+    hub: Hub | None = scope.get("state", {}).get("hub")
+    if hub is not None and path in INFERENCE_ROUTES and path != "/v1/models":
+        hub.metrics.request_done(path, "", status, seconds)
 
 
 async def chat(request: Request) -> Response:
@@ -87,10 +128,11 @@ async def _job_response(
     REQUEST_ID.set(rid)  # every log line of this request carries it
     try:
         job = make_job(
-            parse_object(await request.body()),
+            await read_object(request, hub.body_limits),
             default_max_tokens=hub.config.default_max_tokens,
             request_id=rid,
             deadline=asyncio.get_running_loop().time() + hub.config.request_timeout,
+            caps=hub.caps,
         )
     except ApiError as exc:
         hub.dispatcher.totals.requests += 1

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from gollama.errors import ApiError, BadRequest, json_response
 from gollama.hub.registry import Registration, WorkerState
 from gollama.hub.service import Hub
-from gollama.inbound import parse_object
+from gollama.inbound import read_object
 from gollama.settings import http_url
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class UnknownWorker(ApiError):
 
 async def connect_worker(request: Request) -> Response:
     hub: Hub = request.state.hub
-    info = parse_registration(parse_object(await request.body()))
+    info = parse_registration(await read_object(request, hub.body_limits))
     known = any(w.url == info.url for w in hub.registry)
     worker = hub.registry.register(info, hub.now())
     hub.scheduler.capacity_changed()
@@ -53,7 +53,7 @@ async def connect_worker(request: Request) -> Response:
 
 async def heartbeat(request: Request) -> Response:
     hub: Hub = request.state.hub
-    payload = parse_object(await request.body())
+    payload = await read_object(request, hub.body_limits)
     worker_id = _required_name(payload, "id")
     worker = hub.registry.get(worker_id)
     state_before = worker.state if worker else None
@@ -71,7 +71,7 @@ async def heartbeat(request: Request) -> Response:
 
 async def disconnect_worker(request: Request) -> Response:
     hub: Hub = request.state.hub
-    payload = parse_object(await request.body())
+    payload = await read_object(request, hub.body_limits)
     worker_id = _required_name(payload, "id")
     worker = hub.registry.remove(worker_id)
     if worker is None:

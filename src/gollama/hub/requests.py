@@ -7,6 +7,7 @@ passes through to llama-server untouched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +19,14 @@ TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 CHAT_FIELDS = {"message", "max_tokens", "model"}
 
 
+@dataclass(frozen=True)
+class Caps:
+    """What one request may ask for; 0 means no cap."""
+
+    max_tokens: int = 0
+    messages: int = 0
+
+
 def openai_job(
     endpoint: str,
     payload: dict[str, Any],
@@ -25,6 +34,7 @@ def openai_job(
     default_max_tokens: int,
     request_id: str,
     deadline: float,
+    caps: Caps = Caps(),
 ) -> Job:
     """A job for one of the OpenAI-compatible endpoints, from its parsed body."""
     model = _optional_string(payload, "model") or None
@@ -35,6 +45,11 @@ def openai_job(
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty array", param="messages")
+        if caps.messages and len(messages) > caps.messages:
+            raise BadRequest(
+                f"'messages' has {len(messages)} messages; at most {caps.messages} are accepted",
+                param="messages",
+            )
     elif endpoint == "/v1/completions":
         if "prompt" not in payload:
             raise BadRequest("'prompt' is required", param="prompt")
@@ -43,14 +58,21 @@ def openai_job(
             raise BadRequest("'input' is required", param="input")
         stream = False
     if endpoint != "/v1/embeddings":
-        _check_token_limit(payload)
-        if default_max_tokens and all(payload.get(f) is None for f in TOKEN_LIMIT_FIELDS):
-            payload["max_tokens"] = default_max_tokens
+        _check_token_limit(payload, caps.max_tokens)
+        if all(payload.get(f) is None for f in TOKEN_LIMIT_FIELDS):
+            default = _capped(default_max_tokens, caps.max_tokens)
+            if default:
+                payload["max_tokens"] = default
     return Job(endpoint, orjson.dumps(payload), model, stream, request_id, deadline)
 
 
 def chat_job(
-    payload: dict[str, Any], *, default_max_tokens: int, request_id: str, deadline: float
+    payload: dict[str, Any],
+    *,
+    default_max_tokens: int,
+    request_id: str,
+    deadline: float,
+    caps: Caps = Caps(),
 ) -> Job:
     """A job for the original simple API: `{"message": "...", "max_tokens"?, "model"?}`."""
     unknown = sorted(set(payload) - CHAT_FIELDS)
@@ -61,10 +83,12 @@ def chat_job(
     message = payload.get("message")
     if not isinstance(message, str) or not message:
         raise BadRequest("'message' must be a non-empty string", param="message")
-    _check_token_limit(payload)
+    _check_token_limit(payload, caps.max_tokens)
     body: dict[str, Any] = {
         "messages": [{"role": "user", "content": message}],
-        "max_tokens": payload.get("max_tokens") or default_max_tokens or None,
+        "max_tokens": payload.get("max_tokens")
+        or _capped(default_max_tokens, caps.max_tokens)
+        or None,
     }
     model = _optional_string(payload, "model") or None
     if model:
@@ -94,14 +118,24 @@ def render_chat(answer: Answer) -> bytes:
     )
 
 
-def _check_token_limit(payload: dict[str, Any]) -> None:
+def _check_token_limit(payload: dict[str, Any], cap: int) -> None:
     for field in TOKEN_LIMIT_FIELDS:
         value = payload.get(field)
         if value is None:
             continue
-        lowest = -1 if field == "n_predict" else 1  # llama.cpp's n_predict -1 means no limit
+        # llama.cpp's n_predict -1 means no limit, which a cap does not allow
+        lowest = -1 if field == "n_predict" and not cap else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise BadRequest(f"'{field}' must be an integer of {lowest} or more", param=field)
+        if cap and value > cap:
+            raise BadRequest(f"'{field}' may be at most {cap} on this hub", param=field)
+
+
+def _capped(tokens: int, cap: int) -> int:
+    """`tokens` within `cap` (0 = none), where 0 tokens means no limit: the cap then."""
+    if not cap:
+        return tokens
+    return min(tokens, cap) if tokens else cap
 
 
 def _optional_string(payload: dict[str, Any], field: str) -> str | None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
+from gollama.auth import bearer
 from gollama.hub.dashboard import History
 from gollama.hub.dispatch import Dispatcher
 from gollama.hub.health import HealthMonitor
 from gollama.hub.metrics import HubMetrics
 from gollama.hub.policies import make_policy
 from gollama.hub.registry import Registry
+from gollama.hub.requests import Caps
 from gollama.hub.scheduler import Scheduler
+from gollama.inbound import BodyLimits
 from gollama.settings import HubConfig
 from gollama.upstream import Upstream
 
@@ -48,6 +52,8 @@ class Hub:
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             keepalive_timeout=WORKER_KEEPALIVE,
+            headers=bearer(config.worker_token),  # every call to a worker carries the token
+            ca_file=config.worker_ca,
         )
         metrics = HubMetrics(registry, scheduler, config.queue_size)
         dispatcher = Dispatcher(
@@ -88,6 +94,14 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.upstream.close()
+
+    @functools.cached_property
+    def body_limits(self) -> BodyLimits:
+        return BodyLimits(self.config.max_body_bytes, self.config.body_timeout)
+
+    @functools.cached_property
+    def caps(self) -> Caps:
+        return Caps(max_tokens=self.config.max_tokens_limit, messages=self.config.max_messages)
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()

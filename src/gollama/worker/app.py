@@ -13,10 +13,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from gollama import __version__
 from gollama.errors import BadRequest, NoWorkerAvailable, json_response
-from gollama.inbound import EXCEPTION_HANDLERS, parse_object, request_id
+from gollama.guard import Access, Guard, Rules
+from gollama.inbound import EXCEPTION_HANDLERS, read_body, read_object, request_id
 from gollama.logs import REQUEST_ID
 from gollama.settings import WorkerConfig
 from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
@@ -24,7 +26,7 @@ from gollama.worker.hub_link import HubUnavailable
 from gollama.worker.service import WorkerNode
 
 
-def create_app(config: WorkerConfig) -> Starlette:
+def create_app(config: WorkerConfig) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         node = await WorkerNode.start(config)
@@ -41,18 +43,24 @@ def create_app(config: WorkerConfig) -> Starlette:
         Route("/execute", execute, methods=["POST"]),
         *(Route(path, forward, methods=["POST"]) for path in sorted(INFERENCE_ENDPOINTS)),
     ]
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    rules = Rules(
+        access=access, max_header_bytes=config.max_header_bytes, worker_token=config.worker_token
     )
+    return Guard(app, rules)
+
+
+def access(path: str) -> Access:
+    """With a worker token, everything but the health check needs it: only the hub may send
+    work here."""
+    return Access.OPEN if path in ("/", "/health") else Access.WORKER
 
 
 async def forward(request: Request) -> Response:
     """An inference endpoint, forwarded as is to llama-server."""
     node: WorkerNode = request.state.node
     received, rid = _arrived(request)
-    body = await request.body()
+    body = await read_body(request, node.body_limits)
     return ForwardResponse(node, request.url.path, body, rid, received=received)
 
 
@@ -60,7 +68,7 @@ async def execute(request: Request) -> Response:
     """The original envelope: `{"endpoint": "/v1/chat/completions", "body": {...}}`."""
     node: WorkerNode = request.state.node
     received, rid = _arrived(request)
-    envelope = parse_object(await request.body())
+    envelope = await read_object(request, node.body_limits)
     endpoint = envelope.get("endpoint")
     if not isinstance(endpoint, str) or endpoint not in INFERENCE_ENDPOINTS:
         allowed = ", ".join(sorted(INFERENCE_ENDPOINTS))

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gollama.auth import bearer
 from gollama.errors import structured_message
 from gollama.upstream import Upstream, UpstreamError
 
@@ -35,10 +36,13 @@ class HubLink:
         upstream: Upstream,
         hub_url: str,
         describe: Callable[[], dict[str, Any] | None],
+        *,
+        token: str | None = None,
     ) -> None:
         """`describe()` gives what to tell the hub (url, models, slots, healthy, in_flight),
-        or None while there is nothing to register yet."""
+        or None while there is nothing to register yet; `token` is the worker join token."""
         self.upstream = upstream
+        self.headers = bearer(token)
         self.hub_url = hub_url
         self.describe = describe
         self.worker_id: str | None = None
@@ -112,7 +116,11 @@ class HubLink:
     async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, object]:
         try:
             return await self.upstream.call_json(
-                "POST", self.hub_url + path, orjson.dumps(payload), time_limit=CALL_TIMEOUT
+                "POST",
+                self.hub_url + path,
+                orjson.dumps(payload),
+                time_limit=CALL_TIMEOUT,
+                headers=self.headers,
             )
         except UpstreamError as exc:
             raise HubUnavailable(str(exc)) from exc
@@ -122,11 +130,12 @@ class HubUnavailable(Exception):
     """The hub could not be reached or refused the call."""
 
 
-def advertised_url(host: str, port: int, hub_url: str) -> str:
+def advertised_url(host: str, port: int, hub_url: str, *, tls: bool = False) -> str:
     """This worker's URL as the hub can reach it: the address this machine uses towards the
     hub when listening on all interfaces, else the listening address."""
+    scheme = "https" if tls else "http"
     if host not in ("0.0.0.0", "::", ""):
-        return f"http://{_bracketed(host)}:{port}"
+        return f"{scheme}://{_bracketed(host)}:{port}"
     hub = urlsplit(hub_url)
     family = socket.AF_INET6 if hub.hostname and ":" in hub.hostname else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -135,7 +144,7 @@ def advertised_url(host: str, port: int, hub_url: str) -> str:
             address = probe.getsockname()[0]
         except OSError:
             address = "127.0.0.1"
-    return f"http://{_bracketed(address)}:{port}"
+    return f"{scheme}://{_bracketed(address)}:{port}"
 
 
 def _bracketed(host: str) -> str:

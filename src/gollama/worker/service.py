@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gollama.inbound import BodyLimits
 from gollama.llama_binary import find_llama_server
 from gollama.settings import WorkerConfig
 from gollama.upstream import Upstream
@@ -36,19 +37,24 @@ class WorkerNode:
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
         self.llama = LlamaServer(upstream, llama_url)
-        self.url = config.advertise_url or advertised_url(config.host, config.port, config.hub_url)
-        self.link = HubLink(upstream, config.hub_url, self.describe)
+        self.url = config.advertise_url or advertised_url(
+            config.host, config.port, config.hub_url, tls=config.tls_cert is not None
+        )
+        self.link = HubLink(upstream, config.hub_url, self.describe, token=config.worker_token)
         self.in_flight = 0
         self.metrics = WorkerMetrics(self)
+        self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
         self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     async def start(cls, config: WorkerConfig) -> WorkerNode:
+        # No token in the default headers: llama-server (which may be remote) never sees it.
         upstream = Upstream(
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=config.read_timeout,
             keepalive_timeout=LLAMA_KEEPALIVE,
+            ca_file=config.hub_ca,
         )
         try:
             node = cls(config, upstream)
