@@ -167,7 +167,8 @@ async def index(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(openapi_schema(__version__))
+    hub: Hub = request.state.hub
+    return json_response(openapi_schema(__version__, hub.caps, hub.guarded))
 
 
 async def metrics(request: Request) -> Response:

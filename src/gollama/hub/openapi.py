@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+from gollama.hub.requests import Caps
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ANY_OBJECT = {"type": "object", "additionalProperties": True}
@@ -15,8 +18,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid request",
+        401: "missing or wrong key (when keys are configured)",
         404: "unknown model or worker",
-        429: "queue full; retry after Retry-After seconds",
+        408: "the request body came too slowly",
+        413: "the request body is too large",
+        429: "queue full, or the key's own limit; retry after Retry-After seconds",
+        431: "the request headers are too large",
         501: "no worker supports this endpoint",
         502: "every attempt on a worker failed",
         503: "no healthy worker, or no slot within the queue timeout",
@@ -25,16 +32,30 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ERROR, meaning[s]) for s in statuses}
 
 
-_INFERENCE_ERRORS = _errors(400, 404, 429, 501, 502, 503, 504)
+_INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 501, 502, 503, 504)
+_CONTROL_ERRORS = _errors(400, 401, 408, 413, 431)
+_READ_ERRORS = _errors(401, 431)  # a GET that needs a key when one is configured
+_CLIENT: list[dict[str, list[str]]] = [{"apiKey": []}]  # when the hub has API keys
+# when the hub has an admin key
+_ADMIN: list[dict[str, list[str]]] = [{"adminKey": []}, {"adminLogin": []}]
+_WORKER: list[dict[str, list[str]]] = [{"workerToken": []}]  # when the hub has a worker token
 
 
 def _inference(summary: str, body: dict[str, Any], streams: bool) -> dict[str, Any]:
     ok: dict[str, Any] = {"application/json": {"schema": _ANY_OBJECT}}
     if streams:
-        ok["text/event-stream"] = {"schema": {"type": "string"}}
+        # One server-sent event: `data` is a JSON chunk, an error object or `[DONE]`.
+        ok["text/event-stream"] = {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+            }
+        }
     return {
         "post": {
             "summary": summary,
+            "security": _CLIENT,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": body}},
@@ -47,21 +68,85 @@ def _inference(summary: str, body: dict[str, Any], streams: bool) -> dict[str, A
     }
 
 
+# null means "not given", as in the OpenAI API.
 _COMMON_FIELDS: dict[str, Any] = {
-    "model": {"type": "string", "description": "only workers serving this model are used"},
-    "stream": {"type": "boolean"},
-    "max_tokens": {"type": "integer", "minimum": 1},
+    "model": {
+        "type": ["string", "null"],
+        "description": "only workers serving this model are used",
+    },
+    "stream": {"type": ["boolean", "null"]},
 }
 
 _MESSAGE = {
     "type": "object",
-    "required": ["role", "content"],
-    "properties": {"role": {"type": "string"}, "content": {}},
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "minLength": 1},
+        "content": {
+            "anyOf": [
+                {"type": ["string", "null"]},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {"type": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+    },
     "additionalProperties": True,
 }
 
 
-def openapi_schema(version: str) -> dict[str, Any]:
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9._:\\-]{1,100}$"}
+
+
+def _control(
+    summary: str,
+    body: dict[str, Any],
+    ok: dict[str, Any],
+    *,
+    unknown_worker: bool = False,
+) -> dict[str, Any]:
+    errors = {**_CONTROL_ERRORS, **(_errors(404) if unknown_worker else {})}
+    return {
+        "post": {
+            "summary": summary,
+            "security": _WORKER,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": ok, **errors},
+        }
+    }
+
+
+_SCHEMES = {"client": {"apiKey"}, "admin": {"adminKey", "adminLogin"}, "worker": {"workerToken"}}
+
+
+def openapi_schema(
+    version: str, caps: Caps | None = None, guarded: Collection[str] = ()
+) -> dict[str, Any]:
+    """The schema of one hub: its request `caps`, and the credentials it asks for (`guarded`:
+    "client", "admin", "worker"); operations it leaves open say no security."""
+    schema = _schema(version, caps or Caps())
+    wanted = {scheme for name in guarded for scheme in _SCHEMES[name]}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            required = [r for r in operation.pop("security", []) if set(r) <= wanted]
+            if required:
+                operation["security"] = required
+    return schema
+
+
+def _schema(version: str, caps: Caps) -> dict[str, Any]:
+    tokens: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
+    if caps.max_tokens:
+        tokens["maximum"] = caps.max_tokens
+    messages: dict[str, Any] = {"type": "array", "minItems": 1, "items": _MESSAGE}
+    if caps.messages:
+        messages["maxItems"] = caps.messages
+    common = {**_COMMON_FIELDS, "max_tokens": tokens}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -74,6 +159,7 @@ def openapi_schema(version: str) -> dict[str, Any]:
             "/chat": {
                 "post": {
                     "summary": "The original simple API: one message in, one reply out",
+                    "security": _CLIENT,
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -94,8 +180,8 @@ def openapi_schema(version: str) -> dict[str, Any]:
                     "type": "object",
                     "required": ["messages"],
                     "properties": {
-                        **_COMMON_FIELDS,
-                        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+                        **common,
+                        "messages": messages,
                     },
                     "additionalProperties": True,
                 },
@@ -106,7 +192,7 @@ def openapi_schema(version: str) -> dict[str, Any]:
                 {
                     "type": "object",
                     "required": ["prompt"],
-                    "properties": {**_COMMON_FIELDS, "prompt": {}},
+                    "properties": {**common, "prompt": {}},
                     "additionalProperties": True,
                 },
                 streams=True,
@@ -124,7 +210,8 @@ def openapi_schema(version: str) -> dict[str, Any]:
             "/v1/models": {
                 "get": {
                     "summary": "Models served by healthy workers",
-                    "responses": {"200": _json(_ANY_OBJECT, "the model list")},
+                    "security": _CLIENT,
+                    "responses": {"200": _json(_ANY_OBJECT, "the model list"), **_READ_ERRORS},
                 }
             },
             "/health": {
@@ -139,29 +226,99 @@ def openapi_schema(version: str) -> dict[str, Any]:
             "/stats": {
                 "get": {
                     "summary": "Workers, queue and request totals",
-                    "responses": {"200": _json(_ANY_OBJECT, "statistics")},
+                    "security": _ADMIN,
+                    "responses": {"200": _json(_ANY_OBJECT, "statistics"), **_READ_ERRORS},
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics of the hub, its queue and its workers",
+                    "security": _ADMIN,
                     "responses": {
                         "200": {
                             "description": "Prometheus text format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        **_READ_ERRORS,
                     },
                 }
             },
             "/dashboard/data": {
                 "get": {
                     "summary": "What the dashboard shows: /stats plus per-second history",
-                    "responses": {"200": _json(_ANY_OBJECT, "statistics and history")},
+                    "security": _ADMIN,
+                    "responses": {
+                        "200": _json(_ANY_OBJECT, "statistics and history"),
+                        **_READ_ERRORS,
+                    },
                 }
             },
+            "/connectWorker": _control(
+                "A worker registers (again); answers its id and heartbeat interval",
+                {"$ref": "#/components/schemas/Registration"},
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "heartbeat_interval"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "heartbeat_interval": {"type": "number"},
+                            "heartbeat_path": {"type": "string"},
+                        },
+                    },
+                    "registered",
+                ),
+            ),
+            "/heartbeat": _control(
+                "A registered worker's heartbeat; 404 tells it to register again",
+                {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Registration"},
+                        {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
+                    ]
+                },
+                _json(_ANY_OBJECT, "the worker's state"),
+                unknown_worker=True,
+            ),
+            "/disconnectWorker": _control(
+                "A worker leaves (a clean shutdown)",
+                {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
+                _json(_ANY_OBJECT, "removed"),
+                unknown_worker=True,
+            ),
         },
         "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "a client API key"},
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "the admin key"},
+                "adminLogin": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "any user name, the admin key as password",
+                },
+                "workerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the worker join token",
+                },
+            },
             "schemas": {
+                "Registration": {
+                    "type": "object",
+                    "required": ["url", "models", "slots"],
+                    "properties": {
+                        "url": {"type": "string", "description": "the worker's http(s) URL"},
+                        "models": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "minLength": 1},
+                        },
+                        "slots": {"type": "integer", "minimum": 1},
+                        "healthy": {"type": "boolean"},
+                        "in_flight": {"type": "integer", "minimum": 0},
+                        "name": _NAME,
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -183,8 +340,8 @@ def openapi_schema(version: str) -> dict[str, Any]:
                     "required": ["message"],
                     "properties": {
                         "message": {"type": "string", "minLength": 1},
-                        "max_tokens": {"type": "integer", "minimum": 1},
-                        "model": {"type": "string"},
+                        "max_tokens": tokens,
+                        "model": {"type": ["string", "null"]},
                     },
                     "additionalProperties": False,
                 },
@@ -210,6 +367,6 @@ def openapi_schema(version: str) -> dict[str, Any]:
                         "in_flight": {"type": "integer"},
                     },
                 },
-            }
+            },
         },
     }

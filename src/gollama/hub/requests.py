@@ -50,6 +50,7 @@ def openai_job(
                 f"'messages' has {len(messages)} messages; at most {caps.messages} are accepted",
                 param="messages",
             )
+        _check_messages(messages)
     elif endpoint == "/v1/completions":
         if "prompt" not in payload:
             raise BadRequest("'prompt' is required", param="prompt")
@@ -123,12 +124,34 @@ def _check_token_limit(payload: dict[str, Any], cap: int) -> None:
         value = payload.get(field)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():
+            value = payload[field] = int(value)  # 16.0 is an integer in JSON
         # llama.cpp's n_predict -1 means no limit, which a cap does not allow
         lowest = -1 if field == "n_predict" and not cap else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise BadRequest(f"'{field}' must be an integer of {lowest} or more", param=field)
         if cap and value > cap:
             raise BadRequest(f"'{field}' may be at most {cap} on this hub", param=field)
+
+
+def _check_messages(messages: list[Any]) -> None:
+    """The shape llama-server relies on (it answers 500 otherwise): objects with a string role
+    and content that is text, null, or a list of typed parts."""
+    for n, message in enumerate(messages):
+        where = f"messages[{n}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"'{where}' must be an object", param="messages")
+        if not isinstance(message.get("role"), str) or not message["role"]:
+            raise BadRequest(f"'{where}.role' must be a non-empty string", param="messages")
+        content = message.get("content")
+        parts_ok = isinstance(content, list) and all(
+            isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+        )
+        if not (content is None or isinstance(content, str) or parts_ok):
+            raise BadRequest(
+                f"'{where}.content' must be a string, null, or a list of parts with a 'type'",
+                param="messages",
+            )
 
 
 def _capped(tokens: int, cap: int) -> int:

@@ -103,5 +103,16 @@ class Hub:
     def caps(self) -> Caps:
         return Caps(max_tokens=self.config.max_tokens_limit, messages=self.config.max_messages)
 
+    @functools.cached_property
+    def guarded(self) -> frozenset[str]:
+        """Which credentials this hub asks for: "client", "admin", "worker"."""
+        config = self.config
+        asks = {
+            "client": bool(config.api_keys or config.api_keys_file),
+            "admin": config.admin_key is not None,
+            "worker": config.worker_token is not None,
+        }
+        return frozenset(name for name, on in asks.items() if on)
+
     def now(self) -> float:
         return asyncio.get_running_loop().time()
