@@ -36,11 +36,18 @@ def _number(text: str) -> float:
         raise ValueError(f"{text!r} is not a number") from None
 
 
-def non_negative_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
+def _int_at_least(lowest: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if value < lowest:
+            raise ValueError(f"must be {lowest} or more")
+        return value
+
+    return parse
+
+
+non_negative_int = _int_at_least(0)
+positive_int = _int_at_least(1)
 
 
 def port_number(text: str) -> int:
@@ -68,13 +75,6 @@ def http_url(text: str) -> str:
     if not valid:
         raise ValueError("must be an http:// or https:// URL with a host")
     return text.rstrip("/")
-
-
-def positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
 
 
 def existing_file(text: str) -> str:
