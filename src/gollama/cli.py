@@ -9,14 +9,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from starlette.types import ASGIApp
+
 from gollama import __version__
 from gollama.auth import KeyFileError
 from gollama.http_protocol import guarded_protocol
+from gollama.loadtest_command import add_arguments as add_loadtest_arguments
 from gollama.logs import setup_logging
+from gollama.serve import DrainHook, GracefulServer
 from gollama.settings import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
+    HubConfig,
     SettingError,
+    WorkerConfig,
     add_options,
     hub_config,
     load_dotenv_file,
@@ -92,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the workers (default 180)",
     )
     demo.add_argument("--once", action="store_true", help="stop right after the first answer")
+
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="send load to a hub and report latency, throughput and failures",
+        description="Send chat requests to a hub, closed loop (--concurrency clients) or open "
+        "loop (--rate arrivals a second), with a live progress bar and a final report. The "
+        "original's single-dash flags (-requests 1000 -concurrency 50 -message ...) work too.",
+        allow_abbrev=False,
+    )
+    add_loadtest_arguments(loadtest, positive=_at_least(1), seconds=_positive_number)
     return parser
 
 
@@ -101,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(accept_single_dash(parser, raw))
     if args.command == "testmodel":
         return _testmodel(args)
+    if args.command == "loadtest":
+        from gollama.loadtest_command import run as run_loadtest
+
+        return run_loadtest(args)
     if args.command == "demo":
         from gollama.demo import run_demo
 
@@ -142,36 +162,20 @@ def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _serve_hub(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gollama.hub.app import create_app
 
     config = hub_config(args, os.environ)
     setup_logging(config.log_level, config.log_format)
+    hooks: list[DrainHook] = []
     try:
-        app = create_app(config)
+        app = create_app(config, hooks)
     except KeyFileError as exc:
         raise SettingError(str(exc)) from None
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        ssl_certfile=config.tls_cert,
-        ssl_keyfile=config.tls_key,
-        log_config=None,
-        access_log=False,
-        loop=_event_loop(),
-        http=guarded_protocol(
-            max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
-        ),
-        timeout_graceful_shutdown=10,
-    )
+    _serve(app, config, hooks)
     return 0
 
 
 def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import uvicorn
-
     from gollama.llama_binary import LlamaServerNotFound, find_llama_server
     from gollama.worker.app import create_app
 
@@ -184,8 +188,19 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             find_llama_server(config.llama_server)
         except LlamaServerNotFound as exc:
             parser.error(str(exc))
-    uvicorn.run(
-        create_app(config),
+    hooks: list[DrainHook] = []
+    # The hub keeps its pooled connections to workers for 20 s: the worker keeps them longer.
+    _serve(create_app(config, hooks), config, hooks, keep_alive=30)
+    return 0
+
+
+def _serve(
+    app: ASGIApp, config: HubConfig | WorkerConfig, hooks: list[DrainHook], keep_alive: int = 5
+) -> None:
+    import uvicorn
+
+    server_config = uvicorn.Config(
+        app,
         host=config.host,
         port=config.port,
         ssl_certfile=config.tls_cert,
@@ -196,10 +211,9 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         http=guarded_protocol(
             max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
         ),
-        timeout_keep_alive=30,  # the hub keeps its pooled connections to workers for 20 s
-        timeout_graceful_shutdown=10,
+        timeout_keep_alive=keep_alive,
     )
-    return 0
+    GracefulServer(server_config, hooks, config.drain_timeout).run()
 
 
 def _testmodel(args: argparse.Namespace) -> int:
@@ -226,6 +240,13 @@ def _event_loop() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+def _positive_number(text: str) -> float:
+    try:
+        return positive_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number above 0") from exc
 
 
 def _at_least(lowest: int) -> Callable[[str], int]:

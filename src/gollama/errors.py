@@ -129,6 +129,13 @@ class NoWorkerAvailable(ApiError):
     retry_after = 1
 
 
+class ShuttingDown(ApiError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "shutting_down"
+    retry_after = 1
+
+
 class QueueTimeout(ApiError):
     status = 503
     error_type = "service_unavailable"

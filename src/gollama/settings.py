@@ -173,6 +173,15 @@ MAX_HEADER_BYTES = Option(
     16 * 1024,
     "largest total size of a request's headers; larger ones get 431",
 )
+DRAIN_TIMEOUT = Option(
+    "drain_timeout",
+    "--drain-timeout",
+    "GOLLAMA_DRAIN_TIMEOUT",
+    positive_seconds,
+    30.0,
+    "on SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting; new "
+    "work is refused (hub) or no longer sent (worker) meanwhile",
+)
 TLS_CERT = Option(
     "tls_cert",
     "--tls-cert",
@@ -353,6 +362,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
     MAX_HEADER_BYTES,
+    DRAIN_TIMEOUT,
     TLS_CERT,
     TLS_KEY,
     LOG_LEVEL,
@@ -456,6 +466,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
     MAX_HEADER_BYTES,
+    DRAIN_TIMEOUT,
     TLS_CERT,
     TLS_KEY,
     LOG_LEVEL,
@@ -490,6 +501,7 @@ class HubConfig:
     body_timeout: float = 30.0
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
+    drain_timeout: float = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: LogLevel = "info"
@@ -515,6 +527,7 @@ class WorkerConfig:
     body_timeout: float = 30.0
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
+    drain_timeout: float = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: LogLevel = "info"

@@ -29,20 +29,25 @@ from gollama.hub.requests import chat_job, openai_job, render_chat
 from gollama.hub.service import Hub
 from gollama.inbound import EXCEPTION_HANDLERS, read_object, request_id
 from gollama.logs import REQUEST_ID
+from gollama.serve import DrainHook
 from gollama.settings import HubConfig
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(config: HubConfig) -> ASGIApp:
-    """The hub's app behind its guard; raises `KeyFileError` for unusable API keys."""
+def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) -> ASGIApp:
+    """The hub's app behind its guard; raises `KeyFileError` for unusable API keys. While it
+    runs, `drain_hooks` holds what to call for a graceful stop."""
+    hooks = drain_hooks if drain_hooks is not None else []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         hub = await Hub.start(config)
+        hooks.append(hub.drain)
         try:
             yield {"hub": hub}
         finally:
+            hooks.remove(hub.drain)
             await hub.stop()
 
     routes = [

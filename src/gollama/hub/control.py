@@ -162,10 +162,13 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     in_flight = payload.get("in_flight", 0)
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 0:
         raise BadRequest("'in_flight' must be an integer of 0 or more", param="in_flight")
+    draining = payload.get("draining", False)
+    if not isinstance(draining, bool):
+        raise BadRequest("'draining' must be true or false", param="draining")
     name = payload.get("name")
     if name is not None:
         name = _required_name(payload, "name")
-    return Registration(url, tuple(models), slots, healthy, name, in_flight)
+    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining)
 
 
 def _required_name(payload: dict[str, Any], field: str) -> str:

@@ -316,6 +316,7 @@ def _schema(version: str, caps: Caps) -> dict[str, Any]:
                         "slots": {"type": "integer", "minimum": 1},
                         "healthy": {"type": "boolean"},
                         "in_flight": {"type": "integer", "minimum": 0},
+                        "draining": {"type": "boolean"},
                         "name": _NAME,
                     },
                 },

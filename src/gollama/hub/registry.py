@@ -4,6 +4,7 @@ A worker is in one of four states:
 
     healthy    registered, heartbeats arriving, its llama-server healthy, no recent failure
     unhealthy  the worker reports that its llama-server is down (or still loading)
+    draining   it is shutting down: it finishes what it has and takes no new work
     failing    an attempt on it failed (refused, reset, timeout, 5xx); the hub probes its
                /health with backoff and puts it back as soon as a probe succeeds
     offline    no heartbeat for `OFFLINE_AFTER_INTERVALS` intervals; back with the next one
@@ -32,6 +33,7 @@ PROBE_BACKOFF_MAX = 10.0
 
 class WorkerState(StrEnum):
     HEALTHY = "healthy"
+    DRAINING = "draining"
     UNHEALTHY = "unhealthy"
     FAILING = "failing"
     OFFLINE = "offline"
@@ -47,6 +49,7 @@ class Registration:
     healthy: bool
     name: str | None = None
     in_flight: int = 0
+    draining: bool = False
 
 
 @dataclass(eq=False)
@@ -68,6 +71,7 @@ class Worker:
     next_probe_at: float = 0.0
     probe_backoff: float = PROBE_BACKOFF_FIRST
     offline: bool = False
+    draining: bool = False
     unsupported: set[str] = field(default_factory=set)
     tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
 
@@ -75,6 +79,8 @@ class Worker:
     def state(self) -> WorkerState:
         if self.offline:
             return WorkerState.OFFLINE
+        if self.draining:
+            return WorkerState.DRAINING
         if self.failure is not None:
             return WorkerState.FAILING
         if not self.reported_healthy:
@@ -228,6 +234,7 @@ class Registry:
         worker.slots = info.slots
         worker.reported_healthy = info.healthy
         worker.reported_in_flight = info.in_flight
+        worker.draining = info.draining
         worker.last_heartbeat = now
         worker.offline = False
 

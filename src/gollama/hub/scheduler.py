@@ -22,7 +22,13 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
+from gollama.errors import (
+    ModelNotFound,
+    NotSupported,
+    NoWorkerAvailable,
+    QueueFull,
+    ShuttingDown,
+)
 from gollama.hub.policies import Policy
 from gollama.hub.registry import Registry, Worker
 
@@ -56,11 +62,12 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("future", "want")
+    __slots__ = ("future", "retry", "want")
 
-    def __init__(self, want: Want, future: asyncio.Future[Lease]) -> None:
+    def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
         self.want = want
         self.future = future
+        self.retry = retry
 
 
 class Scheduler:
@@ -72,6 +79,7 @@ class Scheduler:
         self.queue_size = queue_size
         self.max_in_flight = max_in_flight  # 0: only the slots limit
         self.in_flight = 0
+        self.closed = False  # shutting down: no new request is admitted
         self._waiters: OrderedDict[_Waiter, None] = OrderedDict()  # the FIFO
 
     @property
@@ -84,6 +92,8 @@ class Scheduler:
         Bound the wait with `asyncio.timeout` around the call: a waiter cancelled at the very
         moment a slot was handed to it gives the slot back before the cancellation goes on.
         """
+        if self.closed and not retry:
+            raise ShuttingDown("the hub is shutting down; try again shortly")
         self._check_servable(want)
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use: taking it jumps nobody's turn.
@@ -93,7 +103,7 @@ class Scheduler:
         if len(self._waiters) >= self.queue_size and not retry:
             raise QueueFull(f"the queue is full ({self.queue_size} requests waiting)")
 
-        waiter = _Waiter(want, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(want, asyncio.get_running_loop().create_future(), retry)
         self._waiters[waiter] = None
         if retry:
             self._waiters.move_to_end(waiter, last=False)
@@ -106,6 +116,15 @@ class Scheduler:
             raise
         finally:
             self._waiters.pop(waiter, None)
+
+    def close(self) -> None:
+        """Admit no new request: waiters get `ShuttingDown` now, newcomers at once. Retries of
+        requests admitted before still go through."""
+        self.closed = True
+        for waiter in list(self._waiters):
+            if not waiter.future.done() and not waiter.retry:
+                del self._waiters[waiter]
+                waiter.future.set_exception(ShuttingDown("the hub is shutting down"))
 
     def capacity_changed(self) -> None:
         """Call after workers came, went, changed state or slots: serve or fail waiters."""

@@ -18,6 +18,7 @@ from gollama.hub.registry import Registry
 from gollama.hub.requests import Caps
 from gollama.hub.scheduler import Scheduler
 from gollama.inbound import BodyLimits
+from gollama.serve import wait_until_idle
 from gollama.settings import HubConfig
 from gollama.upstream import Upstream
 
@@ -86,6 +87,16 @@ class Hub:
             loop.time(),
             tasks,
         )
+
+    async def drain(self, seconds: float) -> None:
+        """Shutting down: admit nothing new (a clear 503), let what is in flight end."""
+        self.scheduler.close()
+        log.info("draining: %d requests in flight", self.scheduler.in_flight)
+        left = await wait_until_idle(lambda: self.scheduler.in_flight, seconds)
+        if left:
+            log.warning("drain time is up with %d requests still in flight", left)
+        else:
+            log.info("drained: nothing in flight")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -20,19 +20,26 @@ from gollama.errors import BadRequest, NoWorkerAvailable, json_response
 from gollama.guard import Access, Guard, Rules
 from gollama.inbound import EXCEPTION_HANDLERS, read_body, read_object, request_id
 from gollama.logs import REQUEST_ID
+from gollama.serve import DrainHook
 from gollama.settings import WorkerConfig
 from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
 from gollama.worker.hub_link import HubUnavailable
 from gollama.worker.service import WorkerNode
 
 
-def create_app(config: WorkerConfig) -> ASGIApp:
+def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None) -> ASGIApp:
+    """The worker's app behind its guard. While it runs, `drain_hooks` holds what to call for
+    a graceful stop."""
+    hooks = drain_hooks if drain_hooks is not None else []
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         node = await WorkerNode.start(config)
+        hooks.append(node.drain)
         try:
             yield {"node": node}
         finally:
+            hooks.remove(node.drain)
             await node.stop()
 
     routes = [

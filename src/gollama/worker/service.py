@@ -10,9 +10,10 @@ from typing import Any
 
 from gollama.inbound import BodyLimits
 from gollama.llama_binary import find_llama_server
+from gollama.serve import wait_until_idle
 from gollama.settings import WorkerConfig
 from gollama.upstream import Upstream
-from gollama.worker.hub_link import HubLink, advertised_url
+from gollama.worker.hub_link import HubLink, HubUnavailable, advertised_url
 from gollama.worker.llama import LlamaServer
 from gollama.worker.managed import ManagedLlama
 from gollama.worker.metrics import WorkerMetrics
@@ -42,6 +43,7 @@ class WorkerNode:
         )
         self.link = HubLink(upstream, config.hub_url, self.describe, token=config.worker_token)
         self.in_flight = 0
+        self.draining = False
         self.metrics = WorkerMetrics(self)
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
         self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
@@ -87,6 +89,21 @@ class WorkerNode:
             await self.managed.stop()
         await self.upstream.close()
 
+    async def drain(self, seconds: float) -> None:
+        """Shutting down: tell the hub to send no new work, then let what is in flight end."""
+        self.draining = True
+        log.info("draining: %d requests in flight", self.in_flight)
+        try:
+            async with asyncio.timeout(min(seconds, 5.0)):
+                await self.link.sync()
+        except (TimeoutError, HubUnavailable) as exc:
+            log.warning("could not tell the hub this worker is draining: %s", exc)
+        left = await wait_until_idle(lambda: self.in_flight, seconds)
+        if left:
+            log.warning("drain time is up with %d requests still in flight", left)
+        else:
+            log.info("drained: nothing in flight")
+
     def describe(self) -> dict[str, Any] | None:
         """What the hub is told at registration and in every heartbeat."""
         if self._known is None:
@@ -98,6 +115,7 @@ class WorkerNode:
             "slots": slots,
             "healthy": self.llama.status.healthy,
             "in_flight": self.in_flight,
+            "draining": self.draining,
         }
         if self.config.name:
             info["name"] = self.config.name
