@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from gollama import __version__
 from gollama.auth import KeyFileError
+from gollama.chaos_command import add_arguments as add_chaos_arguments
 from gollama.http_protocol import guarded_protocol
 from gollama.loadtest_command import add_arguments as add_loadtest_arguments
 from gollama.logs import setup_logging
@@ -108,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add_loadtest_arguments(loadtest, positive=_at_least(1), seconds=_positive_number)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="run a local cluster under load while injecting faults; verdict on what was lost",
+        description="Start a hub and managed workers on 127.0.0.1, each behind a fault "
+        "proxy, drive streamed and non-streamed load, and inject faults on a schedule: "
+        "SIGKILL of a worker or a llama-server, SIGSTOP/SIGCONT, graceful restarts of a "
+        "worker and of the hub, latency, connection resets and a black hole. Exits 1 if any "
+        "request got no terminal answer or hung past its deadline.",
+        allow_abbrev=False,
+    )
+    add_chaos_arguments(chaos, positive=_at_least(1), seconds=_positive_number)
     return parser
 
 
@@ -117,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(accept_single_dash(parser, raw))
     if args.command == "testmodel":
         return _testmodel(args)
+    if args.command == "chaos":
+        from gollama.chaos_command import run as run_chaos
+
+        return run_chaos(args, parser)
     if args.command == "loadtest":
         from gollama.loadtest_command import run as run_loadtest
 

@@ -64,7 +64,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
 
     model, llama_args = args.model, args.llama_args
     if model is None:
-        model = _cached_test_model(console)
+        model = cached_test_model(console)
         llama_args = TEST_MODEL_ARGS if llama_args is None else llama_args
     elif not model.is_file():
         raise DemoError(f"--model {model}: no such file")
@@ -74,7 +74,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
     processes: list[asyncio.subprocess.Process] = []
     try:
         hub = ["hub", "--host", HOST, "--port", str(ports[0])]
-        processes.append(await _spawn(hub, logs / "hub.log"))
+        processes.append(await spawn_gollama(hub, logs / "hub.log"))
         for i, port in enumerate(ports[1:], 1):
             worker = [
                 "worker",
@@ -90,7 +90,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
                 str(model),
                 f"--llama-args={llama_args or ''}",
             ]
-            processes.append(await _spawn(worker, logs / f"worker-{i}.log"))
+            processes.append(await spawn_gollama(worker, logs / f"worker-{i}.log"))
         with console.status(f"starting a hub and {args.workers} workers with llama-server ..."):
             try:
                 async with asyncio.timeout(args.startup_timeout):
@@ -118,17 +118,22 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
         console.print(f"stopped {len(processes)} processes; logs are in {logs}")
 
 
-def _cached_test_model(console: Console) -> Path:
+def cached_test_model(console: Console | None = None) -> Path:
+    """The tiny generated test model, written once into the user's cache folder."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gollama"
     path = cache / "gollama-test-d64-l2.gguf"
     if not path.exists():
         write_test_model(path, ModelShape(d_model=64, layers=2))
-        console.print(f"generated a random-weight test model: {path}")
+        if console is not None:
+            console.print(f"generated a random-weight test model: {path}")
     return path
 
 
-async def _spawn(arguments: list[str], log_path: Path) -> asyncio.subprocess.Process:
-    with log_path.open("wb") as log:
+async def spawn_gollama(
+    arguments: list[str], log_path: Path, *, append: bool = False
+) -> asyncio.subprocess.Process:
+    """`gollama ARGUMENTS` as a child process, its output in `log_path`."""
+    with log_path.open("ab" if append else "wb") as log:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -22,8 +22,12 @@ import aiohttp
 import orjson
 
 from gollama.errors import structured_message
+from gollama.upstream import Upstream, UpstreamError, iter_chunks, read_body
 
 DONE = b"[DONE]"
+CONNECT_TIMEOUT = 5.0
+KEEPALIVE = 4.0  # under the hub's (uvicorn's) 5 s keep-alive
+REFUSED_PAUSE = 0.1  # a closed-loop client waits this long after a refused connection
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,22 @@ class LoadTest:
 
     async def run(self) -> Report:
         config = self.config
-        connector = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=config.timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Pooled connections, with the resend on a fresh one when a reused connection turns
+        # out closed before any answer: a stale keep-alive connection is not a failure.
+        upstream = Upstream(
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=config.timeout,
+            keepalive_timeout=KEEPALIVE,
+        )
+        try:
             self.started = time.perf_counter()
             if config.rate:
-                await self._open_loop(session, config.rate)
+                await self._open_loop(upstream, config.rate)
             else:
-                await self._closed_loop(session)
+                await self._closed_loop(upstream)
             self.ended = time.perf_counter()
+        finally:
+            await upstream.close()
         return Report.of(self)
 
     def _more(self, sent: int) -> bool:
@@ -99,53 +110,63 @@ class LoadTest:
             return time.perf_counter() - self.started < config.duration
         return True
 
-    async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
+    async def _closed_loop(self, upstream: Upstream) -> None:
         sent = 0
 
         async def client() -> None:
             nonlocal sent
             while self._more(sent):
                 sent += 1
-                await self._one(session)
+                result = await self._one(upstream)
+                if result.failure == "connection refused":
+                    await asyncio.sleep(REFUSED_PAUSE)  # as a real client would, not a spin
 
         await asyncio.gather(*(client() for _ in range(self.config.concurrency)))
 
-    async def _open_loop(self, session: aiohttp.ClientSession, rate: float) -> None:
-        tasks: set[asyncio.Task[None]] = set()
+    async def _open_loop(self, upstream: Upstream, rate: float) -> None:
+        tasks: set[asyncio.Task[Result]] = set()
         sent = 0
         while self._more(sent):
             due = self.started + sent / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            task = asyncio.create_task(self._one(session))
+            task = asyncio.create_task(self._one(upstream))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
         await asyncio.gather(*tasks)
 
-    async def _one(self, session: aiohttp.ClientSession) -> None:
+    async def _one(self, upstream: Upstream) -> Result:
         result = Result(time.perf_counter())
         self.in_flight += 1
         try:
-            await self._exchange(session, result)
+            async with asyncio.timeout(self.config.timeout):
+                await self._exchange(upstream, result)
         except TimeoutError:
             result.failure = "timeout"
-        except aiohttp.ClientConnectorError:
-            result.failure = "connection refused"
-        except aiohttp.ClientError as exc:
-            result.failure = f"connection broke: {type(exc).__name__}"
+        except orjson.JSONDecodeError:
+            result.failure = "invalid JSON in the answer"
+        except UpstreamError as exc:
+            if exc.timed_out:
+                result.failure = "timeout"
+            elif str(exc).startswith("cannot connect"):
+                result.failure = "connection refused"
+            else:
+                result.failure = f"connection broke: {exc}"
         finally:
             self.in_flight -= 1
             result.ended = time.perf_counter()
             self.results.append(result)
             if self.on_result is not None:
                 self.on_result(result)
+        return result
 
-    async def _exchange(self, session: aiohttp.ClientSession, result: Result) -> None:
+    async def _exchange(self, upstream: Upstream, result: Result) -> None:
         url = self.config.url.rstrip("/") + "/v1/chat/completions"
-        async with session.post(url, data=self.body, headers=self.headers) as reply:
+        reply = await upstream.open("POST", url, body=self.body, headers=self.headers)
+        async with reply:
             result.status = reply.status
             if reply.status != 200:
-                body = await reply.read()
+                body = await read_body(reply)
                 try:
                     detail = structured_message(orjson.loads(body))
                 except orjson.JSONDecodeError:
@@ -153,7 +174,7 @@ class LoadTest:
                 result.failure = f"HTTP {reply.status}" + (f" ({_short(detail)})" if detail else "")
                 return
             if not self.config.stream:
-                completion = orjson.loads(await reply.read())
+                completion = orjson.loads(await read_body(reply))
                 result.tokens = int((completion.get("usage") or {}).get("completion_tokens") or 0)
                 return
             await self._read_stream(reply, result)
@@ -162,7 +183,7 @@ class LoadTest:
         last_token_at: float | None = None
         done = False
         buffer = b""
-        async for chunk in reply.content.iter_any():
+        async for chunk in iter_chunks(reply):
             buffer += chunk
             *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
             for event in events:

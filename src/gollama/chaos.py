@@ -1,0 +1,367 @@
+"""`gollama chaos`: a local cluster under load while faults are injected on a schedule, and a
+verdict on what clients saw.
+
+It starts a hub and `--workers` managed workers (each with its own llama-server, on a
+generated test model unless `--model` is given) on 127.0.0.1, with a fault-injecting TCP proxy
+between the hub and each worker. It drives streamed and non-streamed load with the loadtest
+engine, and every `--interval` seconds injects the next fault, in turn:
+
+    kill_worker     SIGKILL a worker (its llama-server dies with it; streams are cut mid-way)
+    kill_llama      SIGKILL a worker's llama-server (the worker restarts it)
+    freeze_worker   SIGSTOP a worker, SIGCONT it `--fault-seconds` later (a frozen machine)
+    restart_worker  SIGTERM a worker (it drains) and start it again
+    restart_hub     SIGTERM the hub (it drains) and start it again; workers find it again
+    latency         the proxy delays every chunk to and from a worker
+    reset           the proxy resets every connection to a worker
+    blackhole       the proxy swallows all traffic to a worker
+
+Every request must end with a terminal answer: a success or a clear error (an HTTP error with
+its reason, a stream ended by an error event, a connection refused while the hub restarts).
+Requests that got no terminal answer (a connection broken without an answer, a stream that
+stopped without `[DONE]` or an error event) are *lost*; requests that ran past the deadline
+are *hung*. The verdict fails on any lost or hung request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gollama.demo import cached_test_model, spawn_gollama
+from gollama.faultproxy import FaultProxy
+from gollama.loadtest import LoadConfig, LoadTest, Result
+from gollama.processes import free_ports, terminate
+
+HOST = "127.0.0.1"
+FAULTS = (
+    "kill_worker",
+    "kill_llama",
+    "freeze_worker",
+    "restart_worker",
+    "restart_hub",
+    "latency",
+    "reset",
+    "blackhole",
+)
+REQUEST_TIMEOUT = 30.0  # the hub's own deadline for every request
+HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
+LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    workers: int = 3
+    duration: float = 60.0
+    concurrency: int = 12
+    interval: float = 5.0
+    fault_seconds: float = 2.0
+    faults: tuple[str, ...] = FAULTS
+    max_tokens: int = 24
+    model: Path | None = None
+    llama_args: str = "-t 1 -np 2"
+    seed: int = 0
+
+
+@dataclass
+class Event:
+    at: float  # seconds since the start
+    what: str
+
+
+@dataclass
+class Verdict:
+    requests: int
+    succeeded: int
+    lost: int
+    hung: int
+    clear_failures: dict[str, int]
+    success_rate_with_a_healthy_worker: float
+    faults: dict[str, int]
+    timeline: list[Event] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.lost == 0 and self.hung == 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "lost": self.lost,
+            "hung": self.hung,
+            "clear_failures": self.clear_failures,
+            "success_rate_with_a_healthy_worker": round(self.success_rate_with_a_healthy_worker, 4),
+            "faults": self.faults,
+            "timeline": [{"at": round(e.at, 2), "event": e.what} for e in self.timeline],
+        }
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    proxy: FaultProxy
+    process: asyncio.subprocess.Process | None = None
+
+
+class LocalCluster:
+    """A hub and managed workers on 127.0.0.1, each worker behind its own fault proxy."""
+
+    def __init__(self, config: ChaosConfig, logs: Path) -> None:
+        self.config = config
+        self.logs = logs
+        self.hub_port, *ports = free_ports(config.workers + 1)
+        self.hub_url = f"http://{HOST}:{self.hub_port}"
+        self.hub: asyncio.subprocess.Process | None = None
+        self.model = config.model or cached_test_model()
+        self.nodes = [
+            Node(f"w{i + 1}", port, FaultProxy(HOST, port)) for i, port in enumerate(ports)
+        ]
+
+    async def start(self) -> None:
+        await self.start_hub()
+        for node in self.nodes:
+            await node.proxy.start(HOST)
+            await self.start_worker(node)
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGCONT)  # a frozen worker must hear us
+                await terminate(node.process)
+            await node.proxy.stop()
+        if self.hub is not None:
+            await terminate(self.hub)
+
+    async def start_hub(self) -> None:
+        arguments = ["hub", "--host", HOST, "--port", str(self.hub_port)]
+        arguments += ["--request-timeout", str(REQUEST_TIMEOUT), "--heartbeat-interval", "1"]
+        arguments += ["--read-timeout", "10", "--drain-timeout", "15"]
+        self.hub = await spawn_gollama(arguments, self.logs / "hub.log", append=True)
+
+    async def start_worker(self, node: Node) -> None:
+        arguments = [
+            "worker",
+            *("--host", HOST, "--port", str(node.port), "--name", node.name),
+            *("--hub", self.hub_url, "--advertise", f"http://{HOST}:{node.proxy.port}"),
+            *("--model", str(self.model), f"--llama-args={self.config.llama_args}"),
+            *("--drain-timeout", "15"),
+        ]
+        node.process = await spawn_gollama(arguments, self.logs / f"{node.name}.log", append=True)
+
+    async def llama_pid(self, node: Node) -> int | None:
+        limit = aiohttp.ClientTimeout(total=2)
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, TypeError):
+            async with (
+                aiohttp.ClientSession(timeout=limit) as session,
+                session.get(f"http://{HOST}:{node.port}/health") as reply,
+            ):
+                pid = (await reply.json())["llama_server"]["pid"]
+                return int(pid) if pid else None
+        return None
+
+
+class Chaos:
+    def __init__(self, config: ChaosConfig, logs: Path) -> None:
+        self.config = config
+        self.cluster = LocalCluster(config, logs)
+        self.rng = random.Random(config.seed)
+        self.timeline: list[Event] = []
+        # (time, healthy workers), None for a hub that did not answer
+        self.health: list[tuple[float, int | None]] = []
+        self.faults: dict[str, int] = {}
+        self.started = 0.0
+
+    def note(self, what: str) -> None:
+        self.timeline.append(Event(time.perf_counter() - self.started, what))
+
+    async def run(self) -> Verdict:
+        cluster = self.cluster
+        await cluster.start()
+        try:
+            await self._wait_healthy(len(cluster.nodes), 180.0)
+            self.started = time.perf_counter()
+            self.note(f"{len(cluster.nodes)} workers healthy; load starts")
+            tests = [self._load(stream) for stream in (False, True)]
+            watcher = asyncio.create_task(self._watch())
+            injector = asyncio.create_task(self._inject())
+            try:
+                await asyncio.gather(*(test.run() for test in tests))
+            finally:
+                injector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await injector
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            self.note("load ends")
+            return self._verdict([r for test in tests for r in test.results])
+        finally:
+            await cluster.stop()
+
+    def _load(self, stream: bool) -> LoadTest:
+        config = LoadConfig(
+            url=self.cluster.hub_url,
+            requests=None,
+            duration=self.config.duration,
+            concurrency=max(1, self.config.concurrency // 2),
+            message="chaos",
+            max_tokens=self.config.max_tokens,
+            stream=stream,
+            timeout=HUNG_AFTER,
+        )
+        return LoadTest(config)
+
+    async def _inject(self) -> None:
+        kinds = itertools.cycle(self.config.faults)
+        while True:
+            await asyncio.sleep(self.config.interval)
+            kind = next(kinds)
+            node = self.rng.choice(self.cluster.nodes)
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            await getattr(self, f"_{kind}")(node)
+
+    async def _kill_worker(self, node: Node) -> None:
+        assert node.process is not None
+        node.process.kill()
+        await node.process.wait()
+        self.note(f"SIGKILL worker {node.name}")
+        await asyncio.sleep(self.config.fault_seconds)
+        await self.cluster.start_worker(node)
+        self.note(f"worker {node.name} started again")
+
+    async def _kill_llama(self, node: Node) -> None:
+        pid = await self.cluster.llama_pid(node)
+        if pid is None:
+            self.note(f"kill llama-server of {node.name}: not running, skipped")
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.note(f"SIGKILL llama-server of {node.name} (pid {pid})")
+
+    async def _freeze_worker(self, node: Node) -> None:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP)
+        self.note(f"SIGSTOP worker {node.name}")
+        await asyncio.sleep(self.config.fault_seconds)
+        node.process.send_signal(signal.SIGCONT)
+        self.note(f"SIGCONT worker {node.name}")
+
+    async def _restart_worker(self, node: Node) -> None:
+        assert node.process is not None
+        self.note(f"SIGTERM worker {node.name} (drain)")
+        await terminate(node.process, grace=20.0)
+        await self.cluster.start_worker(node)
+        self.note(f"worker {node.name} started again")
+
+    async def _restart_hub(self, node: Node) -> None:
+        cluster = self.cluster
+        assert cluster.hub is not None
+        self.note("SIGTERM hub (drain)")
+        await terminate(cluster.hub, grace=20.0)
+        await cluster.start_hub()
+        self.note("hub started again")
+
+    async def _latency(self, node: Node) -> None:
+        await self._proxy_fault(node, "latency", 0.2)
+
+    async def _reset(self, node: Node) -> None:
+        await self._proxy_fault(node, "reset")
+
+    async def _blackhole(self, node: Node) -> None:
+        await self._proxy_fault(node, "blackhole")
+
+    async def _proxy_fault(self, node: Node, mode: Any, latency: float = 0.0) -> None:
+        node.proxy.set(mode, latency)
+        self.note(f"network to {node.name}: {mode}")
+        try:
+            await asyncio.sleep(self.config.fault_seconds)
+        finally:
+            node.proxy.set("pass")
+            self.note(f"network to {node.name}: healed")
+
+    async def _watch(self) -> None:
+        """Poll the hub's health: how many workers it can use, and when it is down."""
+        last: int | None = -1
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                healthy: int | None
+                try:
+                    async with session.get(self.cluster.hub_url + "/health") as reply:
+                        healthy = int((await reply.json())["workers"])
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                    healthy = None
+                self.health.append((time.perf_counter(), healthy))
+                if healthy != last:
+                    self.note(
+                        "hub unreachable" if healthy is None else f"{healthy} workers healthy"
+                    )
+                    last = healthy
+                await asyncio.sleep(0.25)
+
+    async def _wait_healthy(self, count: int, seconds: float) -> None:
+        async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self.cluster.hub_url + "/health") as reply:
+                        if (await reply.json()).get("workers", 0) >= count:
+                            return
+                await asyncio.sleep(0.25)
+
+    def _healthy_at(self, moment: float) -> bool:
+        """Whether the hub was up with a healthy worker at `moment` (the last poll before)."""
+        state = None
+        for at, healthy in self.health:
+            if at > moment:
+                break
+            state = healthy
+        return bool(state)
+
+    def _verdict(self, results: list[Result]) -> Verdict:
+        lost = [r for r in results if r.failure is not None and r.failure.startswith(LOST)]
+        hung = [r for r in results if r.failure == "timeout" or r.latency > HUNG_AFTER]
+        clear: dict[str, int] = {}
+        for r in results:
+            if r.failure is not None and r not in lost and r not in hung:
+                reason = r.failure.split(" (")[0]
+                clear[reason] = clear.get(reason, 0) + 1
+        # Counted while the hub was up with a healthy worker: not requests the hub refused
+        # because it was restarting (its port closed, or draining), whatever the last poll saw.
+        covered = [
+            r
+            for r in results
+            if self._healthy_at(r.started) and not _hub_unavailable(r.failure or "")
+        ]
+        succeeded_covered = sum(1 for r in covered if r.failure is None)
+        return Verdict(
+            requests=len(results),
+            succeeded=sum(1 for r in results if r.failure is None),
+            lost=len(lost),
+            hung=len(hung),
+            clear_failures=dict(sorted(clear.items(), key=lambda kv: -kv[1])),
+            success_rate_with_a_healthy_worker=succeeded_covered / len(covered) if covered else 0,
+            faults=self.faults,
+            timeline=self.timeline,
+        )
+
+
+def _hub_unavailable(failure: str) -> bool:
+    return failure == "connection refused" or "shutting down" in failure
+
+
+def run_chaos(config: ChaosConfig) -> Verdict:
+    logs = Path(tempfile.mkdtemp(prefix="gollama-chaos-"))
+    return asyncio.run(Chaos(config, logs).run())

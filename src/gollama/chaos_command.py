@@ -1,0 +1,110 @@
+"""The `gollama chaos` command: options, the verdict as a table and timeline, or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from gollama.chaos import FAULTS, ChaosConfig, run_chaos
+
+
+def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) -> None:
+    parser.add_argument("--workers", type=positive, default=3, help="workers (default 3)")
+    parser.add_argument(
+        "--duration", type=seconds, default=60.0, help="seconds of load (default 60)"
+    )
+    parser.add_argument(
+        "--concurrency", type=positive, default=12, help="clients, half streaming (default 12)"
+    )
+    parser.add_argument(
+        "--interval", type=seconds, default=5.0, help="seconds between faults (default 5)"
+    )
+    parser.add_argument(
+        "--fault-seconds",
+        type=seconds,
+        default=2.0,
+        help="how long a freeze or a network fault lasts, and a killed worker stays down "
+        "(default 2)",
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"the faults to inject, in turn (default: all: {','.join(FAULTS)})",
+    )
+    parser.add_argument(
+        "--max-tokens", type=positive, default=24, help="max_tokens per request (default 24)"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a .gguf model (default: a generated one)"
+    )
+    parser.add_argument(
+        "--llama-args",
+        default="-t 1 -np 2",
+        help='llama-server arguments (default: "%(default)s")',
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which workers get the faults")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown or not faults:
+        parser.error(f"--faults: unknown {', '.join(unknown) or '(none given)'}")
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model {args.model}: no such file")
+    config = ChaosConfig(
+        workers=args.workers,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        interval=args.interval,
+        fault_seconds=args.fault_seconds,
+        faults=faults,
+        max_tokens=args.max_tokens,
+        model=args.model,
+        llama_args=args.llama_args,
+        seed=args.seed,
+    )
+    console = Console(stderr=True)
+    with console.status(f"chaos: {args.workers} workers, {args.duration:g} s of load ..."):
+        verdict = run_chaos(config)
+    summary = verdict.summary()
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        show(Console(), summary)
+    return 0 if verdict.passed else 1
+
+
+def show(console: Console, summary: dict[str, Any]) -> None:
+    timeline = Table(title="timeline", show_header=True)
+    timeline.add_column("s", justify="right")
+    timeline.add_column("event")
+    for event in summary["timeline"]:
+        timeline.add_row(f"{event['at']:.1f}", event["event"])
+    console.print(timeline)
+    verdict = Table(title="verdict", show_header=False)
+    verdict.add_column("")
+    verdict.add_column("", justify="right")
+    rows = [
+        ("requests", summary["requests"]),
+        ("succeeded", summary["succeeded"]),
+        ("lost (no terminal answer)", summary["lost"]),
+        ("hung (past the deadline)", summary["hung"]),
+        (
+            "success rate while a worker was healthy",
+            f"{summary['success_rate_with_a_healthy_worker']:.2%}",
+        ),
+        *((f"clear failure: {reason}", n) for reason, n in summary["clear_failures"].items()),
+        *((f"fault: {kind}", n) for kind, n in summary["faults"].items()),
+    ]
+    for label, value in rows:
+        verdict.add_row(label, str(value))
+    console.print(verdict)
+    console.print("[bold green]PASSED[/]" if summary["passed"] else "[bold red]FAILED[/]")
