@@ -157,3 +157,16 @@ def test_a_worker_that_keeps_failing_waits_longer_each_time(registry: Registry) 
     registry.job_succeeded(worker)
     registry.mark_failed(worker, "500", now)
     assert worker.next_probe_at - now <= waits[0] * 1.5
+
+
+def test_the_circuit_opens_on_failure_and_closes_after_a_good_probe() -> None:
+    registry = Registry(heartbeat_interval=2.0, rng=random.Random(1))
+    worker = registry.register(Registration("http://w:1", ("m",), 2, True), now=0.0)
+    assert worker.circuit == "closed"
+    registry.mark_failed(worker, "reset", now=1.0)
+    assert (worker.circuit, worker.available) == ("open", False)
+    worker.probing = True
+    assert worker.circuit == "half_open"
+    worker.probing = False
+    assert registry.recovered(worker, failures_seen=1)
+    assert (worker.circuit, worker.available) == ("closed", True)

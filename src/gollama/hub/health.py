@@ -61,9 +61,11 @@ class HealthMonitor:
                 self._probes[worker.id] = asyncio.create_task(self._probe(worker))
 
     async def _probe(self, worker: Worker) -> None:
+        worker.probing = True  # the circuit is half open: one probe decides
         try:
             await self._probe_once(worker)
         finally:
+            worker.probing = False
             self._probes.pop(worker.id, None)
 
     async def _probe_once(self, worker: Worker) -> None:

@@ -72,6 +72,7 @@ class Worker:
     probe_backoff: float = PROBE_BACKOFF_FIRST
     offline: bool = False
     draining: bool = False
+    probing: bool = False  # a health probe is out
     unsupported: set[str] = field(default_factory=set)
     tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
 
@@ -95,6 +96,14 @@ class Worker:
     def free_slots(self) -> int:
         return max(0, self.slots - self.in_flight)
 
+    @property
+    def circuit(self) -> str:
+        """The worker's circuit breaker, from passive evidence: closed (taking work), open
+        (taken out after a failure, waiting for its next probe), half_open (a probe is out)."""
+        if self.failure is None:
+            return "closed"
+        return "half_open" if self.probing else "open"
+
     def serves(self, model: str | None, endpoint: str | None) -> bool:
         """Serves `model` (any when None) at `endpoint` (any when None)."""
         if model is not None and model not in self.models:
@@ -109,6 +118,7 @@ class Worker:
             "models": list(self.models),
             "state": self.state.value,
             "reason": self.failure,
+            "circuit": self.circuit,
             "slots": self.slots,
             "in_flight": self.in_flight,
             "reported_in_flight": self.reported_in_flight,
