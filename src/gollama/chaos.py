@@ -59,6 +59,10 @@ HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got 
 LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
 
 
+class ChaosError(Exception):
+    """The chaos run could not start."""
+
+
 @dataclass(frozen=True)
 class ChaosConfig:
     workers: int = 3
@@ -161,6 +165,10 @@ class LocalCluster:
             *("--drain-timeout", "15"),
         ]
         node.process = await spawn_gollama(arguments, self.logs / f"{node.name}.log", append=True)
+
+    def processes(self) -> list[asyncio.subprocess.Process]:
+        nodes = [node.process for node in self.nodes if node.process is not None]
+        return [self.hub, *nodes] if self.hub is not None else nodes
 
     async def llama_pid(self, node: Node) -> int | None:
         limit = aiohttp.ClientTimeout(total=2)
@@ -313,8 +321,14 @@ class Chaos:
                 await asyncio.sleep(0.25)
 
     async def _wait_healthy(self, count: int, seconds: float) -> None:
+        cluster = self.cluster
         async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
             while True:
+                dead = [p for p in cluster.processes() if p.returncode is not None]
+                if dead:
+                    raise ChaosError(
+                        f"a process of the cluster exited at start-up; see {cluster.logs}"
+                    )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(self.cluster.hub_url + "/health") as reply:
                         if (await reply.json()).get("workers", 0) >= count:

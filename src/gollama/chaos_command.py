@@ -11,7 +11,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gollama.chaos import FAULTS, ChaosConfig, run_chaos
+from gollama.chaos import FAULTS, ChaosConfig, ChaosError, run_chaos
 
 
 def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) -> None:
@@ -73,7 +73,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     console = Console(stderr=True)
     with console.status(f"chaos: {args.workers} workers, {args.duration:g} s of load ..."):
-        verdict = run_chaos(config)
+        try:
+            verdict = run_chaos(config)
+        except ChaosError as exc:
+            console.print(f"[bold red]chaos could not run:[/] {exc}")
+            return 2
     summary = verdict.summary()
     if args.json:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
