@@ -12,6 +12,7 @@ import pytest
 
 from gollama.chaos import FAULTS
 from gollama.faultproxy import FaultProxy
+from tests.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -74,3 +75,14 @@ async def test_the_fault_proxy_passes_delays_resets_and_swallows() -> None:
         await proxy.stop()
         server.close()
         await server.wait_closed()
+
+
+def test_chaos_watches_a_running_hub(cluster: Cluster) -> None:
+    command = [sys.executable, "-m", "gollama", "chaos", "--url", cluster.url, "--json"]
+    command += ["--duration", "3", "--concurrency", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads(done.stdout)
+    assert verdict["faults"] == {}  # the faults are the operator's to make
+    assert verdict["requests"] == verdict["succeeded"] > 10
+    assert verdict["success_rate_with_a_healthy_worker"] == 1.0

@@ -75,6 +75,8 @@ class ChaosConfig:
     model: Path | None = None
     llama_args: str = "-t 1 -np 2"
     seed: int = 0
+    url: str | None = None  # a running hub: load and verdict only, the faults are yours
+    deadline: float = HUNG_AFTER  # a request open longer than this is hung
 
 
 @dataclass
@@ -185,7 +187,8 @@ class LocalCluster:
 class Chaos:
     def __init__(self, config: ChaosConfig, logs: Path) -> None:
         self.config = config
-        self.cluster = LocalCluster(config, logs)
+        self.cluster = LocalCluster(config, logs) if config.url is None else None
+        self.hub_url = config.url or (self.cluster.hub_url if self.cluster else "")
         self.rng = random.Random(config.seed)
         self.timeline: list[Event] = []
         # (time, healthy workers), None for a hub that did not answer
@@ -198,14 +201,18 @@ class Chaos:
 
     async def run(self) -> Verdict:
         cluster = self.cluster
-        await cluster.start()
+        if cluster is not None:
+            await cluster.start()
         try:
-            await self._wait_healthy(len(cluster.nodes), 180.0)
+            if cluster is not None:
+                await self._wait_healthy(len(cluster.nodes), 180.0)
+            else:
+                await self._wait_healthy(1, 10.0)
             self.started = time.perf_counter()
-            self.note(f"{len(cluster.nodes)} workers healthy; load starts")
+            self.note("load starts" + ("" if cluster else f" on {self.hub_url}; faults are yours"))
             tests = [self._load(stream) for stream in (False, True)]
             watcher = asyncio.create_task(self._watch())
-            injector = asyncio.create_task(self._inject())
+            injector = asyncio.create_task(self._inject() if cluster else asyncio.sleep(0))
             try:
                 await asyncio.gather(*(test.run() for test in tests))
             finally:
@@ -218,18 +225,19 @@ class Chaos:
             self.note("load ends")
             return self._verdict([r for test in tests for r in test.results])
         finally:
-            await cluster.stop()
+            if cluster is not None:
+                await cluster.stop()
 
     def _load(self, stream: bool) -> LoadTest:
         config = LoadConfig(
-            url=self.cluster.hub_url,
+            url=self.hub_url,
             requests=None,
             duration=self.config.duration,
             concurrency=max(1, self.config.concurrency // 2),
             message="chaos",
             max_tokens=self.config.max_tokens,
             stream=stream,
-            timeout=HUNG_AFTER,
+            timeout=self.config.deadline,
         )
         return LoadTest(config)
 
@@ -238,7 +246,7 @@ class Chaos:
         while True:
             await asyncio.sleep(self.config.interval)
             kind = next(kinds)
-            node = self.rng.choice(self.cluster.nodes)
+            node = self.rng.choice(self._local().nodes)
             self.faults[kind] = self.faults.get(kind, 0) + 1
             await getattr(self, f"_{kind}")(node)
 
@@ -248,11 +256,11 @@ class Chaos:
         await node.process.wait()
         self.note(f"SIGKILL worker {node.name}")
         await asyncio.sleep(self.config.fault_seconds)
-        await self.cluster.start_worker(node)
+        await self._local().start_worker(node)
         self.note(f"worker {node.name} started again")
 
     async def _kill_llama(self, node: Node) -> None:
-        pid = await self.cluster.llama_pid(node)
+        pid = await self._local().llama_pid(node)
         if pid is None:
             self.note(f"kill llama-server of {node.name}: not running, skipped")
             return
@@ -272,11 +280,11 @@ class Chaos:
         assert node.process is not None
         self.note(f"SIGTERM worker {node.name} (drain)")
         await terminate(node.process, grace=20.0)
-        await self.cluster.start_worker(node)
+        await self._local().start_worker(node)
         self.note(f"worker {node.name} started again")
 
     async def _restart_hub(self, node: Node) -> None:
-        cluster = self.cluster
+        cluster = self._local()
         assert cluster.hub is not None
         self.note("SIGTERM hub (drain)")
         await terminate(cluster.hub, grace=20.0)
@@ -308,7 +316,7 @@ class Chaos:
             while True:
                 healthy: int | None
                 try:
-                    async with session.get(self.cluster.hub_url + "/health") as reply:
+                    async with session.get(self.hub_url + "/health") as reply:
                         healthy = int((await reply.json())["workers"])
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
                     healthy = None
@@ -322,18 +330,27 @@ class Chaos:
 
     async def _wait_healthy(self, count: int, seconds: float) -> None:
         cluster = self.cluster
-        async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
-            while True:
-                dead = [p for p in cluster.processes() if p.returncode is not None]
-                if dead:
-                    raise ChaosError(
-                        f"a process of the cluster exited at start-up; see {cluster.logs}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.cluster.hub_url + "/health") as reply:
-                        if (await reply.json()).get("workers", 0) >= count:
-                            return
-                await asyncio.sleep(0.25)
+        try:
+            async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
+                await self._poll_healthy(session, count, cluster)
+        except TimeoutError:
+            raise ChaosError(f"{self.hub_url} had no {count} healthy workers in time") from None
+
+    async def _poll_healthy(
+        self, session: aiohttp.ClientSession, count: int, cluster: LocalCluster | None
+    ) -> None:
+        while True:
+            if cluster is not None and any(p.returncode is not None for p in cluster.processes()):
+                raise ChaosError(f"a process of the cluster exited at start-up; see {cluster.logs}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(self.hub_url + "/health") as reply:
+                    if (await reply.json()).get("workers", 0) >= count:
+                        return
+            await asyncio.sleep(0.25)
+
+    def _local(self) -> LocalCluster:
+        assert self.cluster is not None, "faults need the local cluster"
+        return self.cluster
 
     def _healthy_at(self, moment: float) -> bool:
         """Whether the hub was up with a healthy worker at `moment` (the last poll before)."""
@@ -346,7 +363,7 @@ class Chaos:
 
     def _verdict(self, results: list[Result]) -> Verdict:
         lost = [r for r in results if r.failure is not None and r.failure.startswith(LOST)]
-        hung = [r for r in results if r.failure == "timeout" or r.latency > HUNG_AFTER]
+        hung = [r for r in results if r.failure == "timeout" or r.latency > self.config.deadline]
         clear: dict[str, int] = {}
         for r in results:
             if r.failure is not None and r not in lost and r not in hung:

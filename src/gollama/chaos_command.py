@@ -11,7 +11,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gollama.chaos import FAULTS, ChaosConfig, ChaosError, run_chaos
+from gollama.chaos import FAULTS, HUNG_AFTER, ChaosConfig, ChaosError, run_chaos
+
+TARGET_DEADLINE = 610.0
 
 
 def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) -> None:
@@ -49,6 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) 
         help='llama-server arguments (default: "%(default)s")',
     )
     parser.add_argument("--seed", type=int, default=0, help="which workers get the faults")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="a running hub instead of a local cluster: chaos drives the load, watches and "
+        "judges; the faults (pulled cables, killed machines) are yours to make",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=seconds,
+        default=None,
+        help="with --url: seconds after which an open request counts as hung (default: "
+        "610, the hub's default request timeout and a margin)",
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
 
@@ -70,9 +85,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model=args.model,
         llama_args=args.llama_args,
         seed=args.seed,
+        url=args.url,
+        deadline=args.deadline or (HUNG_AFTER if args.url is None else TARGET_DEADLINE),
     )
     console = Console(stderr=True)
-    with console.status(f"chaos: {args.workers} workers, {args.duration:g} s of load ..."):
+    where = args.url or f"{args.workers} local workers"
+    with console.status(f"chaos: {where}, {args.duration:g} s of load ..."):
         try:
             verdict = run_chaos(config)
         except ChaosError as exc:
