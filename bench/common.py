@@ -129,12 +129,22 @@ class Ports:
         return f"http://{HOST}:{self.hub}"
 
 
+TINY = ModelShape(d_model=64, layers=2)
+SLOW = ModelShape(d_model=512, layers=8)  # 85 MB
+
+
 async def start_cluster(
-    cluster: Cluster, session: aiohttp.ClientSession, *, llamas: int = 2, slots: int = 4
+    cluster: Cluster,
+    session: aiohttp.ClientSession,
+    *,
+    llamas: int = 2,
+    slots: int = 4,
+    shape: ModelShape = TINY,
+    hub_args: tuple[str, ...] = (),
 ) -> Ports:
-    """llama-servers on the generated tiny model (one thread each), a worker in front of each,
-    and a hub, all logging warnings only; returns once the hub sees every worker healthy."""
-    model = write_test_model(cluster.folder / "tiny.gguf", ModelShape(d_model=64, layers=2))
+    """llama-servers on a generated model (one thread each), a worker in front of each, and a
+    hub, all logging warnings only; returns once the hub sees every worker healthy."""
+    model = write_test_model(cluster.folder / "model.gguf", shape)
     binary = find_llama_server()
     *llama_ports, hub_port = free_ports(llamas + 1)
     worker_ports = free_ports(llamas)
@@ -159,7 +169,9 @@ async def start_cluster(
         )
     gollama = [sys.executable, "-m", "gollama"]
     quiet = ["--log-level", "warning"]
-    hub = cluster.start("hub", [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet])
+    hub = cluster.start(
+        "hub", [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet, *hub_args]
+    )
     ports = Ports(llama_ports, worker_ports, hub_port, hub.pid)
     for i, (port, llama_port) in enumerate(zip(ports.workers, ports.llamas, strict=True)):
         cluster.start(

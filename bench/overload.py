@@ -22,102 +22,38 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import HOST, RESULTS, Cluster, log_tails, wait_ok
+from common import RESULTS, SLOW, Cluster, start_cluster
 from rich.console import Console
 from rich.table import Table
 
-from gollama.llama_binary import find_llama_server
 from gollama.loadtest import LoadConfig, LoadTest, Report
-from gollama.processes import free_ports
-from gollama.testmodel import ModelShape, write_test_model
 
 SLOTS = 2
 LLAMAS = 2
 MAX_TOKENS = 16
 
 
-def peak_memory_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory now (VmRSS) or at its peak (VmHWM), from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def memory_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
 async def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
-    model = write_test_model(folder / "slow.gguf", ModelShape(d_model=512, layers=8))
-    binary = find_llama_server()
-    *llama_ports, hub_port = free_ports(LLAMAS + 1)
-    worker_ports = free_ports(LLAMAS)
-    hub_url = f"http://{HOST}:{hub_port}"
     cluster = Cluster(folder)
     try:
-        for i, port in enumerate(llama_ports):
-            cluster.start(
-                f"llama-{i}",
-                [
-                    binary,
-                    "-m",
-                    str(model),
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "-t",
-                    "1",
-                    "-np",
-                    str(SLOTS),
-                    "--alias",
-                    "slow",
-                ],
-            )
-        gollama = [sys.executable, "-m", "gollama"]
-        hub = cluster.start(
-            "hub",
-            [
-                *gollama,
-                "hub",
-                "--host",
-                HOST,
-                "--port",
-                str(hub_port),
-                "--log-level",
-                "warning",
-                "--queue-size",
-                str(args.queue_size),
-                "--queue-timeout",
-                "5",
-            ],
-        )
-        for i, (port, llama_port) in enumerate(zip(worker_ports, llama_ports, strict=True)):
-            cluster.start(
-                f"worker-{i}",
-                [
-                    *gollama,
-                    "worker",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                    "--llama-port",
-                    str(llama_port),
-                    "--hub",
-                    hub_url,
-                ],
-            )
         async with aiohttp.ClientSession() as session:
-            try:
-                await wait_ok(session, hub_url + "/health", f'"workers":{LLAMAS}')
-            except TimeoutError:
-                raise SystemExit(f"the cluster did not come up:\n{log_tails(folder)}") from None
+            ports = await start_cluster(
+                cluster,
+                session,
+                llamas=LLAMAS,
+                slots=SLOTS,
+                shape=SLOW,
+                hub_args=("--queue-size", str(args.queue_size), "--queue-timeout", "5"),
+            )
+        hub_url = ports.hub_url
 
         def config(**overrides: object) -> LoadConfig:
             base: dict[str, object] = {
@@ -132,7 +68,7 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         await LoadTest(config(duration=3.0, concurrency=SLOTS * LLAMAS)).run()  # warm-up
         capacity = await LoadTest(config(concurrency=SLOTS * LLAMAS)).run()
         capacity_rps = capacity.successes / capacity.duration
-        idle_memory = memory_mb(hub.pid)
+        idle_memory = memory_mb(ports.hub_pid)
         offered = args.factor * capacity_rps
         overload = await LoadTest(config(rate=offered)).run()
         return {
@@ -141,7 +77,7 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
             "offered_rps": offered,
             "overload": overload,
             "hub_memory_before_mb": idle_memory,
-            "hub_peak_memory_mb": peak_memory_mb(hub.pid),
+            "hub_peak_memory_mb": memory_mb(ports.hub_pid, "VmHWM"),
         }
     finally:
         cluster.stop()

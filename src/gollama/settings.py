@@ -201,6 +201,19 @@ TLS_KEY = Option(
     metavar="PEM",
 )
 
+# What every server (hub and worker) has: request limits, draining, TLS and logging.
+SERVER_OPTIONS = (
+    MAX_BODY_BYTES,
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_HEADER_BYTES,
+    DRAIN_TIMEOUT,
+    TLS_CERT,
+    TLS_KEY,
+    LOG_LEVEL,
+    LOG_FORMAT,
+)
+
 HUB_OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "GOLLAMA_HOST", text, "0.0.0.0", "address the hub listens on"),
     Option("port", "--port", "GOLLAMA_PORT", port_number, 9000, "port the hub listens on"),
@@ -358,15 +371,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
         1024,
         "most messages in one chat request; more get 400 (0 = no cap)",
     ),
-    MAX_BODY_BYTES,
-    BODY_TIMEOUT,
-    HEADER_TIMEOUT,
-    MAX_HEADER_BYTES,
-    DRAIN_TIMEOUT,
-    TLS_CERT,
-    TLS_KEY,
-    LOG_LEVEL,
-    LOG_FORMAT,
+    *SERVER_OPTIONS,
 )
 
 WORKER_OPTIONS: tuple[Option, ...] = (
@@ -462,15 +467,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "CA certificates (PEM) to verify an https:// hub against (default: the system's)",
         metavar="PEM",
     ),
-    MAX_BODY_BYTES,
-    BODY_TIMEOUT,
-    HEADER_TIMEOUT,
-    MAX_HEADER_BYTES,
-    DRAIN_TIMEOUT,
-    TLS_CERT,
-    TLS_KEY,
-    LOG_LEVEL,
-    LOG_FORMAT,
+    *SERVER_OPTIONS,
 )
 
 
