@@ -22,16 +22,18 @@ SHORT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 class Stream(threading.Thread):
     """A streamed request in the background; `first_bytes` is set once the reply started."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_tokens: int = 150) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.request = {**LONG, "max_tokens": max_tokens}
         self.first_bytes = threading.Event()
         self.body = b""
         self.worker = ""
         self.status = 0
 
     def run(self) -> None:
-        with httpx.stream("POST", self.url + "/v1/chat/completions", json=LONG, timeout=60) as r:
+        url = self.url + "/v1/chat/completions"
+        with httpx.stream("POST", url, json=self.request, timeout=60) as r:
             self.status = r.status_code
             self.worker = r.headers.get("x-gollama-worker", "")
             for chunk in r.iter_bytes():
@@ -104,3 +106,22 @@ def test_sigterm_stops_a_hub_cleanly(procs: Processes, models: dict[str, Path]) 
 
     assert stream.finish().rstrip().endswith(b"data: [DONE]")  # in flight: ran to its end
     assert_stopped_gracefully(hub)
+
+
+def test_requests_still_running_when_the_drain_time_ends_get_a_clear_end(
+    procs: Processes, models: dict[str, Path]
+) -> None:
+    hub = procs.hub("--drain-timeout", "1")
+    llama = procs.llama("llama", models["slow"], "-np", "1")
+    procs.worker("w1", hub, llama=llama)
+    stream = Stream(hub.url, max_tokens=1000)  # about 7 s at 140 tokens a second
+    stream.start()
+    assert stream.first_bytes.wait(30)
+    hub.signal(signal.SIGTERM)
+    body = stream.finish()
+    assert b"[DONE]" not in body
+    last = body.rstrip().rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b'data: {"error"')
+    assert b"the hub is shutting down" in last and b"503" in last
+    assert hub.popen.wait(30) == -signal.SIGTERM
+    assert "ending the 1 requests still in flight" in hub.log.read_text()

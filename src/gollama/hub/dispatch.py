@@ -136,6 +136,8 @@ class Dispatcher:
         self.read_timeout = read_timeout
         self._limits = aiohttp.ClientTimeout(sock_connect=upstream.timeout.sock_connect)
         self._before_first_byte: dict[str, set[Interrupt]] = {}
+        # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
+        self.open_responses: set[Any] = set()
 
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""

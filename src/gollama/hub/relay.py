@@ -30,6 +30,7 @@ from gollama.errors import (
     ApiError,
     DeadlineExceeded,
     RelayedError,
+    ShuttingDown,
 )
 from gollama.hub.dispatch import Answer, Dispatcher, Job
 from gollama.hub.registry import Worker
@@ -64,23 +65,40 @@ class JobResponse(Response):
         self.received = received
         self.background = None
         self.settled = False  # the outcome is counted; only the last bytes may still be going
+        self._deadline: asyncio.Timeout | None = None  # the deadline of the phase under way
+        self._cut_short: str | None = None  # why the deadline was brought forward
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.dispatcher.open_responses.add(self)
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
             if not self.settled:
                 self.dispatcher.totals.cancelled += 1
                 self._settle(CLIENT_CLOSED, None, "the client went away")
+        finally:
+            self.dispatcher.open_responses.discard(self)
+
+    def cut_short(self, reason: str) -> None:
+        """End this request now, as its deadline would, but saying `reason` (the hub is
+        shutting down): a waiting request gets a 503, a stream an error event."""
+        self._cut_short = reason
+        if self._deadline is not None and not self.settled:
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    def _out_of_time(self) -> ApiError:
+        if self._cut_short is not None:
+            return ShuttingDown(self._cut_short)
+        return DeadlineExceeded("the request ran out of time")
 
     async def _run(self, send: Send) -> None:
         job = self.job
         self.dispatcher.totals.requests += 1
         try:
-            async with asyncio.timeout_at(job.deadline):
+            async with asyncio.timeout_at(job.deadline) as self._deadline:
                 answer = await self.dispatcher.answer(job)
         except TimeoutError:
-            await self._send_error(send, DeadlineExceeded("the request ran out of time"))
+            await self._send_error(send, self._out_of_time())
             return
         except ApiError as exc:
             await self._send_error(send, exc)
@@ -147,7 +165,7 @@ class JobResponse(Response):
         first_at = last_at = time.perf_counter()
         self.metrics.first_token(model, first_at - self.received)
         try:
-            async with asyncio.timeout_at(job.deadline):
+            async with asyncio.timeout_at(job.deadline) as self._deadline:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 tail.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
@@ -158,7 +176,7 @@ class JobResponse(Response):
         except UpstreamError as exc:
             failure, take_out = f"worker {answer.worker.id}: {exc}", True
         except TimeoutError:
-            failure, out_of_time = "the request ran out of time", True
+            failure, out_of_time = self._out_of_time().message, True
         if tail.done:  # [DONE] was relayed: whatever broke after it, the reply is complete
             failure, take_out, out_of_time = None, False, False
         error = tail.last_error()
@@ -184,7 +202,8 @@ class JobResponse(Response):
             self.metrics.stream_cut(model)
             self._settle(200, answer.worker, f"stream cut: {failure}", warn=True)
             if error is None:
-                closing = tail.closing_error_event(failure, code=502 if worker_failed else 504)
+                code = 502 if worker_failed else self._out_of_time().status
+                closing = tail.closing_error_event(failure, code=code)
         await send_closing(send, closing)
 
     def _settle(

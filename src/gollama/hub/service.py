@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Connections to workers idle longer than this are dropped (the worker keeps them 30 s).
 WORKER_KEEPALIVE = 20.0
+CUT_SHORT_WAIT = 2.0  # for requests cut short at shutdown to send their last words
 
 
 @dataclass
@@ -94,7 +95,10 @@ class Hub:
         log.info("draining: %d requests in flight", self.scheduler.in_flight)
         left = await wait_until_idle(lambda: self.scheduler.in_flight, seconds)
         if left:
-            log.warning("drain time is up with %d requests still in flight", left)
+            log.warning("drain time is up: ending the %d requests still in flight", left)
+            for response in list(self.dispatcher.open_responses):
+                response.cut_short("the hub is shutting down")
+            await wait_until_idle(lambda: len(self.dispatcher.open_responses), CUT_SHORT_WAIT)
         else:
             log.info("drained: nothing in flight")
 
