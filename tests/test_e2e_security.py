@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.procs import HOST, Proc, Processes, logged, wait_until
@@ -273,3 +274,22 @@ def test_secrets_never_reach_the_logs(secured: Secured) -> None:
         assert text, proc.name
         for secret in SECRETS:
             assert secret not in text, (proc.name, secret[:8])
+
+
+def test_a_body_arriving_in_one_piece_is_not_taken_for_headers(secured: Secured) -> None:
+    """Regression: a chunk that ends a request's body once counted towards the header limit."""
+    # Bulk in a field llama-server ignores, so the prompt stays within the model's context.
+    body = orjson.dumps({**CHAT, "padding": "y" * 15_000})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((HOST, secured.hub.port), timeout=30) as sock:
+        sock.sendall(head)
+        time.sleep(0.2)  # the headers are parsed first; the body then comes in one piece
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

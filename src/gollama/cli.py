@@ -21,9 +21,8 @@ from gollama.serve import DrainHook, GracefulServer
 from gollama.settings import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
-    HubConfig,
+    ServerConfig,
     SettingError,
-    WorkerConfig,
     add_options,
     hub_config,
     load_dotenv_file,
@@ -211,9 +210,7 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
-def _serve(
-    app: ASGIApp, config: HubConfig | WorkerConfig, hooks: list[DrainHook], keep_alive: int = 5
-) -> None:
+def _serve(app: ASGIApp, config: ServerConfig, hooks: list[DrainHook], keep_alive: int = 5) -> None:
     import uvicorn
 
     server_config = uvicorn.Config(

@@ -28,7 +28,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered and closing: the rest of what arrives is ignored
-        self._heads_done = 0  # requests whose headers were complete
+        self._events = 0  # headers or bodies that were complete, so far
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -43,18 +43,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._reading_head:
             self._arm()
-        heads_before = self._heads_done
+        events_before = self._events
         super().data_received(data)
-        # Only bytes that finished no request's headers count: those that did may carry a
-        # whole body too.
-        if self._reading_head and self._heads_done == heads_before and not self._refused:
+        # Only bytes that finished neither a request's headers nor its body count as headers:
+        # such a chunk may carry a whole body.
+        if self._reading_head and self._events == events_before and not self._refused:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes + REQUEST_LINE_ROOM:
                 self._refuse(431, "Request Header Fields Too Large", "the headers are too large")
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        self._heads_done += 1
+        self._events += 1
         self._disarm()
         if not self.url.startswith(b"/"):
             # An absolute URL (`POST http://other:8080/x`) is what a proxy gets: this is not one.
@@ -69,6 +69,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._events += 1
         super().on_message_complete()
         self._reading_head, self._head_bytes = True, 0  # the next request's head, if any
 

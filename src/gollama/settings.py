@@ -472,7 +472,24 @@ WORKER_OPTIONS: tuple[Option, ...] = (
 
 
 @dataclass(frozen=True)
-class HubConfig:
+class ServerConfig:
+    """The settings every server has (`SERVER_OPTIONS`, and where it listens)."""
+
+    host: str = "0.0.0.0"
+    port: int = 0
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    drain_timeout: float = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
+class HubConfig(ServerConfig):
     host: str = "0.0.0.0"
     port: int = 9000
     queue_size: int = 5000
@@ -494,19 +511,10 @@ class HubConfig:
     worker_ca: str | None = None
     max_tokens_limit: int = 32768
     max_messages: int = 1024
-    max_body_bytes: int = 16 * 1024 * 1024
-    body_timeout: float = 30.0
-    header_timeout: float = 10.0
-    max_header_bytes: int = 16 * 1024
-    drain_timeout: float = 30.0
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    log_level: LogLevel = "info"
-    log_format: LogFormat = "text"
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(ServerConfig):
     host: str = "0.0.0.0"
     port: int = 9001
     hub_url: str = "http://127.0.0.1:9000"
@@ -520,15 +528,6 @@ class WorkerConfig:
     read_timeout: float = 600.0
     worker_token: str | None = None
     hub_ca: str | None = None
-    max_body_bytes: int = 16 * 1024 * 1024
-    body_timeout: float = 30.0
-    header_timeout: float = 10.0
-    max_header_bytes: int = 16 * 1024
-    drain_timeout: float = 30.0
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    log_level: LogLevel = "info"
-    log_format: LogFormat = "text"
 
     @property
     def managed(self) -> bool:
