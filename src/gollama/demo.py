@@ -24,7 +24,6 @@ from rich.panel import Panel
 
 from gollama.llama_binary import LlamaServerNotFound, find_llama_server
 from gollama.processes import die_with_parent, port_is_free, terminate
-from gollama.testmodel import ModelShape, write_test_model
 
 HOST = "127.0.0.1"
 TEST_MODEL_ARGS = "-t 1 -np 2"
@@ -123,6 +122,9 @@ def cached_test_model(console: Console | None = None) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gollama"
     path = cache / "gollama-test-d64-l2.gguf"
     if not path.exists():
+        # Imported here: gguf and numpy take ~0.3 s, which every `gollama` start would pay.
+        from gollama.testmodel import ModelShape, write_test_model
+
         write_test_model(path, ModelShape(d_model=64, layers=2))
         if console is not None:
             console.print(f"generated a random-weight test model: {path}")

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -97,6 +97,12 @@ class Answer:
                 yield chunk
 
 
+class CutShort(Protocol):
+    """A response that can be ended before its time (see relay.JobResponse.cut_short)."""
+
+    def cut_short(self, reason: str) -> None: ...
+
+
 class _Retry(Exception):
     """This attempt failed, for `reason` (a metric label); the job may go to another worker."""
 
@@ -137,7 +143,7 @@ class Dispatcher:
         self._limits = aiohttp.ClientTimeout(sock_connect=upstream.timeout.sock_connect)
         self._before_first_byte: dict[str, set[Interrupt]] = {}
         # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
-        self.open_responses: set[Any] = set()
+        self.open_responses: set[CutShort] = set()
 
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""
