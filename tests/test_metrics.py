@@ -35,7 +35,7 @@ def hub_metrics() -> tuple[HubMetrics, Registry, Scheduler]:
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        ({"timings": LLAMA_TIMINGS}, Timings(1, 66, 3)),
+        ({"timings": LLAMA_TIMINGS}, Timings(1, 66, 3, 0.3)),
         ({"timings": {**LLAMA_TIMINGS, "cache_n": True}}, None),
         ({"timings": {**LLAMA_TIMINGS, "predicted_n": -1}}, None),
         ({"timings": {**LLAMA_TIMINGS, "prompt_n": 1.5}}, None),
@@ -50,7 +50,7 @@ def test_timings_of(payload: Any, expected: Timings | None) -> None:
 
 
 def test_body_timings() -> None:
-    assert body_timings(json.dumps({"timings": LLAMA_TIMINGS}).encode()) == Timings(1, 66, 3)
+    assert body_timings(json.dumps({"timings": LLAMA_TIMINGS}).encode()) == Timings(1, 66, 3, 0.3)
     assert body_timings(b'{"data": [{"embedding": [0.1, 0.2]}]}') is None
     assert body_timings(b'{"timings": ') is None
 
@@ -60,7 +60,7 @@ def test_stream_timings_come_from_the_event_before_done() -> None:
     last = {"choices": [{"finish_reason": "length"}], "timings": LLAMA_TIMINGS}
     tail.feed(b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n')
     tail.feed(b"data: " + json.dumps(last).encode() + b"\r\n\r\ndata: [DONE]\r\n\r\n")
-    assert tail.timings() == Timings(1, 66, 3)
+    assert tail.timings() == Timings(1, 66, 3, 0.3)
 
 
 def test_stream_without_timings() -> None:

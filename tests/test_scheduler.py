@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import pytest
 
 from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
-from gollama.hub.policies import LeastBusy
+from gollama.hub.policies import LeastBusy, SimplePolicy
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.scheduler import Lease, Scheduler, Want
+from gollama.hub.routing import Candidates, Choice
+from gollama.hub.scheduler import PATIENCE_MIN, Lease, Scheduler, Want
 
 CHAT = Want(None, "/v1/chat/completions")
 
@@ -268,3 +270,57 @@ async def test_a_full_queue_still_serves_what_can_run_now() -> None:
     for task in (stuck, retry):
         task.cancel()
     await asyncio.gather(stuck, retry, return_exceptions=True)
+
+
+class PrefersA(SimplePolicy):
+    """Sends model "sticky" to worker a, waiting for it when busy (unless impatient)."""
+
+    name = "prefers_a"
+
+    def __init__(self, sticky_worker: Worker, expected_wait: float) -> None:
+        self.sticky_worker = sticky_worker
+        self.expected_wait = expected_wait
+
+    def choose(
+        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+    ) -> Choice | None:
+        free = list(candidates)
+        if want.model == "sticky" and patient:
+            if self.sticky_worker in free:
+                return Choice(self.sticky_worker)
+            return Choice(self.sticky_worker, wait=True, expected_wait=self.expected_wait)
+        return Choice(free[0]) if free else None
+
+
+def sticky(registry: Registry, expected_wait: float) -> tuple[Scheduler, Worker, Worker]:
+    a = registry.register(Registration("http://a:9001", ("sticky",), 1, True, "a"), 0.0)
+    b = registry.register(Registration("http://b:9001", ("sticky",), 1, True, "b"), 0.0)
+    return Scheduler(registry, PrefersA(a, expected_wait), queue_size=10), a, b
+
+
+async def test_a_waiter_holds_out_for_the_worker_its_policy_prefers() -> None:
+    scheduler, a, b = sticky(Registry(heartbeat_interval=2.0), expected_wait=10.0)
+    want = Want("sticky", "/v1/chat/completions")
+    held = await scheduler.acquire(want)
+    assert held.worker is a
+    waiter = asyncio.create_task(scheduler.acquire(want))
+    await settle()
+    assert not waiter.done() and b.in_flight == 0  # b is free, but the waiter prefers a
+    other = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    assert other.worker is b  # the free worker goes to whoever wants it meanwhile
+    held.release()
+    await settle()
+    assert waiter.result().worker is a
+
+
+async def test_a_waiter_takes_any_worker_once_its_patience_ran_out() -> None:
+    scheduler, _, b = sticky(Registry(heartbeat_interval=2.0), expected_wait=0.01)
+    want = Want("sticky", "/v1/chat/completions")
+    held = await scheduler.acquire(want)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lease = await asyncio.wait_for(scheduler.acquire(want), 5)
+    waited = loop.time() - started
+    assert lease.worker is b
+    assert PATIENCE_MIN <= waited < PATIENCE_MIN + 1.0
+    held.release()

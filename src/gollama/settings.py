@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from gollama.auth import KeyFileError, check_secret
 from gollama.logs import LogFormat, LogLevel
 
-PolicyName = Literal["least_busy", "round_robin"]
+PolicyName = Literal["least_busy", "round_robin", "cache_aware"]
 
 
 def _whole_number(text: str) -> int:
@@ -264,7 +264,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
         "GOLLAMA_POLICY",
         one_of(*get_args(PolicyName)),
         "least_busy",
-        "how a worker is chosen: least_busy or round_robin",
+        "how a worker is chosen: cache_aware, least_busy or round_robin (see README, Routing)",
     ),
     Option(
         "request_timeout",

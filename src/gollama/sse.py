@@ -75,6 +75,41 @@ class StreamTail:
             return None
 
 
+class StreamText:
+    """The text a chat completion stream carries: its `choices[0].delta.content`, joined."""
+
+    __slots__ = ("_parts", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._parts: list[str] = []
+
+    def feed(self, chunk: bytes) -> None:
+        *events, self._pending = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            if event.startswith(b"data:") and b'"content"' in event:
+                self._parts.append(chat_text(_loads(event[5:]), "delta"))
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+def chat_text(payload: Any, field: str = "message") -> str:
+    """The text of a chat completion (`field` "message") or of a stream event ("delta")."""
+    try:
+        content = payload["choices"][0][field]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def error_event(
     message: str, *, code: int | str = 502, error_type: str = "upstream_error"
 ) -> bytes:

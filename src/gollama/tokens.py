@@ -18,6 +18,7 @@ class Timings:
     prompt_computed: int
     prompt_cached: int
     generated: int
+    prompt_ms: float = 0.0  # time spent computing the prompt
 
 
 @dataclass(slots=True)
@@ -46,7 +47,10 @@ def timings_of(payload: Any) -> Timings | None:
             return None
         counts.append(n)
     computed, cached, generated = counts
-    return Timings(computed, cached, generated)
+    prompt_ms = timings.get("prompt_ms")
+    if not isinstance(prompt_ms, int | float) or isinstance(prompt_ms, bool) or prompt_ms < 0:
+        prompt_ms = 0.0
+    return Timings(computed, cached, generated, float(prompt_ms))
 
 
 def body_timings(body: bytes) -> Timings | None:

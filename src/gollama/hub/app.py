@@ -138,6 +138,7 @@ async def _job_response(
             request_id=rid,
             deadline=asyncio.get_running_loop().time() + hub.config.request_timeout,
             caps=hub.caps,
+            keyed=hub.scheduler.policy.uses_prompts,
         )
     except ApiError as exc:
         hub.dispatcher.totals.requests += 1

@@ -32,6 +32,8 @@ async def connect_worker(request: Request) -> Response:
     info = parse_registration(await read_object(request, hub.body_limits))
     known = any(w.url == info.url for w in hub.registry)
     worker = hub.registry.register(info, hub.now())
+    if known:  # it started afresh: whatever its llama-server cached may be gone
+        hub.scheduler.forget(worker, cache_only=True)
     hub.scheduler.capacity_changed()
     log.info(
         "worker %s %s at %s: models %s, %d slots, %s",
@@ -65,7 +67,9 @@ async def heartbeat(request: Request) -> Response:
         log.info("worker %s is %s", worker.id, worker.state.value)
     if was_healthy and not worker.reported_healthy:
         hub.dispatcher.worker_lost(worker, "reported its llama-server unhealthy")
-    hub.scheduler.capacity_changed()
+    if worker.reported_healthy and not was_healthy:  # its llama-server (re)started
+        hub.scheduler.forget(worker, cache_only=True)
+    hub.scheduler.capacity_changed(worker)
     return json_response({"id": worker.id, "state": worker.state.value})
 
 
@@ -76,7 +80,7 @@ async def disconnect_worker(request: Request) -> Response:
     worker = hub.registry.remove(worker_id)
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here")
-    hub.scheduler.capacity_changed()
+    hub.scheduler.forget(worker)
     log.info("worker %s said goodbye", worker_id)
     return json_response({"id": worker_id, "removed": True})
 
@@ -107,6 +111,7 @@ def stats_body(hub: Hub) -> dict[str, Any]:
         "queue_size": hub.config.queue_size,
         "in_flight": hub.scheduler.in_flight,
         "policy": hub.config.policy,
+        "routing": hub.scheduler.policy.describe(),
         "uptime_s": round(now - hub.started_at, 3),
         "requests": hub.dispatcher.totals.as_dict(),
         "tokens": {

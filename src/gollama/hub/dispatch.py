@@ -41,9 +41,12 @@ from gollama.errors import (
     structured_message,
 )
 from gollama.hub.metrics import HubMetrics
+from gollama.hub.prompts import PromptKey
 from gollama.hub.registry import Registry, Worker
-from gollama.hub.scheduler import Lease, Scheduler, Want
+from gollama.hub.routing import Outcome, Want
+from gollama.hub.scheduler import Lease, Scheduler
 from gollama.interrupt import Interrupt, Interrupted
+from gollama.tokens import Timings
 from gollama.upstream import Upstream, UpstreamError, iter_chunks, read_body
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Job:
     stream: bool
     request_id: str
     deadline: float  # loop time by which the whole request must end
+    prompt: PromptKey | None = None  # for cache-aware routing
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Answer:
     """A worker's answer that is going to the client, holding its slot until `finish`."""
 
     lease: Lease
+    prompt: PromptKey | None
     status: int
     content_type: str
     body: bytes  # the whole body, or for a stream the bytes that arrived first
@@ -156,7 +161,7 @@ class Dispatcher:
             remaining = job.deadline - loop.time()
             if remaining <= 0:
                 raise last_error or DeadlineExceeded("the request ran out of time")
-            want = Want(job.model, job.endpoint, frozenset(tried))
+            want = Want(job.model, job.endpoint, frozenset(tried), job.prompt)
             wait = min(self.queue_timeout, remaining)
             try:
                 async with asyncio.timeout(wait):
@@ -196,8 +201,11 @@ class Dispatcher:
         failure: str | None = None,
         worker_failed: bool = False,
         take_out: bool = False,
+        timings: Timings | None = None,
+        reply: str | None = None,
     ) -> None:
-        """Record how the answer ended and free its slot.
+        """Record how the answer ended and free its slot; the policy learns from llama.cpp's
+        `timings` and the `reply` text.
 
         `failure` says why a started answer could not be completed; `worker_failed` counts it
         as a failed job of the worker (not so a request that ran out of time), and `take_out`
@@ -205,6 +213,11 @@ class Dispatcher:
         reported itself).
         """
         worker = answer.worker
+        lease = answer.lease
+        if failure is None and not lease.released:
+            seconds = time.perf_counter() - lease.taken_at
+            outcome = Outcome(answer.prompt, lease.prediction, timings, reply, seconds)
+            self.scheduler.policy.observe(worker, outcome)
         if failure is None:
             worker.jobs_completed += 1
             if answer.status >= 400:
@@ -269,10 +282,10 @@ class Dispatcher:
                 raise _judge_server_error(worker, job, response.status, content_type, body)
             if job.stream and response.status == 200:
                 first = await _first_chunk(response)
-                return Answer(lease, 200, content_type, first, response)
+                return Answer(lease, job.prompt, 200, content_type, first, response)
             body = await read_body(response)
             response.release()
-            return Answer(lease, response.status, content_type, body, None)
+            return Answer(lease, job.prompt, response.status, content_type, body, None)
         except UpstreamError as exc:
             response.close()
             raise _failure(worker, exc) from exc
@@ -291,7 +304,7 @@ class Dispatcher:
 
     def _take_out(self, worker: Worker, reason: str) -> None:
         self.registry.mark_failed(worker, reason, asyncio.get_running_loop().time())
-        self.scheduler.capacity_changed()
+        self.scheduler.capacity_changed(worker)
 
 
 def _judge_server_error(

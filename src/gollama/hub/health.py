@@ -54,8 +54,9 @@ class HealthMonitor:
             self.on_lost(worker, "went offline (no heartbeat)")
         for worker in forgotten:
             log.info("worker %s forgotten after a long silence", worker.id)
-        if offline or forgotten:
-            self.scheduler.capacity_changed()
+            self.scheduler.forget(worker)
+        for worker in offline:
+            self.scheduler.capacity_changed(worker)
         for worker in self.registry.due_for_probe(now):
             if worker.id not in self._probes:
                 self._probes[worker.id] = asyncio.create_task(self._probe(worker))
@@ -81,6 +82,6 @@ class HealthMonitor:
         if status == 200:
             if self.registry.recovered(worker, failures_seen):
                 log.info("worker %s is healthy again", worker.id)
-                self.scheduler.capacity_changed()
+                self.scheduler.capacity_changed(worker)
         else:
             self.registry.probe_failed(worker, f"health probe answered {status}", loop.time())

@@ -1,28 +1,42 @@
-"""Which worker gets the next request: small pure policies over a list of candidates.
+"""Which worker gets the next request: small pure policies (see routing.py for what they see).
 
-The scheduler hands a policy only workers that can take the request now (healthy, serving the
-model, with a free slot), in registration order; the policy picks one. Policies do no I/O and
-read no clock, so they are tested as plain functions.
+The scheduler hands a policy the workers that can take the request now (healthy, serving the
+model, with a free slot); the policy picks one. Policies do no I/O and read no clock, so they
+are tested as plain functions. The cache-aware policy has its own module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import itertools
+from collections.abc import Mapping
+from typing import Any
 
+from gollama.hub.cache_aware import CacheAware
 from gollama.hub.registry import Worker
+from gollama.hub.routing import Candidates, Choice, Outcome, Policy, Prediction, Want
 from gollama.settings import PolicyName
 
 
-class Policy(Protocol):
-    name: str
+class SimplePolicy:
+    """A policy that looks only at the workers open now and learns nothing."""
 
-    def choose(self, candidates: Sequence[Worker]) -> Worker:
-        """Pick one of `candidates` (never empty)."""
-        ...
+    name = ""
+    uses_prompts = False
+
+    def placed(self, want: Want, worker: Worker) -> Prediction | None:
+        return None
+
+    def observe(self, worker: Worker, outcome: Outcome) -> None:
+        pass
+
+    def forget(self, worker: Worker) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"policy": self.name}
 
 
-class RoundRobin:
+class RoundRobin(SimplePolicy):
     """The original's policy: each request goes to the next worker in registration order.
 
     A worker that cannot take the request now is skipped without disturbing the turn of the
@@ -34,33 +48,52 @@ class RoundRobin:
     def __init__(self) -> None:
         self._last_seq = -1
 
-    def choose(self, candidates: Sequence[Worker]) -> Worker:
-        chosen = next((w for w in candidates if w.seq > self._last_seq), candidates[0])
+    def choose(
+        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+    ) -> Choice | None:
+        first: Worker | None = None
+        following: Worker | None = None
+        for worker in candidates:
+            if first is None or worker.seq < first.seq:
+                first = worker
+            if worker.seq > self._last_seq and (following is None or worker.seq < following.seq):
+                following = worker
+        chosen = following or first
+        if chosen is None:
+            return None
         self._last_seq = chosen.seq
-        return chosen
+        return Choice(chosen)
 
 
-class LeastBusy:
+class LeastBusy(SimplePolicy):
     """The worker with the smallest share of its slots in use; ties go round the candidates."""
 
     name = "least_busy"
 
     def __init__(self) -> None:
-        self._turn = 0
+        self._turn = itertools.count()
 
-    def choose(self, candidates: Sequence[Worker]) -> Worker:
-        def load(worker: Worker) -> tuple[float, int]:
-            return (worker.in_flight / worker.slots, worker.in_flight)
-
-        lightest = min(load(w) for w in candidates)
-        tied = [w for w in candidates if load(w) == lightest]
-        self._turn += 1
-        return tied[self._turn % len(tied)]
+    def choose(
+        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+    ) -> Choice | None:
+        tied: list[Worker] = []
+        lightest = (2.0, 0)
+        for worker in candidates:
+            load = (worker.in_flight / worker.slots, worker.in_flight)
+            if load < lightest:
+                lightest, tied = load, [worker]
+            elif load == lightest:
+                tied.append(worker)
+        if not tied:
+            return None
+        tied.sort(key=lambda w: w.seq)
+        return Choice(tied[next(self._turn) % len(tied)])
 
 
 def make_policy(name: PolicyName) -> Policy:
-    policies: dict[str, type[RoundRobin] | type[LeastBusy]] = {
+    policies: dict[str, type[RoundRobin] | type[LeastBusy] | type[CacheAware]] = {
         RoundRobin.name: RoundRobin,
         LeastBusy.name: LeastBusy,
+        CacheAware.name: CacheAware,
     }
     return policies[name]()

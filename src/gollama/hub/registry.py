@@ -139,6 +139,10 @@ class Registry:
         self._workers: dict[str, Worker] = {}
         self._registrations = 0
         self._rng = rng or random.Random()
+        self._models: frozenset[str] | None = None  # known_models(), until a worker changes
+        # Bumped when workers come or go or fail or recover (not by heartbeats), so those who
+        # keep views of the registry see when to rebuild them.
+        self.changes = 0
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._workers.values())
@@ -151,6 +155,7 @@ class Registry:
 
     def register(self, info: Registration, now: float) -> Worker:
         """Add a worker, or refresh the one already registered at the same URL."""
+        self.changes += 1
         worker = next((w for w in self._workers.values() if w.url == info.url), None)
         if worker is None:
             self._registrations += 1
@@ -165,6 +170,7 @@ class Registry:
                 reported_healthy=info.healthy,
             )
             self._workers[worker.id] = worker
+            self._models = None
         else:
             # The same worker again (restarted, or the hub forgot it): start its record afresh,
             # but keep the requests the hub still has in flight on it.
@@ -186,6 +192,8 @@ class Registry:
         return worker
 
     def remove(self, worker_id: str) -> Worker | None:
+        self._models = None
+        self.changes += 1
         return self._workers.pop(worker_id, None)
 
     def mark_failed(self, worker: Worker, reason: str, now: float) -> None:
@@ -195,6 +203,7 @@ class Registry:
         over only once it completed a job: a worker whose /health looks fine but whose requests
         keep failing is not put back every half second."""
         worker.failures += 1
+        self.changes += 1
         self.probe_failed(worker, reason, now)
 
     def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
@@ -209,6 +218,7 @@ class Registry:
         if worker.failures != failures_seen:
             return False
         worker.failure = None
+        self.changes += 1
         return True
 
     def job_succeeded(self, worker: Worker) -> None:
@@ -229,17 +239,24 @@ class Registry:
             silence = now - worker.last_heartbeat
             if silence > FORGET_AFTER and worker.in_flight == 0:
                 forgotten.append(self._workers.pop(worker.id))
+                self._models = None
+                self.changes += 1
             elif silence > silent_after and not worker.offline:
                 worker.offline = True
+                self.changes += 1
                 went_offline.append(worker)
         return went_offline, forgotten
 
-    def known_models(self) -> set[str]:
-        return {model for worker in self._workers.values() for model in worker.models}
+    def known_models(self) -> frozenset[str]:
+        if self._models is None:
+            self._models = frozenset(m for worker in self._workers.values() for m in worker.models)
+        return self._models
 
     def _apply(self, worker: Worker, info: Registration, now: float) -> None:
         if info.healthy and not worker.reported_healthy:
             worker.unsupported.clear()  # its llama-server came back, maybe with other options
+        if worker.models != info.models:
+            self._models = None
         worker.models = info.models
         worker.slots = info.slots
         worker.reported_healthy = info.healthy

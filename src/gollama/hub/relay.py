@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -34,8 +35,8 @@ from gollama.errors import (
 )
 from gollama.hub.dispatch import Answer, Dispatcher, Job
 from gollama.hub.registry import Worker
-from gollama.sse import SSE_HEADERS, StreamTail
-from gollama.tokens import Timings, body_timings
+from gollama.sse import SSE_HEADERS, StreamTail, StreamText, chat_text
+from gollama.tokens import Timings, body_timings, timings_of
 from gollama.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,10 @@ class JobResponse(Response):
                 self.dispatcher.finish(answer, failure=exc.message, worker_failed=True)
                 await self._send_error(send, exc, counted=True)
                 return
-        self.dispatcher.finish(answer)  # the answer is complete: free the slot first
-        if answer.status == 200:
-            self._count_tokens(answer.worker, body_timings(answer.body))
+        timings, reply = self._whole_reply(answer)
+        # the answer is complete: free the slot first
+        self.dispatcher.finish(answer, timings=timings, reply=reply)
+        self._count_tokens(answer.worker, timings)
         self._settle(answer.status, answer.worker)
         loop = asyncio.get_running_loop()
         try:
@@ -160,6 +162,7 @@ class JobResponse(Response):
         headers = self._answer_headers(answer)
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
         tail = StreamTail()
+        text = StreamText() if self._learns else None
         failure, take_out, out_of_time = None, False, False
         model = self._model_label(answer.worker)
         first_at = last_at = time.perf_counter()
@@ -168,10 +171,14 @@ class JobResponse(Response):
             async with asyncio.timeout_at(job.deadline) as self._deadline:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 tail.feed(answer.body)
+                if text is not None:
+                    text.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
                 async for chunk in answer.rest(self.dispatcher.read_timeout):
                     last_at = time.perf_counter()
                     tail.feed(chunk)
+                    if text is not None:
+                        text.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             failure, take_out = f"worker {answer.worker.id}: {exc}", True
@@ -189,10 +196,15 @@ class JobResponse(Response):
         # The slot is freed before the last bytes go out: a client that does not read cannot
         # hold it past the deadline.
         worker_failed = failure is not None and not out_of_time
-        self.dispatcher.finish(
-            answer, failure=failure, worker_failed=worker_failed, take_out=take_out
-        )
         timings = tail.timings()
+        self.dispatcher.finish(
+            answer,
+            failure=failure,
+            worker_failed=worker_failed,
+            take_out=take_out,
+            timings=timings,
+            reply=text.text() if text is not None else None,
+        )
         self._count_tokens(answer.worker, timings)
         self.metrics.stream_done(model, last_at - first_at, timings)
         closing = b""
@@ -231,6 +243,24 @@ class JobResponse(Response):
         if model is not None and model in self.dispatcher.registry.known_models():
             return model
         return ""
+
+    @property
+    def _learns(self) -> bool:
+        """The policy learns from reply texts, and this is a chat completion it keyed."""
+        return self.job.prompt is not None and self.job.endpoint == "/v1/chat/completions"
+
+    def _whole_reply(self, answer: Answer) -> tuple[Timings | None, str | None]:
+        """llama.cpp's timings of a whole answer, and its text when the policy learns from it
+        (parsed once)."""
+        if answer.status != 200:
+            return None, None
+        if not self._learns:
+            return body_timings(answer.body), None
+        try:
+            payload = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            return None, None
+        return timings_of(payload), chat_text(payload)
 
     def _count_tokens(self, worker: Worker, timings: Timings | None) -> None:
         if timings is not None:

@@ -14,6 +14,7 @@ import orjson
 
 from gollama.errors import BadRequest, UpstreamFailed
 from gollama.hub.dispatch import Answer, Job
+from gollama.hub.prompts import PromptKey, chat_key, text_key
 
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 CHAT_FIELDS = {"message", "max_tokens", "model"}
@@ -35,9 +36,12 @@ def openai_job(
     request_id: str,
     deadline: float,
     caps: Caps = Caps(),
+    keyed: bool = False,
 ) -> Job:
-    """A job for one of the OpenAI-compatible endpoints, from its parsed body."""
+    """A job for one of the OpenAI-compatible endpoints, from its parsed body; `keyed` adds
+    the prompt's key for cache-aware routing."""
     model = _optional_string(payload, "model") or None
+    prompt: PromptKey | None = None
     stream = payload.get("stream") or False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
@@ -51,9 +55,13 @@ def openai_job(
                 param="messages",
             )
         _check_messages(messages)
+        if keyed:
+            prompt = chat_key(model, messages)
     elif endpoint == "/v1/completions":
         if "prompt" not in payload:
             raise BadRequest("'prompt' is required", param="prompt")
+        if keyed:
+            prompt = text_key(model, payload["prompt"])
     elif endpoint == "/v1/embeddings":
         if "input" not in payload:
             raise BadRequest("'input' is required", param="input")
@@ -64,7 +72,7 @@ def openai_job(
             default = _capped(default_max_tokens, caps.max_tokens)
             if default:
                 payload["max_tokens"] = default
-    return Job(endpoint, orjson.dumps(payload), model, stream, request_id, deadline)
+    return Job(endpoint, orjson.dumps(payload), model, stream, request_id, deadline, prompt)
 
 
 def chat_job(
@@ -74,6 +82,7 @@ def chat_job(
     request_id: str,
     deadline: float,
     caps: Caps = Caps(),
+    keyed: bool = False,
 ) -> Job:
     """A job for the original simple API: `{"message": "...", "max_tokens"?, "model"?}`."""
     unknown = sorted(set(payload) - CHAT_FIELDS)
@@ -96,7 +105,10 @@ def chat_job(
         body["model"] = model
     if body["max_tokens"] is None:
         del body["max_tokens"]
-    return Job("/v1/chat/completions", orjson.dumps(body), model, False, request_id, deadline)
+    prompt = chat_key(model, body["messages"]) if keyed else None
+    return Job(
+        "/v1/chat/completions", orjson.dumps(body), model, False, request_id, deadline, prompt
+    )
 
 
 def render_chat(answer: Answer) -> bytes:

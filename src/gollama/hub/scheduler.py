@@ -6,6 +6,11 @@ from the hub in flight, so llama-server never queues internally and this queue i
 - A request that can be served now takes a slot without queueing.
 - Otherwise it waits. Waiters are served in arrival order; a waiter no free worker can serve
   (another model, or only excluded workers) is passed over, never blocking those behind it.
+- The policy may prefer a busy worker for a waiter (cache_aware: the worker holding its prompt).
+  The waiter then lets others take the free slots meanwhile and counts as load on the worker it
+  waits for, so those behind it see that worker's queue. It waits at most a few times the wait
+  the policy estimated; after that it takes any free worker. A free slot is never left idle
+  while waiters could use it: once a few waiters have held out, the next one takes it.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not.
@@ -18,9 +23,8 @@ from the hub in flight, so llama-server never queues internally and this queue i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from gollama.errors import (
     ModelNotFound,
@@ -29,30 +33,26 @@ from gollama.errors import (
     QueueFull,
     ShuttingDown,
 )
-from gollama.hub.policies import Policy
 from gollama.hub.registry import Registry, Worker
+from gollama.hub.routing import Candidates, Choice, Policy, Prediction, Want
 
+__all__ = ["Lease", "Scheduler", "Want"]
 
-@dataclass(frozen=True)
-class Want:
-    """What a request needs from a worker."""
-
-    model: str | None
-    endpoint: str
-    exclude: frozenset[str] = frozenset()
-
-    def fits(self, worker: Worker) -> bool:
-        return worker.serves(self.model, self.endpoint) and worker.id not in self.exclude
+PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
+PATIENCE_MIN = 0.25  # seconds, on top
+MAX_DECLINED = 8  # waiters a pass lets hold out; after that, a free slot goes to the next
 
 
 class Lease:
     """One slot on one worker, held by one request until `release()` (safe to call twice)."""
 
-    __slots__ = ("_scheduler", "released", "worker")
+    __slots__ = ("_scheduler", "prediction", "released", "taken_at", "worker")
 
-    def __init__(self, scheduler: Scheduler, worker: Worker) -> None:
+    def __init__(self, scheduler: Scheduler, worker: Worker, prediction: Prediction | None) -> None:
         self._scheduler = scheduler
         self.worker = worker
+        self.prediction = prediction  # what the policy expected of this placement
+        self.taken_at = time.perf_counter()
         self.released = False
 
     def release(self) -> None:
@@ -62,12 +62,14 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("future", "retry", "want")
+    __slots__ = ("future", "patience_until", "retry", "timer", "want")
 
     def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
         self.want = want
         self.future = future
         self.retry = retry
+        self.patience_until: float | None = None  # set once it chose to wait for a busy worker
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Scheduler:
@@ -81,6 +83,12 @@ class Scheduler:
         self.in_flight = 0
         self.closed = False  # shutting down: no new request is admitted
         self._waiters: OrderedDict[_Waiter, None] = OrderedDict()  # the FIFO
+        # Workers that can take a request now (healthy, a free slot), kept up to date as
+        # leases come and go, so no decision walks the whole registry.
+        self._open: list[Worker] = []
+        self._positions: dict[Worker, int] = {}
+        self._seen_changes = -1  # the registry's `changes` the open list was built for
+        self._ahead: dict[Worker, int] = {}  # waiters holding out for each busy worker
 
     @property
     def waiting(self) -> int:
@@ -96,10 +104,10 @@ class Scheduler:
             raise ShuttingDown("the hub is shutting down; try again shortly")
         self._check_servable(want)
         # Every change of capacity serves the waiters first, so a free slot found here is one
-        # no waiter can use: taking it jumps nobody's turn.
-        lease = self._assign(want, self._open_workers())
-        if lease is not None:
-            return lease
+        # no waiter can use or wants: taking it jumps nobody's turn.
+        choice = self._choose(want, self._ahead, patient=True)
+        if choice is not None and not choice.wait:
+            return self._lease(want, choice.worker)
         if len(self._waiters) >= self.queue_size and not retry:
             raise QueueFull(f"the queue is full ({self.queue_size} requests waiting)")
 
@@ -116,6 +124,8 @@ class Scheduler:
             raise
         finally:
             self._waiters.pop(waiter, None)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
 
     def close(self) -> None:
         """Admit no new request: waiters get `ShuttingDown` now, newcomers at once. Retries of
@@ -126,14 +136,34 @@ class Scheduler:
                 del self._waiters[waiter]
                 waiter.future.set_exception(ShuttingDown("the hub is shutting down"))
 
-    def capacity_changed(self) -> None:
-        """Call after workers came, went, changed state or slots: serve or fail waiters."""
-        self._fail_unservable()
+    def capacity_changed(self, worker: Worker | None = None) -> None:
+        """Call after `worker` changed state or slots (None: after workers came or went):
+        serve or fail the waiters."""
+        if worker is None:
+            self._reopen_all()
+            self._fail_unservable()
+        else:
+            self._refresh(worker)
         self._dispatch()
+
+    def forget(self, worker: Worker, *, cache_only: bool = False) -> None:
+        """`worker` left (or, with `cache_only`, its llama-server started afresh): the policy
+        forgets what it knew of it."""
+        self.policy.forget(worker)
+        if not cache_only:
+            self._close(worker)
+            self.capacity_changed()
+
+    def describe_capacity(self, want: Want) -> str:
+        """How many workers could serve `want`, and how many of them are healthy now."""
+        fitting = [w for w in self.registry if want.fits(w)]
+        healthy = sum(1 for w in fitting if w.available)
+        return f"{len(fitting)} worker(s) could serve it, {healthy} healthy"
 
     def _give_back(self, worker: Worker) -> None:
         worker.in_flight -= 1
         self.in_flight -= 1
+        self._refresh(worker)
         self._dispatch()
 
     def _check_servable(self, want: Want) -> None:
@@ -152,42 +182,56 @@ class Scheduler:
         target = f"the model {want.model!r}" if want.model else "this request"
         raise NoWorkerAvailable(f"no worker is left to serve {target}")
 
-    def describe_capacity(self, want: Want) -> str:
-        """How many workers could serve `want`, and how many of them are healthy now."""
-        fitting = [w for w in self.registry if want.fits(w)]
-        healthy = sum(1 for w in fitting if w.available)
-        return f"{len(fitting)} worker(s) could serve it, {healthy} healthy"
-
-    def _open_workers(self) -> list[Worker]:
+    def _choose(self, want: Want, ahead: dict[Worker, int], *, patient: bool) -> Choice | None:
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            return []
-        return [w for w in self.registry if w.available and w.free_slots > 0]
-
-    def _assign(self, want: Want, open_workers: Iterable[Worker]) -> Lease | None:
-        candidates = [w for w in open_workers if want.fits(w)]
-        if not candidates:
             return None
-        worker = self.policy.choose(candidates)
+        if self.registry.changes != self._seen_changes:
+            self._reopen_all()
+        candidates = Candidates(self._open, self._positions, want)
+        return self.policy.choose(want, candidates, ahead, patient=patient)
+
+    def _lease(self, want: Want, worker: Worker) -> Lease:
         worker.in_flight += 1  # reserved before any await: no one else can take this slot
         self.in_flight += 1
-        return Lease(self, worker)
+        self._refresh(worker)
+        return Lease(self, worker, self.policy.placed(want, worker))
 
     def _dispatch(self) -> None:
-        open_workers = self._open_workers()
-        for waiter in list(self._waiters):
-            if not open_workers:
-                return
+        """Serve waiters in order while workers are open; note who holds out for whom."""
+        ahead: dict[Worker, int] = {}
+        declined = 0
+        now = asyncio.get_running_loop().time() if self._waiters else 0.0
+        if self.registry.changes != self._seen_changes:
+            self._reopen_all()
+        served: list[_Waiter] = []
+        for waiter in self._waiters:  # not copied: it may be long; served ones go after
+            if not self._open or (self.max_in_flight and self.in_flight >= self.max_in_flight):
+                break
             if waiter.future.done():
                 continue
-            lease = self._assign(waiter.want, open_workers)
-            if lease is None:
+            patient = declined < MAX_DECLINED and (
+                waiter.patience_until is None or now < waiter.patience_until
+            )
+            choice = self._choose(waiter.want, ahead, patient=patient)
+            if choice is None:
                 continue
+            if choice.wait:
+                ahead[choice.worker] = ahead.get(choice.worker, 0) + 1
+                if waiter.patience_until is None:
+                    self._be_patient(waiter, now, choice.expected_wait)
+                declined += 1
+                continue
+            served.append(waiter)
+            waiter.future.set_result(self._lease(waiter.want, choice.worker))
+        for waiter in served:
             del self._waiters[waiter]
-            waiter.future.set_result(lease)
-            if lease.worker.free_slots == 0:
-                open_workers.remove(lease.worker)
-            if self.max_in_flight and self.in_flight >= self.max_in_flight:
-                return
+        self._ahead = ahead
+
+    def _be_patient(self, waiter: _Waiter, now: float, expected_wait: float) -> None:
+        """The waiter holds out for a busy worker; past its patience, any worker will do."""
+        waiter.patience_until = now + PATIENCE_FACTOR * expected_wait + PATIENCE_MIN
+        loop = asyncio.get_running_loop()
+        waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
 
     def _fail_unservable(self) -> None:
         for waiter in list(self._waiters):
@@ -198,6 +242,33 @@ class Scheduler:
             except (ModelNotFound, NotSupported, NoWorkerAvailable) as exc:
                 del self._waiters[waiter]
                 waiter.future.set_exception(exc)
+
+    def _refresh(self, worker: Worker) -> None:
+        """Keep `worker` in the open list exactly when it can take a request now."""
+        is_open = (
+            worker.free_slots > 0 and worker.available and self.registry.get(worker.id) is worker
+        )
+        if is_open and worker not in self._positions:
+            self._positions[worker] = len(self._open)
+            self._open.append(worker)
+        elif not is_open and worker in self._positions:
+            self._close(worker)
+
+    def _close(self, worker: Worker) -> None:
+        """Take `worker` out of the open list (swap with the last, so it costs the same)."""
+        position = self._positions.pop(worker, None)
+        if position is None:
+            return
+        last = self._open.pop()
+        if last is not worker:
+            self._open[position] = last
+            self._positions[last] = position
+
+    def _reopen_all(self) -> None:
+        self._seen_changes = self.registry.changes
+        self._open, self._positions = [], {}
+        for worker in self.registry:
+            self._refresh(worker)
 
 
 def _holds_lease(future: asyncio.Future[Lease]) -> bool:

@@ -1,0 +1,216 @@
+"""Which prompt prefixes each worker's llama-server probably holds, corrected by what it reports.
+
+Per worker, the index keeps the links (see prompts.py) of the prompts it was given, least
+recently used first, each stamped with the worker's cache clock: the prompt characters it had
+computed until then. Characters computed since a link's stamp push the link towards eviction,
+as new prompts push old ones out of llama.cpp's slots and RAM cache. A link is evicted once
+more than `capacity` characters came after it, or when the worker holds `max_links` links.
+
+The capacity is learned. Every reply says in `timings.cache_n` how much of its prompt the server
+really reused. A predicted hit that turns out a miss shows the server holds less than the
+characters computed since the link's stamp: capacity shrinks to that, and every link as old or
+older is dropped. A hit at a distance beyond the capacity grows it back.
+
+The index also keeps, per worker, what the cost model needs: its prompt speed (tokens per
+second of prefill), tokens per prompt character, and the seconds a request holds a slot.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gollama.hub.prompts import PromptKey
+from gollama.hub.registry import Worker
+from gollama.hub.routing import Outcome, Prediction
+
+UNLIMITED = 1 << 62
+MIN_CAPACITY = 4096  # characters: never believe a server holds less than this
+HIT_SHARE = 0.5  # a prompt counts as a cache hit when this share of it was reused
+SMOOTHING = 0.2  # weight of a new measurement in a running average
+MIN_PREFILL_TOKENS = 32  # prompt speed is measured only on prompts computed at least this long
+
+
+@dataclass
+class Speeds:
+    """Running averages measured from one worker's replies (None until measured)."""
+
+    prefill_tps: float | None = None  # prompt tokens computed per second
+    tokens_per_char: float | None = None
+    service_s: float | None = None  # seconds a request holds a slot
+
+    def learn(self, outcome: Outcome) -> None:
+        timings = outcome.timings
+        self.service_s = _average(self.service_s, outcome.seconds)
+        if timings is None:
+            return
+        prompt_chars = outcome.prompt.chars if outcome.prompt is not None else 0
+        prompt_tokens = timings.prompt_computed + timings.prompt_cached
+        if prompt_chars and prompt_tokens:
+            self.tokens_per_char = _average(self.tokens_per_char, prompt_tokens / prompt_chars)
+        if timings.prompt_computed >= MIN_PREFILL_TOKENS and timings.prompt_ms > 0:
+            speed = timings.prompt_computed / (timings.prompt_ms / 1000)
+            self.prefill_tps = _average(self.prefill_tps, speed)
+
+
+@dataclass
+class WorkerCache:
+    links: OrderedDict[int, int] = field(default_factory=OrderedDict)  # link -> stamp, LRU first
+    clock: int = 0  # prompt characters computed on this worker so far
+    capacity: int = UNLIMITED  # characters it is believed to hold
+    speeds: Speeds = field(default_factory=Speeds)
+
+
+@dataclass
+class Accuracy:
+    """How often the hit-or-miss prediction matched what llama.cpp reported."""
+
+    predictions: int = 0
+    correct: int = 0
+    predicted_hits: int = 0
+    confirmed_hits: int = 0
+    missed_hits: int = 0  # predicted a hit, the server had lost it
+    surprise_hits: int = 0  # predicted a miss, the server had it
+    abs_error_tokens: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "predictions": self.predictions,
+            "accuracy": round(self.correct / self.predictions, 4) if self.predictions else None,
+            "predicted_hits": self.predicted_hits,
+            "confirmed_hits": self.confirmed_hits,
+            "missed_hits": self.missed_hits,
+            "surprise_hits": self.surprise_hits,
+            "mean_abs_error_tokens": (
+                round(self.abs_error_tokens / self.predictions, 1) if self.predictions else None
+            ),
+        }
+
+
+class PrefixIndex:
+    def __init__(self, max_links: int) -> None:
+        self.max_links = max_links  # per worker: bounds memory whatever the capacity
+        self.caches: dict[Worker, WorkerCache] = {}
+        self.holders: dict[int, dict[Worker, None]] = {}  # link -> workers holding it
+        self.accuracy = Accuracy()
+
+    def cache(self, worker: Worker) -> WorkerCache:
+        cache = self.caches.get(worker)
+        if cache is None:
+            cache = self.caches[worker] = WorkerCache()
+        return cache
+
+    def matches(self, prompt: PromptKey) -> dict[Worker, int]:
+        """Per worker holding some of `prompt`: how many of its characters it holds."""
+        matched: dict[Worker, int] = {}
+        holders = self.holders
+        for link, end in zip(reversed(prompt.links), reversed(prompt.ends), strict=True):
+            for worker in holders.get(link, ()):
+                if worker not in matched:
+                    matched[worker] = end
+        return matched
+
+    def place(self, worker: Worker, prompt: PromptKey) -> Prediction:
+        """`prompt` goes to `worker`: it will hold all of it. Returns what was predicted."""
+        cache = self.cache(worker)
+        cached, stamp = 0, cache.clock
+        for link, end in zip(reversed(prompt.links), reversed(prompt.ends), strict=True):
+            found = cache.links.get(link)
+            if found is not None:
+                cached, stamp = end, found
+                break
+        prediction = Prediction(cached, stamp, cache.clock)
+        cache.clock += prompt.chars - cached
+        self._hold(worker, cache, prompt.links)
+        return prediction
+
+    def observe(self, worker: Worker, outcome: Outcome) -> None:
+        """Learn from a finished request: speeds, the cache's real size, and the reply."""
+        cache = self.caches.get(worker)
+        if cache is None:  # the worker left meanwhile
+            return
+        cache.speeds.learn(outcome)
+        prompt, prediction, timings = outcome.prompt, outcome.prediction, outcome.timings
+        if prompt is None or prediction is None or timings is None:
+            return
+        self._judge(worker, cache, prompt, prediction, timings.prompt_cached)
+        if outcome.reply is not None:
+            extended = prompt.extended("assistant", outcome.reply)
+            cache.clock += extended.chars - prompt.chars
+            self._hold(worker, cache, extended.links[len(prompt.links) :])
+
+    def forget(self, worker: Worker) -> None:
+        cache = self.caches.pop(worker, None)
+        if cache is not None:
+            self._drop(worker, cache.links)
+
+    def links_held(self) -> int:
+        return sum(len(cache.links) for cache in self.caches.values())
+
+    def _judge(
+        self,
+        worker: Worker,
+        cache: WorkerCache,
+        prompt: PromptKey,
+        prediction: Prediction,
+        cached_tokens: int,
+    ) -> None:
+        tokens_per_char = cache.speeds.tokens_per_char or 1.0
+        predicted_tokens = round(prediction.cached_chars * tokens_per_char)
+        prompt_tokens = prompt.chars * tokens_per_char
+        predicted_hit = predicted_tokens >= HIT_SHARE * prompt_tokens
+        hit = cached_tokens >= HIT_SHARE * prompt_tokens
+        accuracy = self.accuracy
+        accuracy.predictions += 1
+        accuracy.correct += predicted_hit == hit
+        accuracy.abs_error_tokens += abs(predicted_tokens - cached_tokens)
+        distance = prediction.clock - prediction.stamp
+        if predicted_hit:
+            accuracy.predicted_hits += 1
+            if hit:
+                accuracy.confirmed_hits += 1
+                if distance > cache.capacity:
+                    cache.capacity = distance
+            else:
+                accuracy.missed_hits += 1
+                # The server lost what came `distance` characters ago: it holds less than that.
+                cache.capacity = max(MIN_CAPACITY, min(cache.capacity, distance))
+                stale = [link for link, stamp in cache.links.items() if stamp <= prediction.stamp]
+                self._drop(worker, stale)
+        elif hit:
+            accuracy.surprise_hits += 1
+
+    def _hold(self, worker: Worker, cache: WorkerCache, links: Iterable[int]) -> None:
+        stamp = cache.clock
+        held = cache.links
+        for link in links:
+            held[link] = stamp
+            held.move_to_end(link)
+            self.holders.setdefault(link, {})[worker] = None
+        oldest_kept = stamp - cache.capacity
+        while held:
+            link, first_stamp = next(iter(held.items()))
+            if first_stamp >= oldest_kept and len(held) <= self.max_links:
+                break
+            del held[link]
+            self._unhold(worker, link)
+
+    def _drop(self, worker: Worker, links: Iterable[int]) -> None:
+        cache = self.caches.get(worker)
+        for link in list(links):
+            if cache is not None:
+                cache.links.pop(link, None)
+            self._unhold(worker, link)
+
+    def _unhold(self, worker: Worker, link: int) -> None:
+        workers = self.holders.get(link)
+        if workers is not None:
+            workers.pop(worker, None)
+            if not workers:
+                del self.holders[link]
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + SMOOTHING * (new - old)

@@ -1,0 +1,79 @@
+"""What a request's prompt is, for cache-aware routing: a chain of hashes over its messages.
+
+llama.cpp reuses the longest common prefix of a new prompt and one it has seen. Two prompts
+share a prefix exactly when they share their first messages, so a prompt is keyed as a chain:
+
+    link 1 = hash(model, role 1, content 1)      link k = hash(link k-1, role k, content k)
+
+A long message is cut into blocks of `BLOCK` characters, each one link, so prompts that share
+only the start of a message (a long system document with different questions) still share links.
+Each link records how many characters of the prompt it covers. Turn n+1 of a conversation
+repeats the messages of turn n, then the reply and a new question: with the reply added to turn
+n's chain once it streamed (`PromptKey.extended`), turn n+1 matches the whole of turn n.
+
+Hashes are Python's `hash()` of strings: fast, and only compared within this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+BLOCK = 512  # characters per link within a long message
+TEMPLATE_CHARS = 8  # what a chat template adds around each message, roughly
+
+
+@dataclass(frozen=True, slots=True)
+class PromptKey:
+    links: tuple[int, ...]  # chain hashes, one per block of the prompt
+    ends: tuple[int, ...]  # characters of the prompt covered up to each link
+
+    @property
+    def chars(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def extended(self, role: str, content: str) -> PromptKey:
+        """This prompt followed by one more message (the reply it got)."""
+        links, ends = list(self.links), list(self.ends)
+        _add_message(links, ends, role, content)
+        return PromptKey(tuple(links), tuple(ends))
+
+
+def chat_key(model: str | None, messages: Sequence[Any]) -> PromptKey:
+    """The key of a chat prompt (messages already checked to be objects with a string role)."""
+    links: list[int] = [hash(("chat", model or ""))]
+    ends: list[int] = [0]
+    for message in messages:
+        _add_message(links, ends, message["role"], _text(message.get("content")))
+    return PromptKey(tuple(links[1:]), tuple(ends[1:]))
+
+
+def text_key(model: str | None, prompt: Any) -> PromptKey:
+    """The key of a raw completion prompt: a string, or anything else as its JSON text."""
+    links: list[int] = [hash(("text", model or ""))]
+    ends: list[int] = [0]
+    _add_message(links, ends, "", _text(prompt))
+    return PromptKey(tuple(links[1:]), tuple(ends[1:]))
+
+
+def _add_message(links: list[int], ends: list[int], role: str, content: str) -> None:
+    previous, covered = links[-1], ends[-1]
+    blocks = range(0, len(content), BLOCK) if content else range(1)
+    for start in blocks:
+        block = content[start : start + BLOCK]
+        previous = hash((previous, role, block))
+        covered += len(block)
+        links.append(previous)
+        ends.append(covered)
+    ends[-1] += TEMPLATE_CHARS
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    return orjson.dumps(content).decode()

@@ -1,0 +1,129 @@
+"""What a routing policy sees and says: the request, the workers open to it, and its choice.
+
+A policy is pure: no I/O, no clock. The scheduler asks it, for one request, to choose among the
+workers that could take the request now (`Candidates`); a policy that knows better may answer
+that the request should rather wait for a busy worker (`Choice.wait`). After the reply, the
+policy hears how it went (`Outcome`), which is how the cache-aware policy learns.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gollama.hub.prompts import PromptKey
+from gollama.hub.registry import Worker
+from gollama.tokens import Timings
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """What a request needs from a worker, and what its prompt is."""
+
+    model: str | None
+    endpoint: str
+    exclude: frozenset[str] = frozenset()
+    prompt: PromptKey | None = None
+
+    def fits(self, worker: Worker) -> bool:
+        return worker.serves(self.model, self.endpoint) and worker.id not in self.exclude
+
+
+class Candidates:
+    """The workers that can take `want` now: open (healthy, a free slot) and fitting.
+
+    A view over the scheduler's open workers, filtered lazily: iterating costs one check per
+    open worker, `sample` only a few, so a policy can stay fast with a thousand workers.
+    """
+
+    __slots__ = ("_open", "_positions", "_want")
+
+    def __init__(
+        self, open_workers: Sequence[Worker], positions: Mapping[Worker, int], want: Want
+    ) -> None:
+        self._open = open_workers
+        self._positions = positions  # the index of each open worker in `open_workers`
+        self._want = want
+
+    def __iter__(self) -> Iterator[Worker]:
+        fits = self._want.fits
+        return (w for w in self._open if fits(w))
+
+    def __contains__(self, worker: object) -> bool:
+        return isinstance(worker, Worker) and worker in self._positions and self._want.fits(worker)
+
+    def first(self) -> Worker | None:
+        return next(iter(self), None)
+
+    def sample(self, rng: random.Random, count: int) -> list[Worker]:
+        """Up to `count` candidates picked at random (all of them when there are few)."""
+        if len(self._open) <= count:
+            return list(self)
+        fits = self._want.fits
+        picked = {w for w in rng.sample(self._open, count) if fits(w)}
+        if len(picked) < count // 2:  # most open workers do not fit: look at all of them
+            fitting = list(self)
+            return rng.sample(fitting, min(count, len(fitting)))
+        return list(picked)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The worker for a request; with `wait`, a busy one worth waiting for (`expected_wait`
+    seconds, as the policy estimates it) rather than taking an open one now."""
+
+    worker: Worker
+    wait: bool = False
+    expected_wait: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a policy expected of a placement: prompt characters the worker holds, and the
+    cache clock of the deepest of them before this placement refreshed it."""
+
+    cached_chars: int
+    stamp: int
+    clock: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request placed on a worker went: llama.cpp's timings, the reply's text (for chat
+    completions), and how long it held the slot."""
+
+    prompt: PromptKey | None
+    prediction: Prediction | None
+    timings: Timings | None
+    reply: str | None
+    seconds: float
+
+
+class Policy(Protocol):
+    name: str
+    uses_prompts: bool  # whether `Outcome.reply` is worth extracting for it
+
+    def choose(
+        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+    ) -> Choice | None:
+        """A choice for `want`, or None if no candidate fits. `ahead` counts, per worker, the
+        requests already waiting for it; with `patient` false the request may not wait."""
+        ...
+
+    def placed(self, want: Want, worker: Worker) -> Prediction | None:
+        """`want` now holds a slot on `worker`."""
+        ...
+
+    def observe(self, worker: Worker, outcome: Outcome) -> None:
+        """The request placed on `worker` ended."""
+        ...
+
+    def forget(self, worker: Worker) -> None:
+        """`worker` left the registry."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the policy knows, for /stats."""
+        ...

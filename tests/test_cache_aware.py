@@ -1,0 +1,233 @@
+"""The cache-aware policy as pure units: affinity, balance, eviction, self-correction."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from gollama.hub.cache_aware import CacheAware
+from gollama.hub.prompts import PromptKey, chat_key
+from gollama.hub.registry import Registration, Registry, Worker
+from gollama.hub.routing import Candidates, Choice, Outcome, Want
+from gollama.tokens import Timings
+
+DOC = "The quick brown fox jumps over the lazy dog. " * 60  # ~2,700 characters
+
+
+def workers(count: int, slots: int = 1) -> list[Worker]:
+    registry = Registry(heartbeat_interval=2.0)
+    return [
+        registry.register(Registration(f"http://10.0.0.{i}:9001", ("m",), slots, True, f"w{i}"), 0)
+        for i in range(1, count + 1)
+    ]
+
+
+def chat(messages: list[dict[str, Any]]) -> Want:
+    return Want("m", "/v1/chat/completions", prompt=chat_key("m", messages))
+
+
+def conversation(doc: str, *turns: str) -> list[dict[str, Any]]:
+    messages = [{"role": "system", "content": doc}]
+    for n, question in enumerate(turns):
+        if n:
+            messages.append({"role": "assistant", "content": f"answer {n}"})
+        messages.append({"role": "user", "content": question})
+    return messages
+
+
+def choose(
+    policy: CacheAware,
+    want: Want,
+    pool: Sequence[Worker],
+    ahead: dict[Worker, int] | None = None,
+    *,
+    patient: bool = True,
+) -> Choice:
+    open_workers = [w for w in pool if w.in_flight < w.slots]
+    candidates = Candidates(open_workers, {w: i for i, w in enumerate(open_workers)}, want)
+    choice = policy.choose(want, candidates, ahead or {}, patient=patient)
+    assert choice is not None
+    return choice
+
+
+def serve(
+    policy: CacheAware,
+    want: Want,
+    worker: Worker,
+    *,
+    cached: int | None = None,
+    reply: str | None = None,
+    seconds: float = 0.5,
+) -> int:
+    """Place `want` on `worker` and report it done; llama.cpp reports `cached` prompt tokens
+    (by default what was predicted: the index was right). Returns the predicted characters."""
+    assert want.prompt is not None
+    prediction = policy.placed(want, worker)
+    assert prediction is not None
+    total = want.prompt.chars  # one token per character, like the byte-vocabulary test model
+    reused = prediction.cached_chars if cached is None else cached
+    timings = Timings(total - reused, reused, 8, prompt_ms=(total - reused) / 2.0)
+    policy.observe(worker, Outcome(want.prompt, prediction, timings, reply, seconds))
+    return prediction.cached_chars
+
+
+def test_the_next_turn_goes_back_to_the_worker_holding_the_conversation() -> None:
+    pool = workers(4)
+    policy = CacheAware(rng=random.Random(1))
+    first = chat(conversation(DOC, "first question"))
+    home = choose(policy, first, pool).worker
+    serve(policy, first, home, reply="answer 1")
+    second = chat(conversation(DOC, "first question", "second question"))
+    for _ in range(20):
+        choice = choose(policy, second, pool)
+        assert choice.worker is home and not choice.wait
+
+
+def test_the_reply_extends_the_chain_so_the_whole_previous_turn_matches() -> None:
+    pool = workers(2)
+    policy = CacheAware()
+    first = chat(conversation(DOC, "first question"))
+    serve(policy, first, pool[0], reply="answer 1")
+    second = chat(conversation(DOC, "first question", "second question"))
+    assert first.prompt is not None and second.prompt is not None
+    extended = first.prompt.extended("assistant", "answer 1")
+    assert second.prompt.links[: len(extended.links)] == extended.links
+    assert serve(policy, second, pool[0]) == extended.chars
+
+
+def test_a_shared_system_document_draws_other_conversations_to_its_worker() -> None:
+    pool = workers(4)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "what is the fox?")), pool[2])
+    other = chat(conversation(DOC, "and the dog?"))
+    assert choose(policy, other, pool).worker is pool[2]
+    matched = policy.index.matches(other.prompt or PromptKey((), ()))
+    assert matched[pool[2]] >= len(DOC)
+
+
+def test_cold_requests_spread_evenly() -> None:
+    pool = workers(4)
+    policy = CacheAware(rng=random.Random(2))
+    counts = dict.fromkeys(pool, 0)
+    for n in range(400):
+        want = chat(conversation(f"document {n}", "hello"))
+        worker = choose(policy, want, pool).worker
+        counts[worker] += 1
+        serve(policy, want, worker)
+    assert sorted(counts.values()) == [100, 100, 100, 100]
+
+
+def test_cold_requests_go_to_the_least_busy_worker() -> None:
+    pool = workers(3, slots=4)
+    pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 3, 1, 2
+    policy = CacheAware()
+    assert choose(policy, chat(conversation("fresh", "hi")), pool).worker is pool[1]
+
+
+def test_a_request_waits_for_its_busy_worker_when_that_is_cheaper() -> None:
+    pool = workers(2)
+    policy = CacheAware()
+    want = chat(conversation(DOC, "q1"))
+    serve(policy, want, pool[0], seconds=0.2)  # a request holds the slot 0.2 s
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=0.2)
+    pool[0].in_flight = 1  # busy now; computing the whole document elsewhere takes longer
+    choice = choose(policy, chat(conversation(DOC, "q2")), pool)
+    assert choice.worker is pool[0] and choice.wait
+    assert 0 < choice.expected_wait < 1
+
+
+def test_affinity_never_piles_work_on_one_worker_while_another_idles() -> None:
+    pool = workers(2)
+    policy = CacheAware()
+    # A request holds a slot 1 s; computing the document elsewhere takes 1.35 s.
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=1.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=1.0)
+    pool[0].in_flight = 1
+    want = chat(conversation(DOC, "q2"))
+    assert choose(policy, want, pool).wait  # waiting for one request is worth it
+    # With three requests already waiting for it, the idle worker is cheaper.
+    choice = choose(policy, want, pool, {pool[0]: 3})
+    assert choice.worker is pool[1] and not choice.wait
+
+
+def test_an_impatient_request_takes_a_free_worker() -> None:
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0])
+    pool[0].in_flight = 1
+    choice = choose(policy, chat(conversation(DOC, "q2")), pool, patient=False)
+    assert choice.worker is pool[1] and not choice.wait
+
+
+def test_the_index_is_bounded_and_evicts_the_least_recently_used() -> None:
+    (worker,) = workers(1)
+    policy = CacheAware(max_links=50)
+    wants = [chat(conversation(f"doc {n}", "q")) for n in range(40)]
+    for want in wants:
+        serve(policy, want, worker)
+    cache = policy.index.caches[worker]
+    assert len(cache.links) <= 50
+    assert sum(len(held) for held in policy.index.holders.values()) == len(cache.links)
+    assert worker not in policy.index.matches(wants[0].prompt or PromptKey((), ()))
+    assert worker in policy.index.matches(wants[-1].prompt or PromptKey((), ()))
+
+
+def test_a_miss_corrects_the_index_and_learns_the_servers_real_capacity() -> None:
+    a, b = workers(2)
+    policy = CacheAware()
+    ancient = chat(conversation("ancient " + DOC, "q"))
+    serve(policy, ancient, a)
+    old = chat(conversation(DOC, "q1"))
+    serve(policy, old, a)
+    for n in range(5):  # others push it out of the server's real cache
+        serve(policy, chat(conversation(f"{n} " + DOC, "x")), a)
+    serve(policy, chat(conversation("elsewhere " + DOC, "q1")), b)
+    # The index still thinks `a` holds the conversation; llama.cpp says it reused nothing.
+    again = chat(conversation(DOC, "q1", "q2"))
+    assert choose(policy, again, [a, b]).worker is a
+    assert serve(policy, again, a, cached=0) > 0
+    accuracy = policy.describe()["prediction"]
+    assert accuracy["missed_hits"] == 1 and accuracy["predictions"] == 9
+    assert accuracy["accuracy"] == round(8 / 9, 4)
+    assert policy.index.caches[a].capacity < 6 * len(DOC)
+    # What was as old as the lost conversation or older is dropped; what came after is kept.
+    assert a not in policy.index.matches(ancient.prompt or PromptKey((), ()))
+    latest = chat(conversation("4 " + DOC, "x"))
+    assert a in policy.index.matches(latest.prompt or PromptKey((), ()))
+    # From now on, links further back than the learned capacity are evicted as others come.
+    for n in range(10):
+        serve(policy, chat(conversation(f"later {n} " + DOC, "x")), a)
+    assert a not in policy.index.matches(latest.prompt or PromptKey((), ()))
+
+
+def test_speeds_are_learned_from_timings() -> None:
+    (worker,) = workers(1)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q")), worker, seconds=0.3)
+    speeds = policy.index.caches[worker].speeds
+    assert speeds.prefill_tps == 2000.0  # prompt_ms is tokens / 2 in `serve`
+    assert speeds.tokens_per_char == 1.0
+    assert speeds.service_s == 0.3
+    described = policy.describe()["workers"]["w1"]
+    assert described["prefill_tokens_per_s"] == 2000.0
+
+
+def test_a_worker_that_leaves_is_forgotten() -> None:
+    a, b = workers(2)
+    policy = CacheAware()
+    want = chat(conversation(DOC, "q"))
+    serve(policy, want, a)
+    policy.forget(a)
+    assert policy.index.holders == {}
+    assert choose(policy, want, [b]).worker is b
+
+
+def test_a_decision_looks_at_a_sample_of_a_thousand_workers() -> None:
+    pool = workers(1000, slots=4)
+    policy = CacheAware(rng=random.Random(3))
+    want = chat(conversation(DOC, "q"))
+    serve(policy, want, pool[777])
+    assert choose(policy, chat(conversation(DOC, "q", "q2")), pool).worker is pool[777]
+    chosen = {choose(policy, chat(conversation(f"cold {n}", "q")), pool).worker for n in range(50)}
+    assert len(chosen) > 30  # spread, not always the first open worker
