@@ -9,7 +9,7 @@ from typing import Any
 from gollama.hub.cache_aware import CacheAware
 from gollama.hub.prompts import PromptKey, chat_key
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Candidates, Choice, Outcome, Want
+from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Want
 from gollama.tokens import Timings
 
 DOC = "The quick brown fox jumps over the lazy dog. " * 60  # ~2,700 characters
@@ -43,10 +43,11 @@ def choose(
     ahead: dict[Worker, int] | None = None,
     *,
     patient: bool = True,
+    crowd: float = 0.0,
 ) -> Choice:
     open_workers = [w for w in pool if w.in_flight < w.slots]
     candidates = Candidates(open_workers, {w: i for i, w in enumerate(open_workers)}, want)
-    choice = policy.choose(want, candidates, ahead or {}, patient=patient)
+    choice = policy.choose(want, candidates, Backlog(ahead or {}, crowd), patient=patient)
     assert choice is not None
     return choice
 
@@ -149,6 +150,19 @@ def test_affinity_never_piles_work_on_one_worker_while_another_idles() -> None:
     # With three requests already waiting for it, the idle worker is cheaper.
     choice = choose(policy, want, pool, {pool[0]: 3})
     assert choice.worker is pool[1] and not choice.wait
+
+
+def test_when_many_requests_queue_recomputing_a_held_prompt_costs_more() -> None:
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=1.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=1.0)
+    pool[0].in_flight = 1
+    want = chat(conversation(DOC, "q2"))
+    assert not choose(policy, want, pool, {pool[0]: 3}).wait
+    # Eight requests wait per slot: the compute spent elsewhere would delay all of them.
+    choice = choose(policy, want, pool, {pool[0]: 3}, crowd=8.0)
+    assert choice.worker is pool[0] and choice.wait
 
 
 def test_an_impatient_request_takes_a_free_worker() -> None:

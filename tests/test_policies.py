@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from gollama.hub.cache_aware import CacheAware
 from gollama.hub.policies import LeastBusy, RoundRobin, make_policy
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Candidates, Policy, Want
+from gollama.hub.routing import Backlog, Candidates, Policy, Want
 
 CHAT = Want(None, "/v1/chat/completions")
 
@@ -22,7 +22,7 @@ def workers(*slots: int) -> list[Worker]:
 
 def pick(policy: Policy, pool: Sequence[Worker]) -> Worker:
     candidates = Candidates(pool, {w: i for i, w in enumerate(pool)}, CHAT)
-    choice = policy.choose(CHAT, candidates, {}, patient=True)
+    choice = policy.choose(CHAT, candidates, Backlog.empty(), patient=True)
     assert choice is not None and not choice.wait
     return choice.worker
 

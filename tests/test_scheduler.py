@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 import pytest
 
 from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
 from gollama.hub.policies import LeastBusy, SimplePolicy
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Candidates, Choice
+from gollama.hub.routing import Backlog, Candidates, Choice
 from gollama.hub.scheduler import PATIENCE_MIN, Lease, Scheduler, Want
 
 CHAT = Want(None, "/v1/chat/completions")
@@ -282,7 +281,7 @@ class PrefersA(SimplePolicy):
         self.expected_wait = expected_wait
 
     def choose(
-        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
         free = list(candidates)
         if want.model == "sticky" and patient:

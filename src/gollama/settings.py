@@ -20,6 +20,7 @@ from gollama.auth import KeyFileError, check_secret
 from gollama.logs import LogFormat, LogLevel
 
 PolicyName = Literal["least_busy", "round_robin", "cache_aware"]
+DataPath = Literal["worker", "direct"]
 
 
 def _whole_number(text: str) -> int:
@@ -457,6 +458,26 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         600.0,
         "longest silence from llama-server: until a non-streamed reply, or between chunks",
     ),
+    Option(
+        "data_path",
+        "--data-path",
+        "GOLLAMA_DATA_PATH",
+        one_of(*get_args(DataPath)),
+        "worker",
+        "how inference requests reach llama-server: through this worker, or 'direct' from the "
+        "hub (llama-server must be reachable from the hub; a managed one then listens on --host "
+        "and takes an API key that only the hub is told); see README, Data path",
+    ),
+    Option(
+        "llama_api_key",
+        "--llama-api-key",
+        "GOLLAMA_LLAMA_API_KEY",
+        text,
+        None,
+        "API key of an already running llama-server (its --api-key); the worker sends it, and "
+        "so does the hub with --data-path direct; prefer the environment to the flag",
+        metavar="KEY",
+    ),
     WORKER_TOKEN,
     Option(
         "hub_ca",
@@ -528,6 +549,8 @@ class WorkerConfig(ServerConfig):
     read_timeout: float = 600.0
     worker_token: str | None = None
     hub_ca: str | None = None
+    data_path: DataPath = "worker"
+    llama_api_key: str | None = None
 
     @property
     def managed(self) -> bool:

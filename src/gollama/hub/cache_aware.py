@@ -5,7 +5,9 @@ For each worker worth considering, the estimated cost of serving the request the
     wait     requests ahead of it beyond the worker's free slots x seconds a request holds a
              slot there / slots (0 when a slot is free for it)
     prefill  prompt tokens the worker does not hold / its measured prompt speed, slowed by the
-             share of its slots already busy (they share its compute)
+             share of its slots already busy (they share its compute), and weighted by
+             1 + requests waiting per slot in the hub's queue: when requests queue, compute
+             spent on a prompt some server already holds delays every one of them
 
 and the request goes to the cheapest (near ties go round, so noise in the measured speeds does
 not send every cold request to one worker). When that is a busy worker holding the prompt, the
@@ -23,12 +25,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping
 from typing import Any
 
 from gollama.hub.prefix_index import PrefixIndex, Speeds
 from gollama.hub.registry import Worker
-from gollama.hub.routing import Candidates, Choice, Outcome, Prediction, Want
+from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Prediction, Want
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
 NEAR_TIE = 1.25  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
@@ -50,7 +51,7 @@ class CacheAware:
         self._turn = itertools.count()
 
     def choose(
-        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
         prompt = want.prompt
         chars = prompt.chars if prompt is not None else 0
@@ -63,8 +64,7 @@ class CacheAware:
             if worker in candidates or (patient and worker.available and want.fits(worker)):
                 pool.append(worker)
         costs = [
-            (worker, *self._cost(worker, chars, matched.get(worker, 0), ahead.get(worker, 0)))
-            for worker in pool
+            (worker, *self._cost(worker, chars, matched.get(worker, 0), backlog)) for worker in pool
         ]
         if not costs:
             return None
@@ -103,19 +103,21 @@ class CacheAware:
             },
         }
 
-    def _cost(self, worker: Worker, chars: int, cached: int, ahead: int) -> tuple[float, float]:
-        """(estimated seconds until the prompt is computed there, of which waiting)."""
+    def _cost(
+        self, worker: Worker, chars: int, cached: int, backlog: Backlog
+    ) -> tuple[float, float]:
+        """(estimated cost in seconds of serving the prompt there, of which waiting)."""
         cache = self.index.caches.get(worker)
         own = cache.speeds if cache is not None else _UNMEASURED
         overall = self.overall
         service = own.service_s or overall.service_s or FALLBACK.service_s or 1.0
         speed = own.prefill_tps or overall.prefill_tps or FALLBACK.prefill_tps or 1.0
         per_char = own.tokens_per_char or overall.tokens_per_char or FALLBACK.tokens_per_char or 1.0
-        busy = worker.in_flight + ahead
+        busy = worker.in_flight + backlog.ahead.get(worker, 0)
         queue = busy + 1 - worker.slots
         wait = queue * service / worker.slots if queue > 0 else 0.0
         share_busy = min(busy, worker.slots - 1) / worker.slots
-        prefill = (chars - cached) * per_char / speed * (1 + share_busy)
+        prefill = (chars - cached) * per_char / speed * (1 + share_busy) * (1 + backlog.crowd)
         return wait + prefill + 1e-6 * share_busy, wait
 
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gollama.errors import ApiError, BadRequest, json_response
-from gollama.hub.registry import Registration, WorkerState
+from gollama.hub.registry import Direct, Registration, WorkerState
 from gollama.hub.service import Hub
 from gollama.inbound import read_object
 from gollama.settings import http_url
@@ -173,7 +173,25 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     name = payload.get("name")
     if name is not None:
         name = _required_name(payload, "name")
-    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining)
+    direct = _direct(payload.get("direct"))
+    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining, direct)
+
+
+def _direct(value: Any) -> Direct | None:
+    """The worker's llama-server for the direct data path: {"url": ..., "key": ... or null}."""
+    if value is None:
+        return None
+    url = value.get("url") if isinstance(value, dict) else None
+    try:
+        url = http_url(url if isinstance(url, str) else "")
+    except ValueError:
+        raise BadRequest(
+            "'direct.url' must be llama-server's http:// URL", param="direct"
+        ) from None
+    key = value.get("key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise BadRequest("'direct.key' must be a non-empty string or null", param="direct")
+    return Direct(url, key)
 
 
 def _required_name(payload: dict[str, Any], field: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from gollama.auth import bearer
 from gollama.errors import (
     WORKER_FAULT_CODES,
     ApiError,
@@ -129,6 +130,7 @@ class Dispatcher:
         upstream: Upstream,
         metrics: HubMetrics,
         *,
+        direct: Upstream | None = None,
         max_retries: int,
         queue_timeout: float,
         read_timeout: float,
@@ -136,6 +138,9 @@ class Dispatcher:
         self.registry = registry
         self.scheduler = scheduler
         self.upstream = upstream
+        # For workers on the direct data path: straight to llama-server, which never sees the
+        # worker token (`upstream` sends it to every worker).
+        self.direct = direct or upstream
         self.metrics = metrics
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
@@ -265,10 +270,14 @@ class Dispatcher:
         """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
         worker = lease.worker
         headers = {"Content-Type": "application/json", "X-Request-ID": job.request_id}
+        upstream, url = self.upstream, worker.url
+        if worker.direct is not None:
+            upstream, url = self.direct, worker.direct.url
+            headers.update(bearer(worker.direct.key))
         try:
-            response = await self.upstream.open(
+            response = await upstream.open(
                 "POST",
-                worker.url + job.endpoint,
+                url + job.endpoint,
                 body=job.body,
                 headers=headers,
                 limits=self._limits,

@@ -318,6 +318,16 @@ def _schema(version: str, caps: Caps) -> dict[str, Any]:
                         "in_flight": {"type": "integer", "minimum": 0},
                         "draining": {"type": "boolean"},
                         "name": _NAME,
+                        "direct": {
+                            "type": ["object", "null"],
+                            "description": "the direct data path: the hub sends inference "
+                            "straight to this llama-server",
+                            "required": ["url"],
+                            "properties": {
+                                "url": {"type": "string"},
+                                "key": {"type": ["string", "null"], "minLength": 1},
+                            },
+                        },
                     },
                 },
                 "Error": {

@@ -8,12 +8,11 @@ are tested as plain functions. The cache-aware policy has its own module.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from typing import Any
 
 from gollama.hub.cache_aware import CacheAware
 from gollama.hub.registry import Worker
-from gollama.hub.routing import Candidates, Choice, Outcome, Policy, Prediction, Want
+from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Policy, Prediction, Want
 from gollama.settings import PolicyName
 
 
@@ -49,7 +48,7 @@ class RoundRobin(SimplePolicy):
         self._last_seq = -1
 
     def choose(
-        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
         first: Worker | None = None
         following: Worker | None = None
@@ -74,7 +73,7 @@ class LeastBusy(SimplePolicy):
         self._turn = itertools.count()
 
     def choose(
-        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
         tied: list[Worker] = []
         lightest = (2.0, 0)

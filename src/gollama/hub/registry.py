@@ -50,6 +50,15 @@ class Registration:
     name: str | None = None
     in_flight: int = 0
     draining: bool = False
+    direct: Direct | None = None  # where the hub sends inference straight to llama-server
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A worker's llama-server, reached by the hub without the worker in between."""
+
+    url: str
+    key: str | None  # llama-server's API key, if it asks for one
 
 
 @dataclass(eq=False)
@@ -75,6 +84,7 @@ class Worker:
     probing: bool = False  # a health probe is out
     unsupported: set[str] = field(default_factory=set)
     tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
+    direct: Direct | None = None
 
     @property
     def state(self) -> WorkerState:
@@ -114,6 +124,8 @@ class Worker:
         return {
             "id": self.id,
             "url": self.url,
+            "data_path": "direct" if self.direct else "worker",
+            "direct_url": self.direct.url if self.direct else None,
             "model": self.models[0] if self.models else None,
             "models": list(self.models),
             "state": self.state.value,
@@ -262,6 +274,7 @@ class Registry:
         worker.reported_healthy = info.healthy
         worker.reported_in_flight = info.in_flight
         worker.draining = info.draining
+        worker.direct = info.direct
         worker.last_heartbeat = now
         worker.offline = False
 

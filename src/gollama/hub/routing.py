@@ -70,6 +70,18 @@ class Candidates:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """The hub's queue, as a policy sees it."""
+
+    ahead: Mapping[Worker, int]  # requests already waiting for each worker in particular
+    crowd: float = 0.0  # requests waiting per slot of the cluster
+
+    @classmethod
+    def empty(cls) -> Backlog:
+        return cls({})
+
+
+@dataclass(frozen=True, slots=True)
 class Choice:
     """The worker for a request; with `wait`, a busy one worth waiting for (`expected_wait`
     seconds, as the policy estimates it) rather than taking an open one now."""
@@ -106,10 +118,10 @@ class Policy(Protocol):
     uses_prompts: bool  # whether `Outcome.reply` is worth extracting for it
 
     def choose(
-        self, want: Want, candidates: Candidates, ahead: Mapping[Worker, int], *, patient: bool
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
-        """A choice for `want`, or None if no candidate fits. `ahead` counts, per worker, the
-        requests already waiting for it; with `patient` false the request may not wait."""
+        """A choice for `want`, or None if no candidate fits; with `patient` false the request
+        may not wait for a busy worker."""
         ...
 
     def placed(self, want: Want, worker: Worker) -> Prediction | None:

@@ -34,13 +34,13 @@ from gollama.errors import (
     ShuttingDown,
 )
 from gollama.hub.registry import Registry, Worker
-from gollama.hub.routing import Candidates, Choice, Policy, Prediction, Want
+from gollama.hub.routing import Backlog, Candidates, Choice, Policy, Prediction, Want
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
 PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
 PATIENCE_MIN = 0.25  # seconds, on top
-MAX_DECLINED = 8  # waiters a pass lets hold out; after that, a free slot goes to the next
+MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 
 
 class Lease:
@@ -88,6 +88,7 @@ class Scheduler:
         self._open: list[Worker] = []
         self._positions: dict[Worker, int] = {}
         self._seen_changes = -1  # the registry's `changes` the open list was built for
+        self._total_slots = 0  # of the workers registered when the open list was built
         self._ahead: dict[Worker, int] = {}  # waiters holding out for each busy worker
 
     @property
@@ -105,7 +106,7 @@ class Scheduler:
         self._check_servable(want)
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use or wants: taking it jumps nobody's turn.
-        choice = self._choose(want, self._ahead, patient=True)
+        choice = self._choose(want, self._backlog(self._ahead, len(self._waiters)), patient=True)
         if choice is not None and not choice.wait:
             return self._lease(want, choice.worker)
         if len(self._waiters) >= self.queue_size and not retry:
@@ -182,13 +183,16 @@ class Scheduler:
         target = f"the model {want.model!r}" if want.model else "this request"
         raise NoWorkerAvailable(f"no worker is left to serve {target}")
 
-    def _choose(self, want: Want, ahead: dict[Worker, int], *, patient: bool) -> Choice | None:
+    def _backlog(self, ahead: dict[Worker, int], waiting: int) -> Backlog:
+        return Backlog(ahead, waiting / self._total_slots if self._total_slots else 0.0)
+
+    def _choose(self, want: Want, backlog: Backlog, *, patient: bool) -> Choice | None:
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return None
         if self.registry.changes != self._seen_changes:
             self._reopen_all()
         candidates = Candidates(self._open, self._positions, want)
-        return self.policy.choose(want, candidates, ahead, patient=patient)
+        return self.policy.choose(want, candidates, backlog, patient=patient)
 
     def _lease(self, want: Want, worker: Worker) -> Lease:
         worker.in_flight += 1  # reserved before any await: no one else can take this slot
@@ -204,6 +208,7 @@ class Scheduler:
         if self.registry.changes != self._seen_changes:
             self._reopen_all()
         served: list[_Waiter] = []
+        backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
         for waiter in self._waiters:  # not copied: it may be long; served ones go after
             if not self._open or (self.max_in_flight and self.in_flight >= self.max_in_flight):
                 break
@@ -212,7 +217,7 @@ class Scheduler:
             patient = declined < MAX_DECLINED and (
                 waiter.patience_until is None or now < waiter.patience_until
             )
-            choice = self._choose(waiter.want, ahead, patient=patient)
+            choice = self._choose(waiter.want, backlog, patient=patient)
             if choice is None:
                 continue
             if choice.wait:
@@ -266,6 +271,7 @@ class Scheduler:
 
     def _reopen_all(self) -> None:
         self._seen_changes = self.registry.changes
+        self._total_slots = sum(worker.slots for worker in self.registry)
         self._open, self._positions = [], {}
         for worker in self.registry:
             self._refresh(worker)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Connections to workers idle longer than this are dropped (the worker keeps them 30 s).
 WORKER_KEEPALIVE = 20.0
+LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
 CUT_SHORT_WAIT = 2.0  # for requests cut short at shutdown to send their last words
 
 
@@ -57,12 +58,18 @@ class Hub:
             headers=bearer(config.worker_token),  # every call to a worker carries the token
             ca_file=config.worker_ca,
         )
+        direct = Upstream(  # to llama-servers of workers on the direct data path
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            keepalive_timeout=LLAMA_KEEPALIVE,
+        )
         metrics = HubMetrics(registry, scheduler, config.queue_size)
         dispatcher = Dispatcher(
             registry,
             scheduler,
             upstream,
             metrics,
+            direct=direct,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,
@@ -109,6 +116,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.upstream.close()
+        await self.dispatcher.direct.close()
 
     @functools.cached_property
     def body_limits(self) -> BodyLimits:

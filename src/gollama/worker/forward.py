@@ -92,7 +92,11 @@ class ForwardResponse(Response):
             log.info("%s %d in %.1f ms", self.endpoint, self.status, seconds * 1000)
 
     async def _run(self, send: Send) -> None:
-        headers = {"Content-Type": "application/json", "X-Request-ID": self.request_id}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Request-ID": self.request_id,
+            **self.node.llama_headers,
+        }
         try:
             response = await self.upstream.open(
                 "POST", self.url, body=self.payload, headers=headers

@@ -25,9 +25,11 @@ class LlamaStatus:
 class LlamaServer:
     """A llama-server at `url`, checked through its /health, /props and /v1/models."""
 
-    def __init__(self, upstream: Upstream, url: str) -> None:
+    def __init__(self, upstream: Upstream, url: str, headers: dict[str, str]) -> None:
+        """`headers` go with every call (llama-server's API key, if it has one)."""
         self.upstream = upstream
         self.url = url
+        self.headers = headers
         self.status = LlamaStatus(False, reason="not checked yet")
 
     async def check(self) -> LlamaStatus:
@@ -51,20 +53,20 @@ class LlamaServer:
 
     async def _check(self) -> LlamaStatus:
         code, body = await self.upstream.call_json(
-            "GET", self.url + "/health", time_limit=CHECK_TIMEOUT
+            "GET", self.url + "/health", time_limit=CHECK_TIMEOUT, headers=self.headers
         )
         if code != 200:
             return LlamaStatus(False, reason=f"llama-server /health answered {code}{_why(body)}")
         if self.status.healthy:
             return self.status  # models and slots do not change while it stays up
         code, props = await self.upstream.call_json(
-            "GET", self.url + "/props", time_limit=CHECK_TIMEOUT
+            "GET", self.url + "/props", time_limit=CHECK_TIMEOUT, headers=self.headers
         )
         slots = props.get("total_slots") if isinstance(props, dict) else None
         if code != 200 or not isinstance(slots, int) or slots < 1:
             return LlamaStatus(False, reason=f"llama-server /props has no slot count ({code})")
         code, listing = await self.upstream.call_json(
-            "GET", self.url + "/v1/models", time_limit=CHECK_TIMEOUT
+            "GET", self.url + "/v1/models", time_limit=CHECK_TIMEOUT, headers=self.headers
         )
         models = _model_names(listing) if code == 200 else ()
         if not models:

@@ -1,6 +1,7 @@
 """Managed mode: the worker runs its own llama-server, restarts it when it dies, stops it on exit.
 
-llama-server listens on 127.0.0.1 only, on a free port (a new one at each start). If it exits,
+llama-server listens on 127.0.0.1 only (with `--data-path direct`, on the worker's address and
+with an API key), on a free port (a new one at each start). If it exits,
 it is started again after a backoff that doubles up to `RESTART_BACKOFF_MAX` and starts over
 once a run lasted `STABLE_AFTER` seconds. On Linux it also gets a parent-death signal, so it
 cannot outlive a worker that was killed without a chance to clean up.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,21 @@ OUTPUT_LINES_KEPT = 40
 
 
 class ManagedLlama:
-    def __init__(self, binary: str, model: Path, extra_args: str = "") -> None:
+    def __init__(
+        self,
+        binary: str,
+        model: Path,
+        extra_args: str = "",
+        *,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
+    ) -> None:
+        """`host` is the address llama-server listens on; with `api_key` it asks every
+        inference request for it (given in its environment, so `ps` does not show it)."""
         self.binary = binary
         self.model = model
+        self.host = host
+        self.api_key = api_key
         self.extra_args = shlex.split(extra_args)
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
@@ -39,10 +53,12 @@ class ManagedLlama:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where this machine reaches it."""
+        local = self.host in ("0.0.0.0", "::", "")
+        return f"http://{'127.0.0.1' if local else self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        args = [self.binary, "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
+        args = [self.binary, "-m", str(self.model), "--host", self.host, "--port", str(self.port)]
         if not {"-a", "--alias"} & set(self.extra_args):
             args += ["--alias", self.model.stem]
         return args + self.extra_args
@@ -56,6 +72,7 @@ class ManagedLlama:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             preexec_fn=die_with_parent(),
+            env={**os.environ, "LLAMA_API_KEY": self.api_key} if self.api_key else None,
         )
         log.info("llama-server started with pid %d on port %d", self.process.pid, self.port)
 

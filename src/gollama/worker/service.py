@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from gollama.auth import bearer
 from gollama.inbound import BodyLimits
 from gollama.llama_binary import find_llama_server
 from gollama.serve import wait_until_idle
@@ -31,13 +34,26 @@ class WorkerNode:
         self.config = config
         self.upstream = upstream
         self.managed: ManagedLlama | None = None
+        self.direct = config.data_path == "direct"
+        # llama-server's API key: the operator's, or, for a managed one the hub reaches
+        # directly, a new one that only this worker and the hub know.
+        self.llama_key = config.llama_api_key
+        if self.direct and config.model is not None and self.llama_key is None:
+            self.llama_key = secrets.token_urlsafe(24)
         if config.model is not None:
             binary = find_llama_server(config.llama_server)
-            self.managed = ManagedLlama(binary, Path(config.model), config.llama_args)
+            self.managed = ManagedLlama(
+                binary,
+                Path(config.model),
+                config.llama_args,
+                host=config.host if self.direct else "127.0.0.1",
+                api_key=self.llama_key,
+            )
             llama_url = self.managed.url
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
-        self.llama = LlamaServer(upstream, llama_url)
+        self.llama_headers = bearer(self.llama_key)
+        self.llama = LlamaServer(upstream, llama_url, self.llama_headers)
         self.url = config.advertise_url or advertised_url(
             config.host, config.port, config.hub_url, tls=config.tls_cert is not None
         )
@@ -119,7 +135,18 @@ class WorkerNode:
         }
         if self.config.name:
             info["name"] = self.config.name
+        if self.direct:
+            info["direct"] = {"url": self.direct_url(), "key": self.llama_key}
         return info
+
+    def direct_url(self) -> str:
+        """Where the hub reaches llama-server: its own address, or this worker's advertised
+        host when llama-server listens on this machine's loopback or on every address."""
+        llama = urlsplit(self.llama.url)
+        host = llama.hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1"):
+            host = urlsplit(self.url).hostname or host
+        return f"http://{f'[{host}]' if ':' in host else host}:{llama.port}"
 
     async def check_llama(self) -> bool:
         """Check llama-server now; tell the hub at once if its health changed."""
