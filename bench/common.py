@@ -141,41 +141,41 @@ async def start_cluster(
     slots: int = 4,
     shape: ModelShape = TINY,
     hub_args: tuple[str, ...] = (),
+    llama_args: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (),
 ) -> Ports:
     """llama-servers on a generated model (one thread each), a worker in front of each, and a
     hub, all logging warnings only; returns once the hub sees every worker healthy."""
-    model = write_test_model(cluster.folder / "model.gguf", shape)
-    binary = find_llama_server()
-    *llama_ports, hub_port = free_ports(llamas + 1)
-    worker_ports = free_ports(llamas)
-    for i, port in enumerate(llama_ports):
-        cluster.start(
-            f"llama-{i}",
-            [
-                binary,
-                "-m",
-                str(model),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "-t",
-                "1",
-                "-np",
-                str(slots),
-                "--alias",
-                "tiny",
-            ],
-        )
+    llama_ports = await start_llamas(
+        cluster, session, llamas=llamas, slots=slots, shape=shape, llama_args=llama_args
+    )
+    return await start_gollama(
+        cluster, session, llama_ports, hub_args=hub_args, worker_args=worker_args
+    )
+
+
+async def start_gollama(
+    cluster: Cluster,
+    session: aiohttp.ClientSession,
+    llama_ports: list[int],
+    *,
+    hub_args: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (),
+    name: str = "",
+) -> Ports:
+    """A hub, and a worker in front of each running llama-server, all logging warnings only;
+    returns once the hub sees every worker healthy. `name` tells apart several hubs' logs."""
+    hub_port, *worker_ports = free_ports(len(llama_ports) + 1)
     gollama = [sys.executable, "-m", "gollama"]
     quiet = ["--log-level", "warning"]
     hub = cluster.start(
-        "hub", [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet, *hub_args]
+        f"hub{name}",
+        [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet, *hub_args],
     )
     ports = Ports(llama_ports, worker_ports, hub_port, hub.pid)
     for i, (port, llama_port) in enumerate(zip(ports.workers, ports.llamas, strict=True)):
         cluster.start(
-            f"worker-{i}",
+            f"worker{name}-{i}",
             [
                 *gollama,
                 "worker",
@@ -190,10 +190,36 @@ async def start_cluster(
                 str(llama_port),
                 "--hub",
                 ports.hub_url,
+                *worker_args,
             ],
         )
     try:
-        await wait_ok(session, ports.hub_url + "/health", f'"workers":{llamas}')
+        await wait_ok(session, ports.hub_url + "/health", f'"workers":{len(llama_ports)}')
     except TimeoutError:
         raise SystemExit(f"the cluster did not come up:\n{log_tails(cluster.folder)}") from None
+    return ports
+
+
+async def start_llamas(
+    cluster: Cluster,
+    session: aiohttp.ClientSession,
+    *,
+    llamas: int,
+    slots: int,
+    shape: ModelShape = TINY,
+    llama_args: tuple[str, ...] = (),
+) -> list[int]:
+    """Only llama-servers (one thread each, no workers, no hub), for routers other than
+    GoLlama's; returns their ports once every one answers /health."""
+    model = write_test_model(cluster.folder / "model.gguf", shape)
+    binary = find_llama_server()
+    ports = free_ports(llamas)
+    for i, port in enumerate(ports):
+        command = [binary, "-m", str(model), "--host", HOST, "--port", str(port), "-t", "1"]
+        cluster.start(f"llama-{i}", [*command, "-np", str(slots), "--alias", "tiny", *llama_args])
+    try:
+        for port in ports:
+            await wait_ok(session, f"http://{HOST}:{port}/health")
+    except TimeoutError:
+        raise SystemExit(f"llama-server did not come up:\n{log_tails(cluster.folder)}") from None
     return ports

@@ -1,0 +1,384 @@
+"""How the scheduler's cost grows with the cluster: 10 to 1000 simulated workers, up to 5000
+queued requests, for each policy, measured side by side in one run.
+
+    uv run python bench/scale.py [--workers 10,100,1000] [--queued 0,1000,5000]
+                                 [--decisions 3000] [--slots 4]
+
+No network and no llama-server: the hub's own Registry, Scheduler and policies, driven the way
+the dispatcher drives them. The workload is chat conversations (a 2,000-character system
+document of their own, then turns), so the cache-aware index fills up as on a real hub; each
+finished request reports llama.cpp-like timings that match the index's prediction.
+
+Two kinds of decision are timed:
+- `free`: a request arrives while slots are free (acquire, the policy's choice, the lease);
+- `queued`: every slot is busy and N requests wait; one slot is released, and the time is that
+  of handing it to a waiter (the pass over the queue that the release triggers).
+It also reports the memory of one queued request (its waiter, future, task and prompt key; the
+request body comes on top) and of the cache-aware index per prompt link it holds.
+Writes bench/results/scale.md and scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import time
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from common import RESULTS
+from rich.console import Console
+from rich.table import Table
+
+from gollama.hub.cache_aware import CacheAware
+from gollama.hub.policies import make_policy
+from gollama.hub.prompts import chat_key
+from gollama.hub.registry import Registration, Registry
+from gollama.hub.routing import Outcome, Want
+from gollama.hub.scheduler import Lease, Scheduler
+from gollama.settings import PolicyName
+from gollama.tokens import Timings
+
+POLICIES: tuple[PolicyName, ...] = ("round_robin", "least_busy", "cache_aware")
+ENDPOINT = "/v1/chat/completions"
+DOCUMENT_CHARS = 2000
+
+
+@dataclass
+class Row:
+    policy: str
+    workers: int
+    queued: int
+    p50_us: float
+    p99_us: float
+    max_us: float
+    waited: float | None = None
+    bytes_per_queued: float | None = None
+    index_links: int | None = None
+    index_bytes_per_link: float | None = None
+
+
+class Workload:
+    """Requests of many conversations, each a growing list of messages."""
+
+    def __init__(self, conversations: int, rng: random.Random) -> None:
+        self.rng = rng
+        self.conversations = [
+            [{"role": "system", "content": _document(n, rng)}] for n in range(conversations)
+        ]
+
+    def requests(self) -> Iterator[Want]:
+        while True:
+            messages = self.rng.choice(self.conversations)
+            if len(messages) > 12:  # a finished conversation starts over
+                del messages[1:]
+            messages.append({"role": "user", "content": f"question {len(messages)}"})
+            yield Want("m", ENDPOINT, prompt=chat_key("m", messages))
+            messages.append({"role": "assistant", "content": f"answer {len(messages)}"})
+
+
+def _document(n: int, rng: random.Random) -> str:
+    words = [f"w{rng.randrange(10_000)}" for _ in range(DOCUMENT_CHARS // 6)]
+    return f"document {n}: " + " ".join(words)
+
+
+def finish(scheduler: Scheduler, lease: Lease, want: Want) -> None:
+    """End a request as the dispatcher does: the policy hears llama.cpp's timings."""
+    prompt = want.prompt
+    assert prompt is not None
+    cached = lease.prediction.cached_chars if lease.prediction is not None else 0
+    timings = Timings(prompt.chars - cached, cached, 16, prompt_ms=(prompt.chars - cached) / 2)
+    outcome = Outcome(prompt, lease.prediction, timings, None, 0.2)
+    scheduler.policy.observe(lease.worker, outcome)
+    lease.release()
+
+
+def cluster(policy: PolicyName, workers: int, slots: int) -> Scheduler:
+    registry = Registry(heartbeat_interval=2.0)
+    for n in range(workers):
+        url = f"http://10.{n // 250}.{n % 250}.1:9001"
+        registry.register(Registration(url, ("m",), slots, True), 0)
+    return Scheduler(registry, make_policy(policy), queue_size=1_000_000)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+async def decide(scheduler: Scheduler, want: Want) -> tuple[float, asyncio.Task[Lease]]:
+    """The time an arriving request takes to get a slot or to be queued: its task's first
+    step, plus one turn of the event loop (see `loop_turn`)."""
+    started = time.perf_counter()
+    task = asyncio.create_task(scheduler.acquire(want))
+    await asyncio.sleep(0)
+    return time.perf_counter() - started, task
+
+
+async def loop_turn() -> float:
+    """The median time `decide` would report for a task that does nothing."""
+
+    async def nothing() -> None:
+        pass
+
+    times = []
+    for _ in range(2000):
+        started = time.perf_counter()
+        task = asyncio.create_task(nothing())
+        await asyncio.sleep(0)
+        times.append(time.perf_counter() - started)
+        await task
+    return percentile(times, 0.5)
+
+
+async def free_decisions(
+    scheduler: Scheduler, requests: Iterator[Want], count: int, slots_busy: float
+) -> tuple[list[float], float]:
+    """Decision times while slots are free, `slots_busy` of all slots held by other requests;
+    and the share of requests that chose to wait for a busy worker rather than take a free
+    one."""
+    total = sum(w.slots for w in scheduler.registry)
+    held = []
+    for _ in range(int(total * slots_busy)):
+        want = next(requests)
+        held.append((await scheduler.acquire(want), want))
+    times, waited = [], []
+    for _ in range(count):
+        want = next(requests)
+        took, task = await decide(scheduler, want)
+        times.append(took)
+        if task.done():
+            finish(scheduler, task.result(), want)
+        else:
+            waited.append(task)
+    for task in waited:
+        task.cancel()
+    await asyncio.gather(*waited, return_exceptions=True)
+    for lease, want in held:
+        finish(scheduler, lease, want)
+    return times, len(waited) / count
+
+
+async def queued_decisions(
+    scheduler: Scheduler, requests: Iterator[Want], count: int, queued: int
+) -> tuple[list[float], float]:
+    """Decision times when every slot is busy and `queued` requests wait; also the bytes one
+    queued request takes."""
+    held: list[tuple[Lease, Want]] = []
+    while True:  # fill every slot
+        want = next(requests)
+        try:
+            lease = await asyncio.wait_for(scheduler.acquire(want), 0.001)
+        except TimeoutError:
+            break
+        held.append((lease, want))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    waiting: dict[asyncio.Task[Lease], Want] = {}
+    for _ in range(queued):
+        want = next(requests)
+        waiting[asyncio.create_task(scheduler.acquire(want))] = want
+    await asyncio.sleep(0)
+    per_queued = (tracemalloc.get_traced_memory()[0] - before) / max(queued, 1)
+    tracemalloc.stop()
+    times = []
+    rng = random.Random(7)
+    for _ in range(count):
+        lease, want = held.pop(rng.randrange(len(held)))
+        started = time.perf_counter()
+        finish(scheduler, lease, want)  # the release hands the slot to a waiter
+        times.append(time.perf_counter() - started)
+        await asyncio.sleep(0)
+        for task in [t for t in waiting if t.done()]:
+            held.append((task.result(), waiting.pop(task)))
+            want = next(requests)
+            waiting[asyncio.create_task(scheduler.acquire(want))] = want
+        if not waiting and queued:
+            break
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for lease, want in held:
+        finish(scheduler, lease, want)
+    return times, per_queued
+
+
+def index_size(scheduler: Scheduler) -> tuple[int, float] | None:
+    """Links held by the cache-aware index and bytes per link (index and its holders map)."""
+    policy = scheduler.policy
+    if not isinstance(policy, CacheAware):
+        return None
+    links = policy.index.links_held()
+    gc.collect()
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    copy = CacheAware()
+    for worker, cache in policy.index.caches.items():
+        target = copy.index.cache(worker)
+        for link, stamp in cache.links.items():
+            target.links[link] = stamp
+            copy.index.holders.setdefault(link, {})[worker] = None
+    size = tracemalloc.get_traced_memory()[0] - start
+    tracemalloc.stop()
+    return links, size / max(links, 1)
+
+
+async def measure(args: argparse.Namespace) -> tuple[list[Row], float]:
+    turn = await loop_turn()
+    rows = []
+    for workers in args.workers:
+        for policy in POLICIES:
+            rng = random.Random(workers)
+            requests = Workload(max(200, workers * 10), rng).requests()
+            scheduler = cluster(policy, workers, args.slots)
+            # Warm up: the index fills, the speeds are learned.
+            await free_decisions(scheduler, requests, workers * 20, 0.0)
+            times, waited = await free_decisions(scheduler, requests, args.decisions, 0.5)
+            size = index_size(scheduler)
+            rows.append(_row(policy, workers, 0, times, None, size, waited))
+            for queued in args.queued:
+                if queued == 0:
+                    continue
+                times, per_queued = await queued_decisions(
+                    scheduler, requests, args.decisions, queued
+                )
+                rows.append(_row(policy, workers, queued, times, per_queued, None))
+    return rows, turn
+
+
+def _row(
+    policy: str,
+    workers: int,
+    queued: int,
+    times: list[float],
+    per_queued: float | None,
+    size: tuple[int, float] | None,
+    waited: float | None = None,
+) -> Row:
+    return Row(
+        policy,
+        workers,
+        queued,
+        percentile(times, 0.5) * 1e6,
+        percentile(times, 0.99) * 1e6,
+        max(times) * 1e6,
+        waited,
+        per_queued,
+        size[0] if size else None,
+        size[1] if size else None,
+    )
+
+
+def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Table, str]:
+    headers = [
+        "policy",
+        "workers",
+        "queued",
+        "decision p50 µs",
+        "p99 µs",
+        "max µs",
+        "chose to wait",
+        "bytes / queued request",
+        "index links",
+        "bytes / link",
+    ]
+    title = (
+        f"scheduler decisions, {args.slots} slots per worker, {args.decisions} per row, "
+        f"{os.cpu_count()} cores"
+    )
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == "policy" else "right")
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    for row in rows:
+        cells = [
+            row.policy,
+            str(row.workers),
+            str(row.queued),
+            f"{row.p50_us:.0f}",
+            f"{row.p99_us:.0f}",
+            f"{row.max_us:.0f}",
+            f"{row.waited:.1%}" if row.waited is not None else "",
+            f"{row.bytes_per_queued:.0f}" if row.bytes_per_queued is not None else "",
+            str(row.index_links) if row.index_links is not None else "",
+            f"{row.index_bytes_per_link:.0f}" if row.index_bytes_per_link is not None else "",
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    markdown = "\n".join(
+        [
+            "# Scheduler scale",
+            "",
+            f"`uv run python bench/scale.py` on {datetime.now(UTC):%Y-%m-%d}, {title}.",
+            "",
+            "`queued` 0: a request arrives while half the slots are busy; the time is that of its",
+            "task's first step (it gets a slot or joins the queue) plus one event-loop turn, which",
+            f"alone takes {turn * 1e6:.0f} µs here. 'chose to wait': requests that preferred a",
+            "busy worker holding their prompt. Otherwise every slot is busy, N requests wait, and",
+            "the time is that of handing a freed slot to a waiter.",
+            "Bytes per queued request exclude the request body.",
+            "",
+            *lines,
+            "",
+            "![decision p99](scale.png)",
+            "",
+        ]
+    )
+    return table, markdown
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for policy in POLICIES:
+        for queued in sorted({r.queued for r in rows}):
+            points = [
+                (r.workers, r.p99_us) for r in rows if (r.policy, r.queued) == (policy, queued)
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                style = "-" if queued == 0 else "--"
+                axes.plot(xs, ys, style, marker="o", label=f"{policy}, {queued} queued")
+    axes.axhline(200, color="grey", linewidth=0.8, linestyle=":", label="200 µs")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("workers")
+    axes.set_ylabel("decision p99 (µs)")
+    axes.set_title("Scheduler decision time")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=_numbers, default=[10, 100, 1000])
+    parser.add_argument("--queued", type=_numbers, default=[0, 1000, 5000])
+    parser.add_argument("--decisions", type=int, default=3000)
+    parser.add_argument("--slots", type=int, default=4)
+    args = parser.parse_args()
+    rows, turn = asyncio.run(measure(args))
+    table, markdown = render(rows, args, turn)
+    Console().print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.md").write_text(markdown)
+    plot(rows, str(RESULTS / "scale.png"))
+    print(f"written: {RESULTS / 'scale.md'}, {RESULTS / 'scale.png'}")
+
+
+if __name__ == "__main__":
+    main()
