@@ -10,7 +10,7 @@ from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, Queue
 from gollama.hub.policies import LeastBusy, SimplePolicy
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing import Backlog, Candidates, Choice
-from gollama.hub.scheduler import PATIENCE_MIN, Lease, Scheduler, Want
+from gollama.hub.scheduler import AGING, PATIENCE_MIN, Lease, Scheduler, Want
 
 CHAT = Want(None, "/v1/chat/completions")
 
@@ -323,3 +323,57 @@ async def test_a_waiter_takes_any_worker_once_its_patience_ran_out() -> None:
     assert lease.worker is b
     assert PATIENCE_MIN <= waited < PATIENCE_MIN + 1.0
     held.release()
+
+
+class Work(SimplePolicy):
+    """The first free candidate, with the work its model name says ("work-0.5": 0.5 s)."""
+
+    name = "work"
+
+    def choose(
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+    ) -> Choice | None:
+        first = candidates.first()
+        if first is None:
+            return None
+        return Choice(first, work=float((want.model or "work-0").split("-")[1]))
+
+
+def work_scheduler() -> tuple[Registry, Scheduler]:
+    registry = Registry(heartbeat_interval=2.0)
+    registry.register(Registration("http://a:9001", ("work-5", "work-0.1"), 1, True, "a"), 0.0)
+    return registry, Scheduler(registry, Work(), queue_size=10)
+
+
+async def test_less_work_goes_first_among_waiters() -> None:
+    _, scheduler = work_scheduler()
+    held = await scheduler.acquire(Want("work-0.1", "/v1/chat/completions"))
+    long = asyncio.create_task(scheduler.acquire(Want("work-5", "/v1/chat/completions")))
+    await settle()
+    short = asyncio.create_task(scheduler.acquire(Want("work-0.1", "/v1/chat/completions")))
+    await settle()
+    held.release()
+    await settle()
+    assert short.done() and not long.done()  # it came later, but needs much less work
+    short.result().release()
+    await settle()
+    assert long.done()
+    long.result().release()
+
+
+async def test_waiting_counts_against_work_so_long_jobs_are_not_starved() -> None:
+    _, scheduler = work_scheduler()
+    held = await scheduler.acquire(Want("work-0.1", "/v1/chat/completions"))
+    long = asyncio.create_task(scheduler.acquire(Want("work-5", "/v1/chat/completions")))
+    await settle()
+    short = asyncio.create_task(scheduler.acquire(Want("work-0.1", "/v1/chat/completions")))
+    await settle()
+    for waiter in scheduler._waiters:  # the long job waited long enough to outweigh its work
+        if waiter.want.model == "work-5":
+            waiter.since -= 4.9 / AGING + 1
+    held.release()
+    await settle()
+    assert long.done() and not short.done()
+    long.result().release()
+    await settle()
+    short.result().release()

@@ -68,11 +68,12 @@ class CacheAware:
         ]
         if not costs:
             return None
-        lowest = min(cost for _, cost, _ in costs)
+        lowest = min(cost for _, cost, _, _ in costs)
         # Near ties (measured speeds are noisy) go round the pool, which starts at a new place
         # each time; open workers come first in it.
-        worker, _, wait = next(c for c in costs if c[1] <= lowest * NEAR_TIE + NEAR_TIE_S)
-        return Choice(worker, wait=wait > 0 or worker not in candidates, expected_wait=wait)
+        worker, _, wait, work = next(c for c in costs if c[1] <= lowest * NEAR_TIE + NEAR_TIE_S)
+        waits = wait > 0 or worker not in candidates
+        return Choice(worker, wait=waits, expected_wait=wait, work=work)
 
     def placed(self, want: Want, worker: Worker) -> Prediction | None:
         if want.prompt is None:
@@ -105,8 +106,9 @@ class CacheAware:
 
     def _cost(
         self, worker: Worker, chars: int, cached: int, backlog: Backlog
-    ) -> tuple[float, float]:
-        """(estimated cost in seconds of serving the prompt there, of which waiting)."""
+    ) -> tuple[float, float, float]:
+        """Estimated seconds: (the cost of serving the prompt there, of which waiting, and the
+        prefill it needs there)."""
         cache = self.index.caches.get(worker)
         own = cache.speeds if cache is not None else _UNMEASURED
         overall = self.overall
@@ -117,8 +119,9 @@ class CacheAware:
         queue = busy + 1 - worker.slots
         wait = queue * service / worker.slots if queue > 0 else 0.0
         share_busy = min(busy, worker.slots - 1) / worker.slots
-        prefill = (chars - cached) * per_char / speed * (1 + share_busy) * (1 + backlog.crowd)
-        return wait + prefill + 1e-6 * share_busy, wait
+        prefill = (chars - cached) * per_char / speed
+        weighted = prefill * (1 + share_busy) * (1 + backlog.crowd)
+        return wait + weighted + 1e-6 * share_busy, wait, prefill
 
 
 def _rounded(value: float | None, digits: int = 1) -> float | None:

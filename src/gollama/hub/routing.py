@@ -84,11 +84,13 @@ class Backlog:
 @dataclass(frozen=True, slots=True)
 class Choice:
     """The worker for a request; with `wait`, a busy one worth waiting for (`expected_wait`
-    seconds, as the policy estimates it) rather than taking an open one now."""
+    seconds, as the policy estimates it) rather than taking an open one now. `work` estimates
+    the seconds of compute the request needs there: among waiters, less work goes first."""
 
     worker: Worker
     wait: bool = False
     expected_wait: float = 0.0
+    work: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

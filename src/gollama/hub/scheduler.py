@@ -41,6 +41,8 @@ __all__ = ["Lease", "Scheduler", "Want"]
 PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
 PATIENCE_MIN = 0.25  # seconds, on top
 MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
+WINDOW = 8  # waiters that could take a free slot, compared for the least work per pass
+AGING = 0.25  # each second a waiter has waited counts as this many seconds less work
 
 
 class Lease:
@@ -62,12 +64,13 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("future", "patience_until", "retry", "timer", "want")
+    __slots__ = ("future", "patience_until", "retry", "since", "timer", "want")
 
     def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
         self.want = want
         self.future = future
         self.retry = retry
+        self.since = asyncio.get_running_loop().time()
         self.patience_until: float | None = None  # set once it chose to wait for a busy worker
         self.timer: asyncio.TimerHandle | None = None
 
@@ -201,17 +204,36 @@ class Scheduler:
         return Lease(self, worker, self.policy.placed(want, worker))
 
     def _dispatch(self) -> None:
-        """Serve waiters in order while workers are open; note who holds out for whom."""
-        ahead: dict[Worker, int] = {}
-        declined = 0
-        now = asyncio.get_running_loop().time() if self._waiters else 0.0
+        """Give free slots to waiters, one at a time, while workers are open."""
         if self.registry.changes != self._seen_changes:
             self._reopen_all()
-        served: list[_Waiter] = []
+        while self._waiters and self._open:
+            if self.max_in_flight and self.in_flight >= self.max_in_flight:
+                return
+            picked = self._pick_waiter()
+            if picked is None:
+                return
+            waiter, worker = picked
+            del self._waiters[waiter]
+            waiter.future.set_result(self._lease(waiter.want, worker))
+
+    def _pick_waiter(self) -> tuple[_Waiter, Worker] | None:
+        """The waiter to serve now, and where; notes who holds out for whom.
+
+        In queue order, each waiter's policy chooses. Waiters that would rather wait for a busy
+        worker are passed over (counting as load on it). Of the first `WINDOW` that would take
+        an open worker, the one with the least work left wins, each second it has waited
+        counting as `AGING` seconds less: short jobs (a prompt the server holds) go before long
+        ones, and a long one is passed over only by jobs that came after it by less than the
+        work they save / `AGING`. Policies that estimate no work keep the plain queue order.
+        """
+        ahead: dict[Worker, int] = {}
         backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
-        for waiter in self._waiters:  # not copied: it may be long; served ones go after
-            if not self._open or (self.max_in_flight and self.in_flight >= self.max_in_flight):
-                break
+        now = asyncio.get_running_loop().time()
+        declined = looked = 0
+        best: tuple[_Waiter, Worker] | None = None
+        best_key = float("inf")
+        for waiter in self._waiters:  # not copied: the queue may be long
             if waiter.future.done():
                 continue
             patient = declined < MAX_DECLINED and (
@@ -226,11 +248,17 @@ class Scheduler:
                     self._be_patient(waiter, now, choice.expected_wait)
                 declined += 1
                 continue
-            served.append(waiter)
-            waiter.future.set_result(self._lease(waiter.want, choice.worker))
-        for waiter in served:
-            del self._waiters[waiter]
+            if choice.work <= 0 and best is None:
+                best = (waiter, choice.worker)  # nothing after it can have less work
+                break
+            key = choice.work - AGING * (now - waiter.since)
+            if key < best_key:
+                best, best_key = (waiter, choice.worker), key
+            looked += 1
+            if looked >= WINDOW:
+                break
         self._ahead = ahead
+        return best
 
     def _be_patient(self, waiter: _Waiter, now: float, expected_wait: float) -> None:
         """The waiter holds out for a busy worker; past its patience, any worker will do."""
