@@ -124,8 +124,9 @@ def test_health_counts_both_workers(cluster: Cluster) -> None:
 
 def test_stats_count_jobs(cluster: Cluster) -> None:
     before = {w["id"]: w for w in stats(cluster.hub)["workers"]}
-    for _ in range(6):
-        assert httpx.post(cluster.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    for n in range(6):  # distinct prompts: cached nowhere, so cache_aware spreads them
+        body = {**CHAT, "messages": [{"role": "user", "content": f"Count me {n}"}]}
+        assert httpx.post(cluster.url + "/v1/chat/completions", json=body, timeout=30).is_success
     after = stats(cluster.hub)
     workers = {w["id"]: w for w in after["workers"]}
     done = sum(workers[i]["jobs_completed"] - before[i]["jobs_completed"] for i in workers)
@@ -146,7 +147,7 @@ def test_stats_count_jobs(cluster: Cluster) -> None:
         assert worker["slots"] == 2
         assert worker["model"] == "tiny"
         assert worker["uptime_s"] > 0
-    # least_busy spreads sequential requests over both workers
+    # cold requests spread over both workers
     assert all(workers[i]["jobs_completed"] > before[i]["jobs_completed"] for i in workers)
     assert after["requests"]["completed"] >= 6
 

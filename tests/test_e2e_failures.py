@@ -17,9 +17,9 @@ from tests.procs import Proc, Processes, stats, wait_until, worker_state
 pytestmark = pytest.mark.e2e
 
 
-def chat(max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
+def chat(max_tokens: int, *, stream: bool = False, content: str = "Tell me more") -> dict[str, Any]:
     return {
-        "messages": [{"role": "user", "content": "Tell me more"}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "stream": stream,
     }
@@ -71,11 +71,11 @@ async def test_sigkill_of_a_llama_server_mid_load_loses_nothing(
 
     procs.restart(llamas[0])
     wait_until(lambda: worker_state(hub, "w1") == "healthy", "w1 back", hub, timeout=15)
-    served_by = {
-        httpx.post(hub.url + "/v1/chat/completions", json=chat(4), timeout=30).headers[
-            "x-gollama-worker"
-        ]
-        for _ in range(6)
+    served_by = {  # distinct prompts: none is cached anywhere, so they spread
+        httpx.post(
+            hub.url + "/v1/chat/completions", json=chat(4, content=f"Prompt {n}"), timeout=30
+        ).headers["x-gollama-worker"]
+        for n in range(6)
     }
     assert served_by == {"w1", "w2"}
 

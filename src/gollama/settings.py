@@ -264,7 +264,7 @@ HUB_OPTIONS: tuple[Option, ...] = (
         "--policy",
         "GOLLAMA_POLICY",
         one_of(*get_args(PolicyName)),
-        "least_busy",
+        "cache_aware",
         "how a worker is chosen: cache_aware, least_busy or round_robin (see README, Routing)",
     ),
     Option(
@@ -518,7 +518,7 @@ class HubConfig(ServerConfig):
     concurrent_workers: int = 0
     max_retries: int = 3
     default_max_tokens: int = 100
-    policy: PolicyName = "least_busy"
+    policy: PolicyName = "cache_aware"
     request_timeout: float = 600.0
     connect_timeout: float = 3.0
     read_timeout: float = 120.0
