@@ -209,8 +209,8 @@ async def start_llamas(
     shape: ModelShape = TINY,
     llama_args: tuple[str, ...] = (),
 ) -> list[int]:
-    """Only llama-servers (one thread each, no workers, no hub), for routers other than
-    GoLlama's; returns their ports once every one answers /health."""
+    """llama-servers only (one thread each, no workers, no hub), for any router in front;
+    returns their ports once every one answers /health."""
     model = write_test_model(cluster.folder / "model.gguf", shape)
     binary = find_llama_server()
     ports = free_ports(llamas)
@@ -223,3 +223,26 @@ async def start_llamas(
     except TimeoutError:
         raise SystemExit(f"llama-server did not come up:\n{log_tails(cluster.folder)}") from None
     return ports
+
+
+async def wait_chat(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Until `url` answers the chat request `body` with 200, for at most 60 s (TimeoutError);
+    RuntimeError if `proc`, the router behind `url`, exits meanwhile."""
+    async with asyncio.timeout(60):
+        while proc is None or proc.poll() is None:
+            try:
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as reply:
+                    await reply.read()
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the router at {url} exited with {proc.returncode}")

@@ -38,7 +38,16 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-from common import HOST, RESULTS, SLOW, Cluster, log_tails, start_cluster, start_llamas
+from common import (
+    HOST,
+    RESULTS,
+    SLOW,
+    Cluster,
+    log_tails,
+    start_cluster,
+    start_llamas,
+    wait_chat,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -200,16 +209,7 @@ async def counters(session: aiohttp.ClientSession, port: int) -> dict[str, float
 async def warm_up(session: aiohttp.ClientSession, url: str) -> None:
     """One short chat unrelated to the conversations, retried until the router answers it."""
     try:
-        async with asyncio.timeout(60):
-            while True:
-                try:
-                    async with session.post(url + CHAT, data=WARM_UP, headers=JSON) as reply:
-                        await reply.read()
-                        if reply.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_chat(session, url + CHAT, WARM_UP)
     except TimeoutError:
         raise SystemExit(f"{url} did not answer a chat request in 60 s") from None
 

@@ -36,7 +36,16 @@ from pathlib import Path
 import aiohttp
 import matplotlib.pyplot as plt
 import orjson
-from common import HOST, RESULTS, Cluster, load, log_tails, start_cluster, start_gollama
+from common import (
+    HOST,
+    RESULTS,
+    Cluster,
+    load,
+    log_tails,
+    start_cluster,
+    start_gollama,
+    wait_chat,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -174,25 +183,6 @@ def start_sglang(
     return cluster.start("sglang-router", command)
 
 
-async def wait_chat(
-    session: aiohttp.ClientSession, name: str, proc: subprocess.Popen[bytes], url: str, body: bytes
-) -> None:
-    """Until `url` answers a real chat request; fails early when the process has exited."""
-    async with asyncio.timeout(60):
-        while proc.poll() is None:
-            try:
-                async with session.post(
-                    url, data=body, headers={"Content-Type": "application/json"}
-                ) as reply:
-                    await reply.read()
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{name} exited with {proc.returncode}")
-
-
 async def run(args: argparse.Namespace, folder: Path, nginx: str) -> dict[str, list[Round]]:
     cluster = Cluster(folder)
     body = orjson.dumps(
@@ -222,7 +212,7 @@ async def run(args: argparse.Namespace, folder: Path, nginx: str) -> dict[str, l
             }
             try:
                 for name, proc in proxies.items():
-                    await wait_chat(session, name, proc, routes[name][0], body)
+                    await wait_chat(session, routes[name][0], body, proc)
             except (TimeoutError, RuntimeError) as exc:
                 reason = str(exc) or "a proxy did not answer a chat request within 60 s"
                 raise SystemExit(f"{reason}:\n{log_tails(folder)}") from None

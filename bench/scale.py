@@ -139,29 +139,47 @@ async def loop_turn() -> float:
 async def free_decisions(
     scheduler: Scheduler, requests: Iterator[Want], count: int, slots_busy: float
 ) -> tuple[list[float], float]:
-    """Decision times while slots are free, `slots_busy` of all slots held by other requests;
-    and the share of requests that chose to wait for a busy worker rather than take a free
-    one."""
+    """Decision times while slots are free and `slots_busy` of all slots are held by other
+    requests, which end and are replaced as the measured ones come (so a request that waits
+    for a busy worker holding its prompt is served soon, as on a real hub); and the share of
+    measured requests that chose to wait rather than take a free worker."""
     total = sum(w.slots for w in scheduler.registry)
-    held = []
-    for _ in range(int(total * slots_busy)):
+    rng = random.Random(11)
+    held: dict[asyncio.Task[Lease], Want] = {}
+
+    def hold_one() -> None:
         want = next(requests)
-        held.append((await scheduler.acquire(want), want))
-    times, waited = [], []
+        held[asyncio.create_task(scheduler.acquire(want))] = want
+
+    busy = int(total * slots_busy)
+    for _ in range(busy):
+        hold_one()
+    await asyncio.sleep(0)
+    times, waited = [], 0
     for _ in range(count):
+        running = [task for task in held if task.done()]
+        if running and len(held) >= busy:  # one of the other requests ends
+            task = running[rng.randrange(len(running))]
+            finish(scheduler, task.result(), held.pop(task))
+        if len(held) < busy:  # and another begins
+            hold_one()
+        for _ in range(2):  # their first steps run now, not within the measured decision
+            await asyncio.sleep(0)
         want = next(requests)
-        took, task = await decide(scheduler, want)
+        took, measured = await decide(scheduler, want)
         times.append(took)
-        if task.done():
-            finish(scheduler, task.result(), want)
-        else:
-            waited.append(task)
-    for task in waited:
+        if measured.done():
+            finish(scheduler, measured.result(), want)
+        else:  # it waits for a busy worker: it joins the other requests
+            waited += 1
+            held[measured] = want
+    for task in held:
         task.cancel()
-    await asyncio.gather(*waited, return_exceptions=True)
-    for lease, want in held:
-        finish(scheduler, lease, want)
-    return times, len(waited) / count
+    for task, want in held.items():
+        if task.done() and not task.cancelled():
+            finish(scheduler, task.result(), want)
+    await asyncio.gather(*held, return_exceptions=True)
+    return times, waited / count
 
 
 async def queued_decisions(
