@@ -377,3 +377,16 @@ async def test_waiting_counts_against_work_so_long_jobs_are_not_starved() -> Non
     long.result().release()
     await settle()
     short.result().release()
+
+
+async def test_a_waiter_that_leaves_no_longer_counts_as_load_on_its_worker() -> None:
+    scheduler, a, _ = sticky(Registry(heartbeat_interval=2.0), expected_wait=10.0)
+    want = Want("sticky", "/v1/chat/completions")
+    held = await scheduler.acquire(want)
+    waiter = asyncio.create_task(scheduler.acquire(want))
+    await settle()
+    assert scheduler._backlog(scheduler._held_out, 0).ahead == {a: 1}
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert scheduler._backlog(scheduler._held_out, 0).ahead == {}  # newcomers see a unclaimed
+    held.release()

@@ -64,7 +64,7 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("future", "patience_until", "retry", "since", "timer", "want")
+    __slots__ = ("future", "patience_until", "retry", "since", "target", "timer", "want")
 
     def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
         self.want = want
@@ -73,6 +73,7 @@ class _Waiter:
         self.since = asyncio.get_running_loop().time()
         self.patience_until: float | None = None  # set once it chose to wait for a busy worker
         self.timer: asyncio.TimerHandle | None = None
+        self.target: Worker | None = None  # the busy worker it holds out for
 
 
 class Scheduler:
@@ -92,7 +93,7 @@ class Scheduler:
         self._positions: dict[Worker, int] = {}
         self._seen_changes = -1  # the registry's `changes` the open list was built for
         self._total_slots = 0  # of the workers registered when the open list was built
-        self._ahead: dict[Worker, int] = {}  # waiters holding out for each busy worker
+        self._held_out: dict[Worker, int] = {}  # waiters holding out for each busy worker
 
     @property
     def waiting(self) -> int:
@@ -109,7 +110,7 @@ class Scheduler:
         self._check_servable(want)
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use or wants: taking it jumps nobody's turn.
-        choice = self._choose(want, self._backlog(self._ahead, len(self._waiters)), patient=True)
+        choice = self._choose(want, self._backlog(self._held_out, len(self._waiters)), patient=True)
         if choice is not None and not choice.wait:
             return self._lease(want, choice.worker)
         if len(self._waiters) >= self.queue_size and not retry:
@@ -119,7 +120,9 @@ class Scheduler:
         self._waiters[waiter] = None
         if retry:
             self._waiters.move_to_end(waiter, last=False)
-        self._dispatch()
+        if choice is not None:  # it would rather wait for a busy worker than take a free one
+            self._hold_out(waiter, choice, waiter.since)
+        # Nothing else changed: no slot was freed, so the other waiters need no new pass.
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -128,6 +131,7 @@ class Scheduler:
             raise
         finally:
             self._waiters.pop(waiter, None)
+            self._stop_holding_out(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
 
@@ -244,10 +248,10 @@ class Scheduler:
                 continue
             if choice.wait:
                 ahead[choice.worker] = ahead.get(choice.worker, 0) + 1
-                if waiter.patience_until is None:
-                    self._be_patient(waiter, now, choice.expected_wait)
+                self._hold_out(waiter, choice, now)
                 declined += 1
                 continue
+            self._stop_holding_out(waiter)
             if choice.work <= 0 and best is None:
                 best = (waiter, choice.worker)  # nothing after it can have less work
                 break
@@ -257,14 +261,29 @@ class Scheduler:
             looked += 1
             if looked >= WINDOW:
                 break
-        self._ahead = ahead
         return best
 
-    def _be_patient(self, waiter: _Waiter, now: float, expected_wait: float) -> None:
-        """The waiter holds out for a busy worker; past its patience, any worker will do."""
-        waiter.patience_until = now + PATIENCE_FACTOR * expected_wait + PATIENCE_MIN
-        loop = asyncio.get_running_loop()
-        waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
+    def _hold_out(self, waiter: _Waiter, choice: Choice, now: float) -> None:
+        """The waiter holds out for a busy worker: it counts as load on it, for newcomers too;
+        past its patience (set the first time), any worker will do."""
+        if waiter.target is not choice.worker:
+            self._stop_holding_out(waiter)
+            waiter.target = choice.worker
+            self._held_out[choice.worker] = self._held_out.get(choice.worker, 0) + 1
+        if waiter.patience_until is None:
+            waiter.patience_until = now + PATIENCE_FACTOR * choice.expected_wait + PATIENCE_MIN
+            loop = asyncio.get_running_loop()
+            waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
+
+    def _stop_holding_out(self, waiter: _Waiter) -> None:
+        target = waiter.target
+        if target is not None:
+            waiter.target = None
+            left = self._held_out[target] - 1
+            if left:
+                self._held_out[target] = left
+            else:
+                del self._held_out[target]
 
     def _fail_unservable(self) -> None:
         for waiter in list(self._waiters):
