@@ -245,3 +245,17 @@ def test_a_decision_looks_at_a_sample_of_a_thousand_workers() -> None:
     assert choose(policy, chat(conversation(DOC, "q", "q2")), pool).worker is pool[777]
     chosen = {choose(policy, chat(conversation(f"cold {n}", "q")), pool).worker for n in range(50)}
     assert len(chosen) > 30  # spread, not always the first open worker
+
+
+def test_noise_in_measured_speeds_does_not_pile_cold_requests_on_one_worker() -> None:
+    a, b = workers(2)
+    policy = CacheAware()
+    policy.index.cache(a).speeds.prefill_tps = 2000.0
+    policy.index.cache(b).speeds.prefill_tps = 1200.0  # slower, but within the noise band
+    chosen = [choose(policy, chat(conversation(f"doc {n}", "q")), [a, b]).worker for n in range(6)]
+    assert chosen.count(a) == chosen.count(b) == 3
+    policy.index.cache(b).speeds.prefill_tps = 100.0  # really slower: cold requests avoid it
+    chosen = [
+        choose(policy, chat(conversation(DOC + str(n), "q")), [a, b]).worker for n in range(6)
+    ]
+    assert chosen == [a] * 6

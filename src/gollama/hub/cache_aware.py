@@ -9,8 +9,9 @@ For each worker worth considering, the estimated cost of serving the request the
              1 + requests waiting per slot in the hub's queue: when requests queue, compute
              spent on a prompt some server already holds delays every one of them
 
-and the request goes to the cheapest (near ties go round, so noise in the measured speeds does
-not send every cold request to one worker). When that is a busy worker holding the prompt, the
+and the request goes to the cheapest (among free workers, costs within a factor of 2 count as
+tied and go to the least busy, then round, so noise in the measured speeds does not send every
+cold request to one worker). When that is a busy worker holding the prompt, the
 request waits for it (it keeps its place in the hub's queue), unless it has waited well past the
 estimate. Requests waiting for a worker count as load on it, so affinity never piles work on one
 worker while others idle: once the wait costs more than computing the prompt elsewhere, the
@@ -32,7 +33,7 @@ from gollama.hub.registry import Worker
 from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Prediction, Want
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
-NEAR_TIE = 1.25  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
+NEAR_TIE = 2.0  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
 NEAR_TIE_S = 0.001
 DEFAULT_MAX_LINKS = 20_000  # per worker; a link is ~200 bytes of index
 # Until a worker's own speeds are measured, those of the cluster are used; until then, these.
@@ -69,11 +70,17 @@ class CacheAware:
         if not costs:
             return None
         lowest = min(cost for _, cost, _, _ in costs)
-        # Near ties (measured speeds are noisy) go round the pool, which starts at a new place
-        # each time; open workers come first in it.
-        worker, _, wait, work = next(c for c in costs if c[1] <= lowest * NEAR_TIE + NEAR_TIE_S)
-        waits = wait > 0 or worker not in candidates
-        return Choice(worker, wait=waits, expected_wait=wait, work=work)
+        worker, _, wait, work = next(c for c in costs if c[1] == lowest)
+        if wait > 0 or worker not in candidates:  # waiting for a busy worker is cheapest
+            return Choice(worker, wait=True, expected_wait=wait, work=work)
+        # Among free workers, near ties (measured speeds are noisy) go to the least busy, and
+        # then round the pool, which starts at a new place each time.
+        tied = lowest * NEAR_TIE + NEAR_TIE_S
+        worker, _, _, work = min(
+            (c for c in costs if c[1] <= tied and c[2] == 0 and c[0] in candidates),
+            key=lambda c: (c[0].in_flight + backlog.ahead.get(c[0], 0)) / c[0].slots,
+        )
+        return Choice(worker, work=work)
 
     def placed(self, want: Want, worker: Worker) -> Prediction | None:
         if want.prompt is None:

@@ -30,7 +30,7 @@ UNLIMITED = 1 << 62
 MIN_CAPACITY = 4096  # characters: never believe a server holds less than this
 HIT_SHARE = 0.5  # a prompt counts as a cache hit when this share of it was reused
 SMOOTHING = 0.2  # weight of a new measurement in a running average
-MIN_PREFILL_TOKENS = 32  # prompt speed is measured only on prompts computed at least this long
+MIN_PREFILL_TOKENS = 64  # prompt speed is measured only on prompts computed at least this long
 
 
 @dataclass
