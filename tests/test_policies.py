@@ -22,7 +22,7 @@ def workers(*slots: int) -> list[Worker]:
 
 def pick(policy: Policy, pool: Sequence[Worker]) -> Worker:
     candidates = Candidates(pool, {w: i for i, w in enumerate(pool)}, CHAT)
-    choice = policy.choose(CHAT, candidates, Backlog.empty(), patient=True)
+    choice = policy.choose(CHAT, candidates, Backlog({}), patient=True)
     assert choice is not None and not choice.wait
     return choice.worker
 

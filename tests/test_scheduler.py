@@ -333,7 +333,7 @@ class Work(SimplePolicy):
     def choose(
         self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
-        first = candidates.first()
+        first = next(iter(candidates), None)
         if first is None:
             return None
         return Choice(first, work=float((want.model or "work-0").split("-")[1]))

@@ -219,7 +219,7 @@ class Dispatcher:
         """
         worker = answer.worker
         lease = answer.lease
-        if failure is None and not lease.released:
+        if failure is None and answer.status < 400 and not lease.released:
             seconds = time.perf_counter() - lease.taken_at
             outcome = Outcome(answer.prompt, lease.prediction, timings, reply, seconds)
             self.scheduler.policy.observe(worker, outcome)

@@ -54,9 +54,6 @@ class Candidates:
     def __contains__(self, worker: object) -> bool:
         return isinstance(worker, Worker) and worker in self._positions and self._want.fits(worker)
 
-    def first(self) -> Worker | None:
-        return next(iter(self), None)
-
     def sample(self, rng: random.Random, count: int) -> list[Worker]:
         """Up to `count` candidates picked at random (all of them when there are few)."""
         if len(self._open) <= count:
@@ -75,10 +72,6 @@ class Backlog:
 
     ahead: Mapping[Worker, int]  # requests already waiting for each worker in particular
     crowd: float = 0.0  # requests waiting per slot of the cluster
-
-    @classmethod
-    def empty(cls) -> Backlog:
-        return cls({})
 
 
 @dataclass(frozen=True, slots=True)
