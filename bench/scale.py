@@ -10,9 +10,11 @@ document of their own, then turns), so the cache-aware index fills up as on a re
 finished request reports llama.cpp-like timings that match the index's prediction.
 
 Two kinds of decision are timed:
-- `free`: a request arrives while slots are free (acquire, the policy's choice, the lease);
-- `queued`: every slot is busy and N requests wait; one slot is released, and the time is that
-  of handing it to a waiter (the pass over the queue that the release triggers).
+- `queued` 0: a request arrives while half the slots are busy: the scheduler's work for it (the
+  check that a worker can serve it, the policy's choice, taking the slot or deciding it waits),
+  and, as a second figure, the wall time of its first step plus one event-loop turn;
+- `queued` N: every slot is busy and N requests wait; one slot is released, and the time is
+  that of handing it to a waiter (the pass over the queue that the release triggers).
 It also reports the memory of one queued request (its waiter, future, task and prompt key; the
 request body comes on top) and of the cache-aware index per prompt link it holds.
 Writes bench/results/scale.md and scale.png.
@@ -38,8 +40,8 @@ from rich.table import Table
 from gollama.hub.cache_aware import CacheAware
 from gollama.hub.policies import make_policy
 from gollama.hub.prompts import chat_key
-from gollama.hub.registry import Registration, Registry
-from gollama.hub.routing import Outcome, Want
+from gollama.hub.registry import Registration, Registry, Worker
+from gollama.hub.routing import Backlog, Choice, Outcome, Want
 from gollama.hub.scheduler import Lease, Scheduler
 from gollama.settings import PolicyName
 from gollama.tokens import Timings
@@ -61,6 +63,8 @@ class Row:
     bytes_per_queued: float | None = None
     index_links: int | None = None
     index_bytes_per_link: float | None = None
+    wall_p50_us: float | None = None  # `queued` 0: with the task's step and a loop turn
+    wall_p99_us: float | None = None
 
 
 class Workload:
@@ -98,12 +102,45 @@ def finish(scheduler: Scheduler, lease: Lease, want: Want) -> None:
     lease.release()
 
 
-def cluster(policy: PolicyName, workers: int, slots: int) -> Scheduler:
+class TimedScheduler(Scheduler):
+    """The hub's scheduler, timing the work it does for one watched request: the check that
+    some worker can serve it, the policy's choice and taking the slot."""
+
+    watched: Want | None = None
+    spent = 0.0
+
+    def _check_servable(self, want: Want) -> None:
+        started = time.perf_counter()
+        try:
+            super()._check_servable(want)
+        finally:
+            self._count(want, started)
+
+    def _choose(self, want: Want, backlog: Backlog, *, patient: bool) -> Choice | None:
+        started = time.perf_counter()
+        try:
+            return super()._choose(want, backlog, patient=patient)
+        finally:
+            self._count(want, started)
+
+    def _lease(self, want: Want, worker: Worker) -> Lease:
+        started = time.perf_counter()
+        try:
+            return super()._lease(want, worker)
+        finally:
+            self._count(want, started)
+
+    def _count(self, want: Want, started: float) -> None:
+        if want is self.watched:
+            self.spent += time.perf_counter() - started
+
+
+def cluster(policy: PolicyName, workers: int, slots: int) -> TimedScheduler:
     registry = Registry(heartbeat_interval=2.0)
     for n in range(workers):
         url = f"http://10.{n // 250}.{n % 250}.1:9001"
         registry.register(Registration(url, ("m",), slots, True), 0)
-    return Scheduler(registry, make_policy(policy), queue_size=1_000_000)
+    return TimedScheduler(registry, make_policy(policy), queue_size=1_000_000)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -111,13 +148,17 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
-async def decide(scheduler: Scheduler, want: Want) -> tuple[float, asyncio.Task[Lease]]:
-    """The time an arriving request takes to get a slot or to be queued: its task's first
-    step, plus one turn of the event loop (see `loop_turn`)."""
+async def decide(scheduler: TimedScheduler, want: Want) -> tuple[float, float, asyncio.Task[Lease]]:
+    """For an arriving request: the scheduler's work to give it a slot or decide it waits,
+    and the wall time of its task's first step plus one turn of the event loop (see
+    `loop_turn`), which also runs whatever else was due (other waiters, timers)."""
+    scheduler.watched, scheduler.spent = want, 0.0
     started = time.perf_counter()
     task = asyncio.create_task(scheduler.acquire(want))
     await asyncio.sleep(0)
-    return time.perf_counter() - started, task
+    wall = time.perf_counter() - started
+    scheduler.watched = None
+    return scheduler.spent, wall, task
 
 
 async def loop_turn() -> float:
@@ -137,8 +178,8 @@ async def loop_turn() -> float:
 
 
 async def free_decisions(
-    scheduler: Scheduler, requests: Iterator[Want], count: int, slots_busy: float
-) -> tuple[list[float], float]:
+    scheduler: TimedScheduler, requests: Iterator[Want], count: int, slots_busy: float
+) -> tuple[list[float], list[float], float]:
     """Decision times while slots are free and `slots_busy` of all slots are held by other
     requests, which end and are replaced as the measured ones come (so a request that waits
     for a busy worker holding its prompt is served soon, as on a real hub); and the share of
@@ -155,7 +196,7 @@ async def free_decisions(
     for _ in range(busy):
         hold_one()
     await asyncio.sleep(0)
-    times, waited = [], 0
+    times, walls, waited = [], [], 0
     for _ in range(count):
         running = [task for task in held if task.done()]
         if running and len(held) >= busy:  # one of the other requests ends
@@ -166,8 +207,9 @@ async def free_decisions(
         for _ in range(2):  # their first steps run now, not within the measured decision
             await asyncio.sleep(0)
         want = next(requests)
-        took, measured = await decide(scheduler, want)
+        took, wall, measured = await decide(scheduler, want)
         times.append(took)
+        walls.append(wall)
         if measured.done():
             finish(scheduler, measured.result(), want)
         else:  # it waits for a busy worker: it joins the other requests
@@ -179,7 +221,7 @@ async def free_decisions(
         if task.done() and not task.cancelled():
             finish(scheduler, task.result(), want)
     await asyncio.gather(*held, return_exceptions=True)
-    return times, waited / count
+    return times, walls, waited / count
 
 
 async def queued_decisions(
@@ -257,9 +299,12 @@ async def measure(args: argparse.Namespace) -> tuple[list[Row], float]:
             scheduler = cluster(policy, workers, args.slots)
             # Warm up: the index fills, the speeds are learned.
             await free_decisions(scheduler, requests, workers * 20, 0.0)
-            times, waited = await free_decisions(scheduler, requests, args.decisions, 0.5)
+            times, walls, waited = await free_decisions(scheduler, requests, args.decisions, 0.5)
             size = index_size(scheduler)
-            rows.append(_row(policy, workers, 0, times, None, size, waited))
+            row = _row(policy, workers, 0, times, None, size, waited)
+            row.wall_p50_us = percentile(walls, 0.5) * 1e6
+            row.wall_p99_us = percentile(walls, 0.99) * 1e6
+            rows.append(row)
             for queued in args.queued:
                 if queued == 0:
                     continue
@@ -302,6 +347,7 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
         "p99 µs",
         "max µs",
         "chose to wait",
+        "with loop turn p50/p99 µs",
         "bytes / queued request",
         "index links",
         "bytes / link",
@@ -323,6 +369,9 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
             f"{row.p99_us:.0f}",
             f"{row.max_us:.0f}",
             f"{row.waited:.1%}" if row.waited is not None else "",
+            f"{row.wall_p50_us:.0f}/{row.wall_p99_us:.0f}"
+            if row.wall_p50_us is not None and row.wall_p99_us is not None
+            else "",
             f"{row.bytes_per_queued:.0f}" if row.bytes_per_queued is not None else "",
             str(row.index_links) if row.index_links is not None else "",
             f"{row.index_bytes_per_link:.0f}" if row.index_bytes_per_link is not None else "",
@@ -335,11 +384,14 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
             "",
             f"`uv run python bench/scale.py` on {datetime.now(UTC):%Y-%m-%d}, {title}.",
             "",
-            "`queued` 0: a request arrives while half the slots are busy; the time is that of its",
-            "task's first step (it gets a slot or joins the queue) plus one event-loop turn, which",
-            f"alone takes {turn * 1e6:.0f} µs here. 'chose to wait': requests that preferred a",
-            "busy worker holding their prompt. Otherwise every slot is busy, N requests wait, and",
-            "the time is that of handing a freed slot to a waiter.",
+            "`queued` 0: a request arrives while half the slots are busy (others end and begin",
+            "meanwhile); the decision is the scheduler's work for it: the check that a worker can",
+            "serve it, the policy's choice and taking the slot (or deciding that it waits). 'with",
+            "loop turn' is the wall time of its task's first step plus one event-loop turn, which",
+            f"alone takes {turn * 1e6:.0f} µs here and also runs whatever else was due (other",
+            "waiters, timers). 'chose to wait': requests that preferred a busy worker holding",
+            "their prompt. Otherwise every slot is busy, N requests wait, and the time is that of",
+            "handing a freed slot to a waiter (the release and the pass over the queue).",
             "Bytes per queued request exclude the request body.",
             "",
             *lines,
