@@ -1,55 +1,24 @@
-"""What the benchmarks share: a local cluster of real processes and a closed-loop load."""
+"""What the benchmarks share: a local cluster of real processes (on the project's one launcher,
+`gollama.tools.cluster`) and a closed-loop load."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from gollama.llama_binary import find_llama_server
-from gollama.processes import die_with_parent, free_ports
-from gollama.testmodel import ModelShape, write_test_model
+from gollama._processes import free_ports
+from gollama.tools.cluster import HOST, LocalCluster, Proc
+from gollama.tools.testmodel import ModelShape, write_test_model
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "LocalCluster", "Proc"]
+
 RESULTS = Path(__file__).parent / "results"
-
-
-class Cluster:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        with (self.folder / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(),
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def log_tails(folder: Path) -> str:
-    return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
 
 
 async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> None:
@@ -134,7 +103,7 @@ SLOW = ModelShape(d_model=512, layers=8)  # 85 MB
 
 
 async def start_cluster(
-    cluster: Cluster,
+    cluster: LocalCluster,
     session: aiohttp.ClientSession,
     *,
     llamas: int = 2,
@@ -155,7 +124,7 @@ async def start_cluster(
 
 
 async def start_gollama(
-    cluster: Cluster,
+    cluster: LocalCluster,
     session: aiohttp.ClientSession,
     llama_ports: list[int],
     *,
@@ -166,42 +135,28 @@ async def start_gollama(
     """A hub, and a worker in front of each running llama-server, all logging warnings only;
     returns once the hub sees every worker healthy. `name` tells apart several hubs' logs."""
     hub_port, *worker_ports = free_ports(len(llama_ports) + 1)
-    gollama = [sys.executable, "-m", "gollama"]
     quiet = ["--log-level", "warning"]
-    hub = cluster.start(
-        f"hub{name}",
-        [*gollama, "hub", "--host", HOST, "--port", str(hub_port), *quiet, *hub_args],
-    )
+    hub = cluster.hub(*quiet, *hub_args, name=f"hub{name}", port=hub_port)
     ports = Ports(llama_ports, worker_ports, hub_port, hub.pid)
     for i, (port, llama_port) in enumerate(zip(ports.workers, ports.llamas, strict=True)):
-        cluster.start(
+        cluster.worker(
             f"worker{name}-{i}",
-            [
-                *gollama,
-                "worker",
-                "--name",
-                f"worker-{i}",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                *quiet,
-                "--llama-port",
-                str(llama_port),
-                "--hub",
-                ports.hub_url,
-                *worker_args,
-            ],
+            ports.hub_url,
+            *quiet,
+            "--llama-port",
+            str(llama_port),
+            *worker_args,
+            port=port,
         )
     try:
         await wait_ok(session, ports.hub_url + "/health", f'"workers":{len(llama_ports)}')
     except TimeoutError:
-        raise SystemExit(f"the cluster did not come up:\n{log_tails(cluster.folder)}") from None
+        raise SystemExit(f"the cluster did not come up:\n{cluster.log_tails()}") from None
     return ports
 
 
 async def start_llamas(
-    cluster: Cluster,
+    cluster: LocalCluster,
     session: aiohttp.ClientSession,
     *,
     llamas: int,
@@ -212,16 +167,14 @@ async def start_llamas(
     """llama-servers only (one thread each, no workers, no hub), for any router in front;
     returns their ports once every one answers /health."""
     model = write_test_model(cluster.folder / "model.gguf", shape)
-    binary = find_llama_server()
     ports = free_ports(llamas)
     for i, port in enumerate(ports):
-        command = [binary, "-m", str(model), "--host", HOST, "--port", str(port), "-t", "1"]
-        cluster.start(f"llama-{i}", [*command, "-np", str(slots), "--alias", "tiny", *llama_args])
+        cluster.llama(f"llama-{i}", model, "-np", str(slots), *llama_args, port=port, alias="tiny")
     try:
         for port in ports:
             await wait_ok(session, f"http://{HOST}:{port}/health")
     except TimeoutError:
-        raise SystemExit(f"llama-server did not come up:\n{log_tails(cluster.folder)}") from None
+        raise SystemExit(f"llama-server did not come up:\n{cluster.log_tails()}") from None
     return ports
 
 
@@ -229,12 +182,12 @@ async def wait_chat(
     session: aiohttp.ClientSession,
     url: str,
     body: bytes,
-    proc: subprocess.Popen[bytes] | None = None,
+    proc: Proc | None = None,
 ) -> None:
     """Until `url` answers the chat request `body` with 200, for at most 60 s (TimeoutError);
     RuntimeError if `proc`, the router behind `url`, exits meanwhile."""
     async with asyncio.timeout(60):
-        while proc is None or proc.poll() is None:
+        while proc is None or proc.alive():
             try:
                 async with session.post(
                     url, data=body, headers={"Content-Type": "application/json"}
@@ -245,4 +198,4 @@ async def wait_chat(
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"the router at {url} exited with {proc.returncode}")
+    raise RuntimeError(f"the router at {url} exited with {proc.popen.returncode}")

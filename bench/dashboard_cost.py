@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from common import RESULTS, Cluster, load, start_cluster
+from common import RESULTS, LocalCluster, load, start_cluster
 from playwright.async_api import Browser, async_playwright
 from rich.console import Console
 from rich.table import Table
@@ -90,7 +90,7 @@ async def pollers(session: aiohttp.ClientSession, url: str, count: int) -> Async
 async def run(
     args: argparse.Namespace, folder: Path
 ) -> tuple[dict[str, list[dict[str, float]]], tuple[float, int]]:
-    cluster = Cluster(folder)
+    cluster = LocalCluster(folder)
     body = orjson.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
     results: dict[str, list[dict[str, float]]] = {NO_DASHBOARD: [], BROWSER: [], POLLERS: []}
     try:
@@ -135,7 +135,7 @@ async def run(
             poll = await time_polls(session, url)
         return results, poll
     finally:
-        cluster.stop()
+        cluster.stop_all()
 
 
 async def time_polls(session: aiohttp.ClientSession, url: str) -> tuple[float, int]:

@@ -42,8 +42,7 @@ from common import (
     HOST,
     RESULTS,
     SLOW,
-    Cluster,
-    log_tails,
+    LocalCluster,
     start_cluster,
     start_llamas,
     wait_chat,
@@ -51,7 +50,7 @@ from common import (
 from rich.console import Console
 from rich.table import Table
 
-from gollama.processes import free_ports
+from gollama._processes import free_ports
 
 LLAMAS = 4
 CHAT = "/v1/chat/completions"
@@ -214,10 +213,10 @@ async def warm_up(session: aiohttp.ClientSession, url: str) -> None:
         raise SystemExit(f"{url} did not answer a chat request in 60 s") from None
 
 
-async def start_sglang(cluster: Cluster, llama_ports: list[int], policy: str) -> str:
+async def start_sglang(cluster: LocalCluster, llama_ports: list[int], policy: str) -> str:
     port, prometheus = free_ports(2)
     urls = [f"http://{HOST}:{p}" for p in llama_ports]
-    cluster.start(
+    cluster.spawn(
         "sglang-router",
         [
             *(sys.executable, "-m", "sglang_router.launch_router"),
@@ -225,6 +224,7 @@ async def start_sglang(cluster: Cluster, llama_ports: list[int], policy: str) ->
             *("--prometheus-host", HOST, "--prometheus-port", str(prometheus)),
             *("--worker-urls", *urls),
         ],
+        port,
     )
     return f"http://{HOST}:{port}"
 
@@ -232,7 +232,7 @@ async def start_sglang(cluster: Cluster, llama_ports: list[int], policy: str) ->
 async def measure(
     router: Router, args: argparse.Namespace, folder: Path, conversations: list[Conversation]
 ) -> Outcome:
-    cluster = Cluster(folder)
+    cluster = LocalCluster(folder)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=args.read_timeout)
     # llama-server often closes a kept-alive connection right after a streamed reply: a fresh
     # connection for every request, whichever the router.
@@ -258,7 +258,7 @@ async def measure(
                 url = await start_sglang(cluster, llama_ports, router.policy)
             await warm_up(session, url)
             before = [await counters(session, p) for p in llama_ports]
-            pids = [os.getpid(), *(proc.pid for proc in cluster.procs)]
+            pids = [os.getpid(), *(proc.pid for proc in cluster.started)]
             cpu_before = cpu_seconds(pids)
             started = time.perf_counter()
             results = await asyncio.gather(
@@ -275,10 +275,10 @@ async def measure(
                 if routing is None and isinstance(stats.get("policy"), dict):
                     routing = stats["policy"]
     except Exception:
-        print(log_tails(folder), file=sys.stderr)
+        print(cluster.log_tails(), file=sys.stderr)
         raise
     finally:
-        cluster.stop()
+        cluster.stop_all()
 
     def delta(name: str, i: int) -> float:
         return after[i].get(name, 0.0) - before[i].get(name, 0.0)

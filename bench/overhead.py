@@ -39,9 +39,9 @@ import orjson
 from common import (
     HOST,
     RESULTS,
-    Cluster,
+    LocalCluster,
+    Proc,
     load,
-    log_tails,
     start_cluster,
     start_gollama,
     wait_chat,
@@ -49,7 +49,7 @@ from common import (
 from rich.console import Console
 from rich.table import Table
 
-from gollama.processes import free_ports
+from gollama._processes import free_ports
 
 DIRECT = "direct to llama-server"
 NGINX = "nginx"
@@ -144,8 +144,8 @@ def nginx_config(prefix: Path, port: int, llamas: list[int], workers: str) -> st
 
 
 def start_nginx(
-    cluster: Cluster, binary: str, port: int, llamas: list[int], workers: str
-) -> subprocess.Popen[bytes]:
+    cluster: LocalCluster, binary: str, port: int, llamas: list[int], workers: str
+) -> Proc:
     """nginx in the foreground with its own prefix, config, logs and pid file in the folder."""
     prefix = cluster.folder / "nginx"
     prefix.mkdir()
@@ -153,12 +153,10 @@ def start_nginx(
     config.write_text(nginx_config(prefix, port, llamas, workers))
     error_log = str(cluster.folder / "nginx-error.log")  # where log_tails finds it
     command = [binary, "-e", error_log, "-p", str(prefix), "-c", str(config), "-g", "daemon off;"]
-    return cluster.start("nginx", command)
+    return cluster.spawn("nginx", command, port)
 
 
-def start_sglang(
-    cluster: Cluster, port: int, metrics_port: int, llamas: list[int]
-) -> subprocess.Popen[bytes]:
+def start_sglang(cluster: LocalCluster, port: int, metrics_port: int, llamas: list[int]) -> Proc:
     command = [
         sys.executable,
         "-m",
@@ -180,11 +178,11 @@ def start_sglang(
         "--shutdown-grace-period-secs",
         "1",
     ]
-    return cluster.start("sglang-router", command)
+    return cluster.spawn("sglang-router", command, port)
 
 
 async def run(args: argparse.Namespace, folder: Path, nginx: str) -> dict[str, list[Round]]:
-    cluster = Cluster(folder)
+    cluster = LocalCluster(folder)
     body = orjson.dumps(
         {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": args.max_tokens}
     )
@@ -215,7 +213,7 @@ async def run(args: argparse.Namespace, folder: Path, nginx: str) -> dict[str, l
                     await wait_chat(session, routes[name][0], body, proc)
             except (TimeoutError, RuntimeError) as exc:
                 reason = str(exc) or "a proxy did not answer a chat request within 60 s"
-                raise SystemExit(f"{reason}:\n{log_tails(folder)}") from None
+                raise SystemExit(f"{reason}:\n{cluster.log_tails()}") from None
 
             for number in range(args.rounds):
                 shift = number % len(PATHS)
@@ -231,7 +229,7 @@ async def run(args: argparse.Namespace, folder: Path, nginx: str) -> dict[str, l
                     )
         return results
     finally:
-        cluster.stop()
+        cluster.stop_all()
 
 
 def summarize(results: dict[str, list[Round]]) -> dict[str, dict[str, float]]:

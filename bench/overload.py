@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import RESULTS, SLOW, Cluster, start_cluster
+from common import RESULTS, SLOW, LocalCluster, start_cluster
 from rich.console import Console
 from rich.table import Table
 
-from gollama.loadtest import LoadConfig, LoadTest, Report
+from gollama.tools.loadtest import LoadConfig, LoadTest, Report
 
 SLOTS = 2
 LLAMAS = 2
@@ -42,7 +42,7 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 async def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
-    cluster = Cluster(folder)
+    cluster = LocalCluster(folder)
     try:
         async with aiohttp.ClientSession() as session:
             ports = await start_cluster(
@@ -80,7 +80,7 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
             "hub_peak_memory_mb": memory_mb(ports.hub_pid, "VmHWM"),
         }
     finally:
-        cluster.stop()
+        cluster.stop_all()
 
 
 def row(label: str, report: Report) -> list[str]:

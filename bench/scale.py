@@ -37,16 +37,15 @@ from common import RESULTS
 from rich.console import Console
 from rich.table import Table
 
-from gollama.hub.cache_aware import CacheAware
-from gollama.hub.policies import make_policy
-from gollama.hub.prompts import chat_key
+from gollama._tokens import Timings
+from gollama.hub.queue import Lease, Scheduler
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Backlog, Choice, Outcome, Want
-from gollama.hub.scheduler import Lease, Scheduler
-from gollama.settings import PolicyName
-from gollama.tokens import Timings
+from gollama.hub.routing import make_policy
+from gollama.hub.routing.cache_aware import CacheAware
+from gollama.hub.routing.policy import Backlog, Choice, Outcome, Want
+from gollama.hub.routing.prompts import chat_key
 
-POLICIES: tuple[PolicyName, ...] = ("round_robin", "least_busy", "cache_aware")
+POLICIES = ("round_robin", "least_busy", "cache_aware")
 ENDPOINT = "/v1/chat/completions"
 DOCUMENT_CHARS = 2000
 
@@ -135,7 +134,7 @@ class TimedScheduler(Scheduler):
             self.spent += time.perf_counter() - started
 
 
-def cluster(policy: PolicyName, workers: int, slots: int) -> TimedScheduler:
+def cluster(policy: str, workers: int, slots: int) -> TimedScheduler:
     registry = Registry(heartbeat_interval=2.0)
     for n in range(workers):
         url = f"http://10.{n // 250}.{n % 250}.1:9001"

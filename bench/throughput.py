@@ -20,13 +20,13 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from common import HOST, RESULTS, Cluster, load, start_cluster
+from common import HOST, RESULTS, LocalCluster, load, start_cluster
 from rich.console import Console
 from rich.table import Table
 
 
 async def run(args: argparse.Namespace, folder: Path) -> list[tuple[str, dict[str, float]]]:
-    cluster = Cluster(folder)
+    cluster = LocalCluster(folder)
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace, folder: Path) -> list[tuple[str, dict[st
                         results.append((label, measured))
             return results
     finally:
-        cluster.stop()
+        cluster.stop_all()
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gollama.llama_binary import find_llama_server
-from gollama.testmodel import ModelShape, write_test_model
+from gollama._llama_binary import find_llama_server
+from gollama.tools.testmodel import ModelShape, write_test_model
 from tests.procs import Proc, Processes
 
 

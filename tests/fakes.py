@@ -16,7 +16,7 @@ import httpx
 import orjson
 from aiohttp import web
 
-from gollama.processes import free_port
+from gollama._processes import free_port
 
 Behaviour = Literal[
     "ok",

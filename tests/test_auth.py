@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gollama.auth import ApiKey, KeyFileError, KeyRing, presented_secret
+from gollama._auth import ApiKey, KeyRing, presented_secret
 from gollama.cli import build_parser
-from gollama.errors import RateLimited
-from gollama.settings import SettingError, hub_config, worker_config
+from gollama.config import hub_config, worker_config
+from gollama.errors import KeyFileError, RateLimited, SettingError
 
 SECRET = "sk-unit-0123456789abcdef"
 

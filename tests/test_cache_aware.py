@@ -6,11 +6,11 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from gollama.hub.cache_aware import CacheAware
-from gollama.hub.prompts import PromptKey, chat_key
+from gollama._tokens import Timings
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Want
-from gollama.tokens import Timings
+from gollama.hub.routing.cache_aware import CacheAware
+from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Want
+from gollama.hub.routing.prompts import PromptKey, chat_key
 
 DOC = "The quick brown fox jumps over the lazy dog. " * 60  # ~2,700 characters
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from gollama.chaos import FAULTS
-from gollama.faultproxy import FaultProxy
+from gollama.tools.chaos import FAULTS
+from gollama.tools.faultproxy import FaultProxy
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gollama.processes import port_is_free
+from gollama._processes import port_is_free
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trustme
 
-from gollama.processes import free_port
+from gollama._processes import free_port
 from tests.procs import HOST, Proc, Processes, logged, wait_until
 
 pytestmark = pytest.mark.e2e

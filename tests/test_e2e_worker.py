@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gollama.processes import free_port
+from gollama._processes import free_port
 from tests.conftest import Cluster
 from tests.procs import HOST, Processes, stats, wait_until, worker_entry, worker_state
 

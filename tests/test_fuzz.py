@@ -16,13 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from gollama import __version__
+from gollama._asgi import parse_object
+from gollama._sse import DONE, StreamTail, error_event
+from gollama._tokens import Timings
 from gollama.errors import ApiError, BadRequest
-from gollama.hub.openapi import openapi_schema
+from gollama.hub.app import openapi_document
 from gollama.hub.requests import Caps, chat_job, openai_job
-from gollama.inbound import parse_object
-from gollama.sse import DONE, StreamTail, error_event
-from gollama.tokens import Timings
 from tests.procs import Proc, Processes, wait_until, worker_state
 
 KEY = "sk-fuzz-0123456789abcdef"
@@ -34,7 +33,7 @@ FUZZ = settings(
 )
 
 # The schema the fuzzed hub serves: its caps, and API keys as its only credential.
-schema = schemathesis.openapi.from_dict(openapi_schema(__version__, CAPS, guarded={"client"}))
+schema = schemathesis.openapi.from_dict(openapi_document(CAPS, guarded={"client"}))
 CONTROL = "^/(connectWorker|heartbeat|disconnectWorker)$"
 
 

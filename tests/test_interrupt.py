@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from gollama.asgi import ClientDisconnected, until_disconnect
-from gollama.interrupt import Interrupt, Interrupted
+from gollama._asgi import until_disconnect
+from gollama._interrupt import Interrupt
+from gollama.errors import ClientDisconnected, Interrupted
 
 
 async def forever() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gollama.loadtest import percentile
-from gollama.processes import free_port
+from gollama._processes import free_port
+from gollama.tools.loadtest import percentile
 from tests.conftest import Cluster
 
 

@@ -6,30 +6,29 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gollama._sse import StreamTail
+from gollama._tokens import Timings, body_timings, timings_of
+from gollama.hub.accounting import Accounting
 from gollama.hub.dashboard import HISTORY_SAMPLES, History
-from gollama.hub.metrics import HubMetrics
-from gollama.hub.policies import make_policy
+from gollama.hub.metrics import exposition, hub_metrics
+from gollama.hub.queue import Scheduler
 from gollama.hub.registry import Registration, Registry
-from gollama.hub.scheduler import Scheduler
-from gollama.sse import StreamTail
-from gollama.tokens import Timings, body_timings, timings_of
-from gollama.worker.metrics import WorkerMetrics
-from gollama.worker.service import WorkerNode
+from gollama.hub.routing import make_policy
+from gollama.worker.metrics import NodeState, WorkerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_TIMINGS = {"cache_n": 66, "prompt_n": 1, "predicted_n": 3, "prompt_ms": 0.3}
 
 
-def hub_metrics() -> tuple[HubMetrics, Registry, Scheduler]:
+def accounting() -> tuple[Accounting, Registry, Scheduler]:
     registry = Registry(heartbeat_interval=2.0)
     scheduler = Scheduler(registry, make_policy("least_busy"), queue_size=10)
-    return HubMetrics(registry, scheduler, queue_size=10), registry, scheduler
+    return Accounting(registry, hub_metrics(registry, scheduler, 10)), registry, scheduler
 
 
 @pytest.mark.parametrize(
@@ -73,12 +72,12 @@ def test_stream_without_timings() -> None:
 
 
 def test_history_turns_totals_into_rates() -> None:
-    metrics, _, scheduler = hub_metrics()
+    metrics, _, scheduler = accounting()
     history = History(metrics, scheduler)
     history.sample(now=100.0, wall_time=1_000.0)  # the baseline only
     assert not history.samples
     for _ in range(4):
-        metrics.request_done("/v1/chat/completions", "m", 200, 0.1)
+        metrics.settled("/v1/chat/completions", "m", 200, 0.1)
     metrics.first_token("m", 0.2)
     metrics.first_token("m", 0.4)
     metrics.tokens.generated += 50
@@ -93,7 +92,7 @@ def test_history_turns_totals_into_rates() -> None:
 
 
 def test_history_is_bounded() -> None:
-    metrics, _, scheduler = hub_metrics()
+    metrics, _, scheduler = accounting()
     history = History(metrics, scheduler)
     for second in range(HISTORY_SAMPLES + 50):
         history.sample(now=float(second), wall_time=float(second))
@@ -108,24 +107,19 @@ def exported_names(text: str) -> set[str]:
 
 
 def test_grafana_dashboard_queries_only_exported_series() -> None:
-    metrics, registry, _ = hub_metrics()
+    metrics, registry, _ = accounting()
     worker = registry.register(Registration("http://w:1", ("m",), 2, True, "w"), now=0.0)
-    metrics.request_done("/chat", "m", 200, 0.1)
+    metrics.settled("/chat", "m", 200, 0.1)
     metrics.queue_waited(0.01)
     metrics.retried("timeout")
     metrics.first_token("m", 0.2)
     metrics.stream_done("m", 1.0, Timings(1, 2, 3))
     metrics.stream_cut("m")
     metrics.tokens_counted(worker, "m", Timings(1, 2, 3))
-    names = exported_names(metrics.exposition().decode())
+    names = exported_names(exposition(metrics.prometheus).decode())
 
-    node = SimpleNamespace(
-        in_flight=0,
-        llama=SimpleNamespace(status=SimpleNamespace(healthy=True, slots=4)),
-        link=SimpleNamespace(worker_id="w"),
-        managed=SimpleNamespace(restarts=1),
-    )
-    worker_metrics = WorkerMetrics(cast(WorkerNode, node))
+    node = NodeState(in_flight=0, llama_up=True, llama_slots=4, registered=True, restarts=1)
+    worker_metrics = WorkerMetrics(lambda: node)
     worker_metrics.forwarded("/v1/chat/completions", 200, 0.1)
     names |= exported_names(worker_metrics.exposition().decode())
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gollama.hub.cache_aware import CacheAware
-from gollama.hub.policies import LeastBusy, RoundRobin, make_policy
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Backlog, Candidates, Policy, Want
+from gollama.hub.routing import make_policy
+from gollama.hub.routing.cache_aware import CacheAware
+from gollama.hub.routing.policy import Backlog, Candidates, Policy, Want
+from gollama.hub.routing.simple import LeastBusy, RoundRobin
 
 CHAT = Want(None, "/v1/chat/completions")
 

@@ -11,6 +11,7 @@ from gollama.hub.registry import (
     PROBE_BACKOFF_MAX,
     Registration,
     Registry,
+    Watcher,
     Worker,
     WorkerState,
 )
@@ -128,7 +129,7 @@ def test_silent_workers_go_offline_then_are_forgotten(registry: Registry) -> Non
 
 def test_unsupported_endpoints_are_forgotten_when_llama_server_returns(registry: Registry) -> None:
     worker = registry.register(info(), 0)
-    worker.unsupported.add("/v1/embeddings")
+    registry.lacks(worker, "/v1/embeddings")
     assert not worker.serves("m", "/v1/embeddings")
     registry.heartbeat(worker.id, info(healthy=False), 1)
     registry.heartbeat(worker.id, info(), 2)
@@ -154,7 +155,7 @@ def test_a_worker_that_keeps_failing_waits_longer_each_time(registry: Registry) 
         registry.recovered(worker, worker.failures)  # its /health looks fine ...
         now += 100
     assert waits[0] < waits[1] < waits[2] < waits[3]  # ... but its jobs keep failing
-    registry.job_succeeded(worker)
+    registry.job_completed(worker, succeeded=True)
     registry.mark_failed(worker, "500", now)
     assert worker.next_probe_at - now <= waits[0] * 1.5
 
@@ -165,8 +166,98 @@ def test_the_circuit_opens_on_failure_and_closes_after_a_good_probe() -> None:
     assert worker.circuit == "closed"
     registry.mark_failed(worker, "reset", now=1.0)
     assert (worker.circuit, worker.available) == ("open", False)
-    worker.probing = True
+    registry.probing(worker, True)
     assert worker.circuit == "half_open"
-    worker.probing = False
+    registry.probing(worker, False)
     assert registry.recovered(worker, failures_seen=1)
     assert (worker.circuit, worker.available) == ("closed", True)
+
+
+class Heard(Watcher):
+    """A watcher that writes down what the registry tells it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, object]] = []
+
+    def capacity_changed(self, worker: Worker | None) -> None:
+        self.events.append(("capacity", worker.id if worker else None, None))
+
+    def forget(self, worker: Worker, *, cache_only: bool) -> None:
+        self.events.append(("forget", worker.id, cache_only))
+
+    def lost(self, worker: Worker, reason: str) -> None:
+        self.events.append(("lost", worker.id, reason))
+
+
+def watched(registry: Registry) -> Heard:
+    heard = Heard()
+    registry.watchers.append(heard)
+    return heard
+
+
+def test_every_change_is_told_to_the_watchers(registry: Registry) -> None:
+    """The owner keeps the invariant: whoever changes a worker needs to tell no one."""
+    heard = watched(registry)
+    worker = registry.register(info(name="a"), 0)
+    assert heard.events == [("capacity", None, None)]
+
+    heard.events.clear()
+    registry.register(info(name="a"), 1)  # the same worker started afresh
+    assert heard.events == [("forget", "a", True), ("capacity", None, None)]
+
+    heard.events.clear()
+    registry.heartbeat("a", info(healthy=False), 2)
+    assert heard.events == [
+        ("lost", "a", "reported its llama-server unhealthy"),
+        ("capacity", "a", None),
+    ]
+
+    heard.events.clear()
+    registry.heartbeat("a", info(), 3)  # its llama-server is back: its cache is new
+    assert heard.events == [("forget", "a", True), ("capacity", "a", None)]
+
+    heard.events.clear()
+    registry.heartbeat("a", info(slots=5), 4)
+    assert heard.events == [("capacity", "a", None)]
+
+    heard.events.clear()
+    registry.job_failed(worker, take_out="reset", now=5)
+    assert heard.events == [("capacity", "a", None)]
+    assert (worker.jobs_failed, worker.state) == (1, WorkerState.FAILING)
+
+    heard.events.clear()
+    assert registry.recovered(worker, worker.failures)
+    assert heard.events == [("capacity", "a", None)]
+
+    heard.events.clear()
+    registry.remove("a")
+    assert heard.events == [("forget", "a", False), ("capacity", None, None)]
+
+
+def test_silent_workers_are_lost_then_forgotten(registry: Registry) -> None:
+    heard = watched(registry)
+    registry.register(info(name="a"), 0)
+    heard.events.clear()
+    registry.expire(10)  # 3 intervals of 2 s without a heartbeat
+    assert heard.events == [("lost", "a", "went offline (no heartbeat)"), ("capacity", "a", None)]
+    heard.events.clear()
+    registry.expire(10)
+    assert heard.events == []  # told once
+    registry.expire(FORGET_AFTER + 1)
+    assert heard.events == [("forget", "a", False), ("capacity", None, None)]
+
+
+def test_quiet_changes_are_not_told(registry: Registry) -> None:
+    """Counting a job, a probe going out or an endpoint it lacks changes no capacity."""
+    heard = watched(registry)
+    worker = registry.register(info(name="a"), 0)
+    heard.events.clear()
+    registry.job_completed(worker, succeeded=True)
+    registry.job_failed(worker)
+    registry.probing(worker, True)
+    registry.lacks(worker, "/v1/embeddings")
+    assert heard.events == []
+    assert (worker.jobs_completed, worker.jobs_failed, worker.state) == (1, 1, WorkerState.HEALTHY)
+    assert not worker.serves(None, "/v1/embeddings")
+    assert registry.remove("nobody") is None
+    assert heard.events == []

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
-from gollama.hub.policies import LeastBusy, SimplePolicy
+from gollama.hub.queue import AGING, PATIENCE_MIN, Lease, Scheduler, Want
 from gollama.hub.registry import Registration, Registry, Worker
-from gollama.hub.routing import Backlog, Candidates, Choice
-from gollama.hub.scheduler import AGING, PATIENCE_MIN, Lease, Scheduler, Want
+from gollama.hub.routing.policy import Backlog, Candidates, Choice
+from gollama.hub.routing.simple import LeastBusy, SimplePolicy
 
 CHAT = Want(None, "/v1/chat/completions")
 
@@ -169,7 +169,7 @@ async def test_requests_no_worker_could_serve_fail_at_once() -> None:
         await scheduler.acquire(Want("other", "/v1/completions"))
     with pytest.raises(NoWorkerAvailable):
         await scheduler.acquire(Want(None, "/v1/completions", frozenset({"a"})))
-    a.unsupported.add("/v1/embeddings")
+    registry.lacks(a, "/v1/embeddings")
     with pytest.raises(NotSupported):
         await scheduler.acquire(Want(None, "/v1/embeddings"))
 
@@ -182,7 +182,6 @@ async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:
     await settle()
     assert not waiter.done()
     registry.recovered(worker, worker.failures)
-    scheduler.capacity_changed()
     await settle()
     assert waiter.result().worker is worker
 
@@ -194,7 +193,6 @@ async def test_waiters_fail_when_their_last_worker_leaves() -> None:
     waiter = asyncio.create_task(scheduler.acquire(CHAT))
     await settle()
     registry.remove("a")
-    scheduler.capacity_changed()
     with pytest.raises(NoWorkerAvailable):
         await waiter
     assert scheduler.waiting == 0
@@ -220,7 +218,6 @@ async def test_new_slots_serve_waiters() -> None:
     waiter = asyncio.create_task(scheduler.acquire(CHAT))
     await settle()
     add(registry, "b")
-    scheduler.capacity_changed()
     await settle()
     assert waiter.result().worker.id == "b"
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from gollama.cli import build_parser
-from gollama.settings import (
+from gollama.config import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
     HubConfig,
-    SettingError,
     WorkerConfig,
     hub_config,
     load_dotenv_file,
     worker_config,
 )
+from gollama.errors import SettingError
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_ENV = {o.env for o in (*HUB_OPTIONS, *WORKER_OPTIONS) if o.env}

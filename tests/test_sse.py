@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from gollama.sse import StreamTail, error_event
+from gollama._sse import StreamTail, error_event
 
 
 def tail_of(*chunks: bytes) -> StreamTail:

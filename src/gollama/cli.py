@@ -1,150 +1,135 @@
-"""The `gollama` command: hub, worker, testmodel and demo."""
+"""The `gollama` command: one table of subcommands, the servers (hub, worker) and the tools.
+
+A tool's module is imported only when its command runs (or its help is asked for): starting a
+hub or a worker loads no tool.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.types import ASGIApp
-
 from gollama import __version__
-from gollama.auth import KeyFileError
-from gollama.chaos_command import add_arguments as add_chaos_arguments
-from gollama.http_protocol import guarded_protocol
-from gollama.loadtest_command import add_arguments as add_loadtest_arguments
-from gollama.logs import setup_logging
-from gollama.serve import DrainHook, GracefulServer
-from gollama.settings import (
+from gollama._logs import setup_logging
+from gollama._server import DrainHook, serve
+from gollama.config import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
-    ServerConfig,
-    SettingError,
+    Option,
     add_options,
     hub_config,
     load_dotenv_file,
-    positive_seconds,
     worker_config,
+)
+from gollama.errors import KeyFileError, LlamaServerNotFound, SettingError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand. A server's flags are its settings; a tool's module declares its own flags
+    (`add_arguments(parser)`) and runs it (`run(args, parser)`, the exit status)."""
+
+    name: str
+    help: str
+    description: str
+    settings: tuple[Option, ...] = ()
+    tool: str | None = None  # the tool's module
+
+
+COMMANDS = (
+    Command(
+        "hub",
+        "run the hub: the single endpoint clients talk to",
+        "Run the hub. Settings come from flags, then GOLLAMA_* environment variables, then a "
+        ".env file in the working folder.",
+        settings=HUB_OPTIONS,
+    ),
+    Command(
+        "worker",
+        "run a worker in front of one llama-server",
+        "Run a worker in front of an already running llama-server (--llama-port), or start "
+        "and supervise one (--model PATH.gguf). The original's single-dash flags (-port 9001 "
+        "-llama-port 8080) work too.",
+        settings=WORKER_OPTIONS,
+    ),
+    Command(
+        "testmodel",
+        "write a random-weight test model (GGUF)",
+        "Write a random-weight llama model with a byte vocabulary and a chat template. Its "
+        "replies are random bytes and always run to max_tokens.",
+        tool="gollama.tools.testmodel",
+    ),
+    Command(
+        "demo",
+        "start a hub and two managed workers on this machine and ask them something",
+        "Start a hub and managed workers with real llama-server processes on 127.0.0.1, send "
+        "one chat request, print the answer and how to try more, then keep running until "
+        "Ctrl-C and stop every process it started.",
+        tool="gollama.tools.demo",
+    ),
+    Command(
+        "loadtest",
+        "send load to a hub and report latency, throughput and failures",
+        "Send chat requests to a hub, closed loop (--concurrency clients) or open loop (--rate "
+        "arrivals a second), with a live progress bar and a final report. The original's "
+        "single-dash flags (-requests 1000 -concurrency 50 -message ...) work too.",
+        tool="gollama.tools.loadtest_cli",
+    ),
+    Command(
+        "chaos",
+        "run a local cluster under load while injecting faults; verdict on what was lost",
+        "Start a hub and managed workers on 127.0.0.1, each behind a fault proxy, drive "
+        "streamed and non-streamed load, and inject faults on a schedule: SIGKILL of a worker "
+        "or a llama-server, SIGSTOP/SIGCONT, graceful restarts of a worker and of the hub, "
+        "latency, connection resets and a black hole. Exits 1 if any request got no terminal "
+        "answer or hung past its deadline.",
+        tool="gollama.tools.chaos_cli",
+    ),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, the flags of that command alone (no other tool is
+    imported)."""
     parser = argparse.ArgumentParser(
         prog="gollama",
         description="One OpenAI-compatible endpoint in front of many llama.cpp servers.",
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"gollama {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    hub = commands.add_parser(
-        "hub",
-        help="run the hub: the single endpoint clients talk to",
-        description="Run the hub. Settings come from flags, then GOLLAMA_* environment "
-        "variables, then a .env file in the working folder.",
-        allow_abbrev=False,
-    )
-    add_options(hub, HUB_OPTIONS)
-
-    worker = commands.add_parser(
-        "worker",
-        help="run a worker in front of one llama-server",
-        description="Run a worker in front of an already running llama-server "
-        "(--llama-port), or start and supervise one (--model PATH.gguf). The original's "
-        "single-dash flags (-port 9001 -llama-port 8080) work too.",
-        allow_abbrev=False,
-    )
-    add_options(worker, WORKER_OPTIONS)
-
-    testmodel = commands.add_parser(
-        "testmodel",
-        help="write a random-weight test model (GGUF)",
-        description="Write a random-weight llama model with a byte vocabulary and a chat "
-        "template. Its replies are random bytes and always run to max_tokens.",
-        allow_abbrev=False,
-    )
-    testmodel.add_argument("out", metavar="OUT.gguf", type=Path, help="file to write")
-    testmodel.add_argument("--d-model", type=_at_least(8), default=64, help="width (default 64)")
-    testmodel.add_argument("--layers", type=_at_least(1), default=2, help="layers (default 2)")
-    testmodel.add_argument(
-        "--context", type=_at_least(64), default=4096, help="context length (default 4096)"
-    )
-    testmodel.add_argument("--seed", type=_at_least(0), default=0, help="random seed (default 0)")
-
-    demo = commands.add_parser(
-        "demo",
-        help="start a hub and two managed workers on this machine and ask them something",
-        description="Start a hub and managed workers with real llama-server processes on "
-        "127.0.0.1, send one chat request, print the answer and how to try more, then keep "
-        "running until Ctrl-C and stop every process it started.",
-        allow_abbrev=False,
-    )
-    demo.add_argument("--model", type=Path, help="a .gguf model (default: a generated test model)")
-    demo.add_argument("--port", type=_at_least(1), default=9000, help="hub port (default 9000)")
-    demo.add_argument("--workers", type=_at_least(1), default=2, help="workers (default 2)")
-    demo.add_argument(
-        "--llama-args",
-        default=None,
-        metavar="ARGS",
-        help='extra llama-server arguments (default for the test model: "-t 1 -np 2")',
-    )
-    demo.add_argument(
-        "--startup-timeout",
-        type=positive_seconds,
-        default=180.0,
-        help="seconds to wait for the workers (default 180)",
-    )
-    demo.add_argument("--once", action="store_true", help="stop right after the first answer")
-
-    loadtest = commands.add_parser(
-        "loadtest",
-        help="send load to a hub and report latency, throughput and failures",
-        description="Send chat requests to a hub, closed loop (--concurrency clients) or open "
-        "loop (--rate arrivals a second), with a live progress bar and a final report. The "
-        "original's single-dash flags (-requests 1000 -concurrency 50 -message ...) work too.",
-        allow_abbrev=False,
-    )
-    add_loadtest_arguments(loadtest, positive=_at_least(1), seconds=_positive_number)
-
-    chaos = commands.add_parser(
-        "chaos",
-        help="run a local cluster under load while injecting faults; verdict on what was lost",
-        description="Start a hub and managed workers on 127.0.0.1, each behind a fault "
-        "proxy, drive streamed and non-streamed load, and inject faults on a schedule: "
-        "SIGKILL of a worker or a llama-server, SIGSTOP/SIGCONT, graceful restarts of a "
-        "worker and of the hub, latency, connection resets and a black hole. Exits 1 if any "
-        "request got no terminal answer or hung past its deadline.",
-        allow_abbrev=False,
-    )
-    add_chaos_arguments(chaos, positive=_at_least(1), seconds=_positive_number)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            allow_abbrev=False,
+        )
+        add_options(sub, command.settings)
+        if command.tool is not None and only in (None, command.name):
+            importlib.import_module(command.tool).add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    named = next((arg for arg in raw if not arg.startswith("-")), None)
+    known = {command.name: command for command in COMMANDS}
+    parser = build_parser(only=named if named in known else None)
     args = parser.parse_args(accept_single_dash(parser, raw))
-    if args.command == "testmodel":
-        return _testmodel(args)
-    if args.command == "chaos":
-        from gollama.chaos_command import run as run_chaos
-
-        return run_chaos(args, parser)
-    if args.command == "loadtest":
-        from gollama.loadtest_command import run as run_loadtest
-
-        return run_loadtest(args)
-    if args.command == "demo":
-        from gollama.demo import run_demo
-
-        setup_logging("warning")
-        return run_demo(args)
+    command = known[args.command]
+    if command.tool is not None:
+        status: int = importlib.import_module(command.tool).run(args, parser)
+        return status
     load_dotenv_file()
     try:
-        if args.command == "hub":
+        if command.name == "hub":
             return _serve_hub(args)
         return _serve_worker(args, parser)
     except SettingError as exc:
@@ -187,12 +172,12 @@ def _serve_hub(args: argparse.Namespace) -> int:
         app = create_app(config, hooks)
     except KeyFileError as exc:
         raise SettingError(str(exc)) from None
-    _serve(app, config, hooks)
+    serve(app, config, hooks)
     return 0
 
 
 def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from gollama.llama_binary import LlamaServerNotFound, find_llama_server
+    from gollama._llama_binary import find_llama_server
     from gollama.worker.app import create_app
 
     config = worker_config(args, os.environ)
@@ -206,74 +191,8 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(str(exc))
     hooks: list[DrainHook] = []
     # The hub keeps its pooled connections to workers for 20 s: the worker keeps them longer.
-    _serve(create_app(config, hooks), config, hooks, keep_alive=30)
+    serve(create_app(config, hooks), config, hooks, keep_alive=30)
     return 0
-
-
-def _serve(app: ASGIApp, config: ServerConfig, hooks: list[DrainHook], keep_alive: int = 5) -> None:
-    import uvicorn
-
-    server_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        ssl_certfile=config.tls_cert,
-        ssl_keyfile=config.tls_key,
-        log_config=None,
-        access_log=False,
-        loop=_event_loop(),
-        http=guarded_protocol(
-            max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
-        ),
-        timeout_keep_alive=keep_alive,
-    )
-    GracefulServer(server_config, hooks, config.drain_timeout).run()
-
-
-def _testmodel(args: argparse.Namespace) -> int:
-    from gollama.testmodel import ModelShape, write_test_model
-
-    shape = ModelShape(
-        d_model=args.d_model, layers=args.layers, context=args.context, seed=args.seed
-    )
-    try:
-        path = write_test_model(args.out, shape)
-    except ValueError as exc:
-        print(f"gollama testmodel: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, d_model {shape.d_model}, "
-        f"{shape.layers} layers)"
-    )
-    return 0
-
-
-def _event_loop() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
-def _positive_number(text: str) -> float:
-    try:
-        return positive_seconds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number above 0") from exc
-
-
-def _at_least(lowest: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"must be {lowest} or more")
-        return value
-
-    return parse
 
 
 if __name__ == "__main__":

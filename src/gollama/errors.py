@@ -1,13 +1,31 @@
-"""Errors that end a request, and their OpenAI-style bodies.
+"""Every exception of the package, and the OpenAI-style bodies of the ones clients see.
 
-ApiError                  an answer to the client: status, OpenAI error type, message
- ├── BadRequest           400: the request itself is wrong
- ├── ModelNotFound        404: no worker has ever served the named model
- ├── QueueFull            429: the admission queue is at its bound (Retry-After)
- ├── NoWorkerAvailable    503: no healthy worker can take the request (Retry-After)
- ├── QueueTimeout         503: no slot became free within the queue timeout (Retry-After)
- ├── UpstreamFailed       502/504: every attempt on a worker failed
- └── DeadlineExceeded     504: the request ran past its total deadline
+Exception
+ ├── ApiError                 an answer to the client: HTTP status, OpenAI error type, message
+ │    ├── BadRequest          400: the request itself is wrong
+ │    ├── Unauthorized        401: a missing or wrong key (WWW-Authenticate says which)
+ │    ├── ModelNotFound       404: no worker has ever served the named model
+ │    ├── UnknownWorker       404: a heartbeat or goodbye from a worker the hub does not know
+ │    ├── RequestTimeout      408: the body came too slowly (the connection is closed)
+ │    ├── BodyTooLarge        413: the body is over the limit (the connection is closed)
+ │    ├── RateLimited         429: a key's own limit, in flight or per minute (Retry-After)
+ │    ├── QueueFull           429: the admission queue is at its bound (Retry-After)
+ │    ├── HeadersTooLarge     431: the headers are over the limit
+ │    ├── NotSupported        501: no worker's llama-server has the endpoint
+ │    ├── UpstreamFailed      502/504: every attempt on a worker failed
+ │    ├── NoWorkerAvailable   503: no healthy worker can take the request (Retry-After)
+ │    ├── ShuttingDown        503: the hub is draining (Retry-After)
+ │    ├── QueueTimeout        503: no slot became free within the queue timeout (Retry-After)
+ │    ├── DeadlineExceeded    504: the request ran past its total deadline
+ │    └── RelayedError        a worker's own error answer, relayed as it came
+ ├── UpstreamError            the next hop could not be reached, broke off or fell silent
+ ├── Interrupted              work stopped from outside by `Interrupt.fire`, with a reason
+ ├── ClientDisconnected       the client went away before its answer was complete
+ ├── HubUnavailable           a worker could not reach its hub, or the hub refused the call
+ ├── LlamaServerNotFound      no llama-server binary to run (RuntimeError)
+ ├── SettingError             a setting that cannot be used (ValueError)
+ ├── KeyFileError             a keys file or key that cannot be used (ValueError)
+ └── ToolError                a tool (demo, chaos) could not run; its message says why
 """
 
 from __future__ import annotations
@@ -115,6 +133,12 @@ class ModelNotFound(ApiError):
     code = "model_not_found"
 
 
+class UnknownWorker(ApiError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "unknown_worker"
+
+
 class QueueFull(ApiError):
     status = 429
     error_type = "rate_limit_error"
@@ -179,6 +203,42 @@ class DeadlineExceeded(ApiError):
     status = 504
     error_type = "timeout_error"
     code = "deadline_exceeded"
+
+
+class UpstreamError(Exception):
+    """The next hop could not be reached, or broke off, or fell silent (`timed_out`)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Interrupted(Exception):
+    """The work was stopped by `Interrupt.fire`; the message is the reason."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was complete."""
+
+
+class HubUnavailable(Exception):
+    """The hub could not be reached or refused the call."""
+
+
+class LlamaServerNotFound(RuntimeError):
+    """No llama-server binary where it was looked for."""
+
+
+class SettingError(ValueError):
+    """A setting from the command line, the environment or a file that cannot be used."""
+
+
+class KeyFileError(ValueError):
+    """A keys file or key that cannot be used."""
+
+
+class ToolError(Exception):
+    """A tool (the demo, a chaos run) could not run; the message says why."""
 
 
 def error_body(

@@ -1,74 +1,247 @@
-"""The hub's HTTP app: the OpenAI-compatible API, the original simple API, the control plane."""
+"""The hub's HTTP app, built from its one endpoint table.
+
+`ENDPOINTS` lists every path the hub serves: its handler, the credential it needs, the method,
+what it is (for the front page and the schema) and how to describe it in `/openapi.json`. The
+routing, the guard's access rules, the front page and the schema all read it: adding an
+endpoint is adding a row.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
 from gollama import __version__
-from gollama.auth import KeyRing
-from gollama.errors import ApiError, json_response
-from gollama.guard import Access, Guard, Rules
-from gollama.hub import control, dashboard
-from gollama.hub.dispatch import Job
-from gollama.hub.openapi import openapi_schema
-from gollama.hub.relay import JobResponse, Render
-from gollama.hub.requests import chat_job, openai_job, render_chat
+from gollama._asgi import EXCEPTION_HANDLERS
+from gollama._auth import KeyRing
+from gollama._guard import Access, Guard, Rules
+from gollama._server import DrainHook, lifespan
+from gollama.config import HubConfig
+from gollama.errors import json_response
+from gollama.hub import control, dashboard, inference, openapi
+from gollama.hub.metrics import exposition
+from gollama.hub.requests import Caps
 from gollama.hub.service import Hub
-from gollama.inbound import EXCEPTION_HANDLERS, read_object, request_id
-from gollama.logs import REQUEST_ID
-from gollama.serve import DrainHook
-from gollama.settings import HubConfig
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One path of the hub. `group` lists it on the front page under that heading; `schema`
+    describes its operation in /openapi.json (from this hub's request caps)."""
+
+    path: str
+    handler: inference.Handler | ASGIApp
+    access: Access
+    method: str = "POST"
+    summary: str = ""
+    group: str | None = None
+    schema: Callable[[Caps], openapi.Operation] | None = None
+    mount: bool = False  # `handler` is an ASGI app serving everything under `path`
+
+    @property
+    def inference(self) -> bool:
+        """A request a client sends for a model's work (counted in the request metrics)."""
+        return self.access is Access.CLIENT and self.method == "POST"
+
+
+async def index(request: Request) -> Response:
+    """What this is and where to go: a short page for browsers, JSON for everyone else."""
+    if "text/html" in request.headers.get("accept", ""):
+        links = [(e.path, e.summary) for e in ENDPOINTS if e.group and e.method == "GET"]
+        return HTMLResponse(dashboard.index_page(__version__, links))
+    groups: dict[str, list[str]] = {}
+    for endpoint in ENDPOINTS:
+        if endpoint.group is not None and endpoint.path != "/dashboard":
+            groups.setdefault(endpoint.group, []).append(endpoint.path)
+    return json_response(
+        {
+            "name": "gollama hub",
+            "version": __version__,
+            "endpoints": groups,
+            "dashboard": "/dashboard",
+        }
+    )
+
+
+async def openapi_json(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return json_response(openapi_document(hub.caps, hub.guarded))
+
+
+async def metrics(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return Response(exposition(hub.accounting.prometheus), media_type=CONTENT_TYPE_LATEST)
+
+
+async def dashboard_page(request: Request) -> Response:
+    return HTMLResponse(dashboard.page())
+
+
+async def dashboard_data(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return json_response({**control.stats_body(hub), "history": hub.history.columns()})
+
+
+OPEN, CLIENT, ADMIN, WORKER = Access.OPEN, Access.CLIENT, Access.ADMIN, Access.WORKER
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # the OpenAI-compatible API
+    Endpoint(
+        "/v1/chat/completions",
+        inference.openai("/v1/chat/completions"),
+        CLIENT,
+        summary="OpenAI chat completions, streamed or not",
+        group="openai",
+        schema=openapi.chat_completions,
+    ),
+    Endpoint(
+        "/v1/completions",
+        inference.openai("/v1/completions"),
+        CLIENT,
+        summary="OpenAI text completions, streamed or not",
+        group="openai",
+        schema=openapi.completions,
+    ),
+    Endpoint(
+        "/v1/embeddings",
+        inference.openai("/v1/embeddings"),
+        CLIENT,
+        summary="OpenAI embeddings",
+        group="openai",
+        schema=openapi.embeddings,
+    ),
+    Endpoint(
+        "/v1/models",
+        control.models,
+        CLIENT,
+        "GET",
+        summary="models served (OpenAI API)",
+        group="openai",
+        schema=openapi.models,
+    ),
+    # the original simple API
+    Endpoint(
+        "/chat",
+        inference.chat,
+        CLIENT,
+        summary="the original simple API",
+        group="simple",
+        schema=openapi.simple_chat,
+    ),
+    # the operator's views
+    Endpoint("/", index, OPEN, "GET", summary="this page"),
+    Endpoint("/dashboard", dashboard_page, ADMIN, "GET", summary="live dashboard", group="status"),
+    Endpoint(
+        "/dashboard/data",
+        dashboard_data,
+        ADMIN,
+        "GET",
+        summary="what the dashboard shows",
+        schema=openapi.dashboard_data,
+    ),
+    Endpoint(
+        "/dashboard/static",
+        StaticFiles(directory=dashboard.STATIC),
+        ADMIN,
+        "GET",
+        summary="the dashboard's scripts and styles",
+        mount=True,
+    ),
+    Endpoint(
+        "/stats",
+        control.stats,
+        ADMIN,
+        "GET",
+        summary="state of workers and queue (JSON)",
+        group="status",
+        schema=openapi.stats,
+    ),
+    Endpoint(
+        "/metrics",
+        metrics,
+        ADMIN,
+        "GET",
+        summary="Prometheus metrics",
+        group="status",
+        schema=openapi.metrics,
+    ),
+    Endpoint(
+        "/health",
+        control.health,
+        OPEN,
+        "GET",
+        summary="health check",
+        group="status",
+        schema=openapi.health,
+    ),
+    Endpoint("/openapi.json", openapi_json, OPEN, "GET", summary="OpenAPI schema", group="status"),
+    # workers
+    Endpoint(
+        "/connectWorker",
+        control.connect_worker,
+        WORKER,
+        summary="a worker registers",
+        schema=openapi.connect_worker,
+    ),
+    Endpoint(
+        "/heartbeat",
+        control.heartbeat,
+        WORKER,
+        summary="a worker's heartbeat",
+        schema=openapi.heartbeat,
+    ),
+    Endpoint(
+        "/disconnectWorker",
+        control.disconnect_worker,
+        WORKER,
+        summary="a worker leaves",
+        schema=openapi.disconnect_worker,
+    ),
+)
+
+_BY_PATH = {endpoint.path: endpoint for endpoint in ENDPOINTS if not endpoint.mount}
+_MOUNTS = [endpoint for endpoint in ENDPOINTS if endpoint.mount]
+
+
+def endpoint_at(path: str) -> Endpoint | None:
+    """The endpoint serving `path`, if any."""
+    found = _BY_PATH.get(path)
+    if found is not None:
+        return found
+    return next((m for m in _MOUNTS if path.startswith(m.path + "/")), None)
+
+
+def access(path: str) -> Access:
+    """Which credential a hub path needs (when that credential is configured)."""
+    endpoint = endpoint_at(path)
+    return endpoint.access if endpoint is not None else Access.OPEN
+
+
+def openapi_document(caps: Caps, guarded: frozenset[str] | set[str]) -> dict[str, Any]:
+    """/openapi.json of a hub with these request caps, asking for the `guarded` credentials."""
+    operations = [
+        (e.path, e.method, e.access, e.schema(caps)) for e in ENDPOINTS if e.schema is not None
+    ]
+    return openapi.document(__version__, operations, guarded)
 
 
 def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) -> ASGIApp:
     """The hub's app behind its guard; raises `KeyFileError` for unusable API keys. While it
     runs, `drain_hooks` holds what to call for a graceful stop."""
-    hooks = drain_hooks if drain_hooks is not None else []
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        hub = await Hub.start(config)
-        hooks.append(hub.drain)
-        try:
-            yield {"hub": hub}
-        finally:
-            hooks.remove(hub.drain)
-            await hub.stop()
-
-    routes = [
-        Route("/", index, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/dashboard", dashboard_page, methods=["GET"]),
-        Route("/dashboard/data", dashboard_data, methods=["GET"]),
-        Mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="static"),
-        Route("/chat", chat, methods=["POST"]),
-        Route("/v1/chat/completions", _openai("/v1/chat/completions"), methods=["POST"]),
-        Route("/v1/completions", _openai("/v1/completions"), methods=["POST"]),
-        Route("/v1/embeddings", _openai("/v1/embeddings"), methods=["POST"]),
-        Route("/v1/models", control.models, methods=["GET"]),
-        Route("/health", control.health, methods=["GET"]),
-        Route("/stats", control.stats, methods=["GET"]),
-        Route("/connectWorker", control.connect_worker, methods=["POST"]),
-        Route("/heartbeat", control.heartbeat, methods=["POST"]),
-        Route("/disconnectWorker", control.disconnect_worker, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan("hub", lambda: Hub.start(config), drain_hooks),
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
     keys = KeyRing.load(
         config.api_keys,
         config.api_keys_file,
@@ -85,107 +258,20 @@ def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) ->
     return Guard(app, rules, on_refused=_count_refused)
 
 
-INFERENCE_ROUTES = frozenset(
-    {"/chat", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
-)
-CONTROL_ROUTES = frozenset({"/connectWorker", "/heartbeat", "/disconnectWorker"})
-ADMIN_ROUTES = frozenset({"/metrics", "/stats"})
-
-
-def access(path: str) -> Access:
-    """Which credential a hub path needs (when that credential is configured)."""
-    if path in INFERENCE_ROUTES:
-        return Access.CLIENT
-    if path in CONTROL_ROUTES:
-        return Access.WORKER
-    if path in ADMIN_ROUTES or path == "/dashboard" or path.startswith("/dashboard/"):
-        return Access.ADMIN
-    return Access.OPEN
+def _routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for endpoint in ENDPOINTS:
+        if endpoint.mount:
+            routes.append(Mount(endpoint.path, cast(ASGIApp, endpoint.handler)))
+        else:
+            routes.append(Route(endpoint.path, endpoint.handler, methods=[endpoint.method]))
+    return routes
 
 
 def _count_refused(scope: Scope, status: int, seconds: float) -> None:
     """Inference requests the guard refused count in the request metrics too."""
     path = scope["path"]
     hub: Hub | None = scope.get("state", {}).get("hub")
-    if hub is not None and path in INFERENCE_ROUTES and path != "/v1/models":
-        hub.metrics.request_done(path, "", status, seconds)
-
-
-async def chat(request: Request) -> Response:
-    """The original simple API: `{"message": "..."}` in, `{"response": "..."}` out."""
-    return await _job_response(request, "/chat", chat_job, render_chat)
-
-
-def _openai(endpoint: str) -> Endpoint:
-    async def handle(request: Request) -> Response:
-        return await _job_response(request, endpoint, functools.partial(openai_job, endpoint))
-
-    handle.__name__ = endpoint.strip("/").replace("/", "_")
-    return handle
-
-
-async def _job_response(
-    request: Request, route: str, make_job: Callable[..., Job], render: Render | None = None
-) -> Response:
-    hub: Hub = request.state.hub
-    received = time.perf_counter()
-    rid = request_id(request.headers.get("x-request-id"))
-    REQUEST_ID.set(rid)  # every log line of this request carries it
-    try:
-        job = make_job(
-            await read_object(request, hub.body_limits),
-            default_max_tokens=hub.config.default_max_tokens,
-            request_id=rid,
-            deadline=asyncio.get_running_loop().time() + hub.config.request_timeout,
-            caps=hub.caps,
-            keyed=hub.scheduler.policy.uses_prompts,
-        )
-    except ApiError as exc:
-        hub.dispatcher.totals.requests += 1
-        hub.dispatcher.totals.client_errors += 1
-        seconds = time.perf_counter() - received
-        hub.metrics.request_done(route, "", exc.status, seconds)
-        raise
-    return JobResponse(hub.dispatcher, job, route, render, received=received)
-
-
-async def index(request: Request) -> Response:
-    """What this is and where to go: a short page for browsers, JSON for everyone else."""
-    if "text/html" in request.headers.get("accept", ""):
-        return HTMLResponse(dashboard.index_page(__version__))
-    return json_response(
-        {
-            "name": "gollama hub",
-            "version": __version__,
-            "endpoints": {
-                "openai": [
-                    "/v1/chat/completions",
-                    "/v1/completions",
-                    "/v1/embeddings",
-                    "/v1/models",
-                ],
-                "simple": ["/chat"],
-                "status": ["/health", "/stats", "/metrics", "/openapi.json"],
-            },
-            "dashboard": "/dashboard",
-        }
-    )
-
-
-async def openapi(request: Request) -> Response:
-    hub: Hub = request.state.hub
-    return json_response(openapi_schema(__version__, hub.caps, hub.guarded))
-
-
-async def metrics(request: Request) -> Response:
-    hub: Hub = request.state.hub
-    return Response(hub.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def dashboard_page(request: Request) -> Response:
-    return HTMLResponse(dashboard.page())
-
-
-async def dashboard_data(request: Request) -> Response:
-    hub: Hub = request.state.hub
-    return json_response({**control.stats_body(hub), "history": hub.history.columns()})
+    endpoint = endpoint_at(path)
+    if hub is not None and endpoint is not None and endpoint.inference:
+        hub.accounting.refused(path, "", status, seconds)

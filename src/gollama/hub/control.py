@@ -10,31 +10,22 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gollama.errors import ApiError, BadRequest, json_response
+from gollama._asgi import read_object
+from gollama._values import http_url
+from gollama.errors import BadRequest, UnknownWorker, json_response
 from gollama.hub.registry import Direct, Registration, WorkerState
 from gollama.hub.service import Hub
-from gollama.inbound import read_object
-from gollama.settings import http_url
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
 
-class UnknownWorker(ApiError):
-    status = 404
-    error_type = "invalid_request_error"
-    code = "unknown_worker"
-
-
 async def connect_worker(request: Request) -> Response:
     hub: Hub = request.state.hub
     info = parse_registration(await read_object(request, hub.body_limits))
-    known = any(w.url == info.url for w in hub.registry)
+    known = hub.registry.at(info.url) is not None
     worker = hub.registry.register(info, hub.now())
-    if known:  # it started afresh: whatever its llama-server cached may be gone
-        hub.scheduler.forget(worker, cache_only=True)
-    hub.scheduler.capacity_changed()
     log.info(
         "worker %s %s at %s: models %s, %d slots, %s",
         worker.id,
@@ -59,17 +50,11 @@ async def heartbeat(request: Request) -> Response:
     worker_id = _required_name(payload, "id")
     worker = hub.registry.get(worker_id)
     state_before = worker.state if worker else None
-    was_healthy = worker.reported_healthy if worker else False
     worker = hub.registry.heartbeat(worker_id, parse_registration(payload), hub.now())
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
-    if was_healthy and not worker.reported_healthy:
-        hub.dispatcher.worker_lost(worker, "reported its llama-server unhealthy")
-    if worker.reported_healthy and not was_healthy:  # its llama-server (re)started
-        hub.scheduler.forget(worker, cache_only=True)
-    hub.scheduler.capacity_changed(worker)
     return json_response({"id": worker.id, "state": worker.state.value})
 
 
@@ -80,7 +65,6 @@ async def disconnect_worker(request: Request) -> Response:
     worker = hub.registry.remove(worker_id)
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here")
-    hub.scheduler.forget(worker)
     log.info("worker %s said goodbye", worker_id)
     return json_response({"id": worker_id, "removed": True})
 
@@ -104,7 +88,7 @@ async def stats(request: Request) -> Response:
 
 def stats_body(hub: Hub) -> dict[str, Any]:
     now = hub.now()
-    tokens = hub.metrics.tokens
+    tokens = hub.accounting.tokens
     return {
         "workers": [w.describe(now) for w in hub.registry],
         "queue": hub.scheduler.waiting,
@@ -113,7 +97,7 @@ def stats_body(hub: Hub) -> dict[str, Any]:
         "policy": hub.config.policy,
         "routing": hub.scheduler.policy.describe(),
         "uptime_s": round(now - hub.started_at, 3),
-        "requests": hub.dispatcher.totals.as_dict(),
+        "requests": hub.accounting.totals.as_dict(),
         "tokens": {
             "prompt_computed": tokens.prompt_computed,
             "prompt_cached": tokens.prompt_cached,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gollama.hub.metrics import Flow, HubMetrics
-from gollama.hub.scheduler import Scheduler
+from gollama.hub.accounting import Accounting, Flow
+from gollama.hub.queue import Scheduler
 
 STATIC = Path(__file__).parent / "static"
 SAMPLE_INTERVAL = 1.0
@@ -36,8 +36,8 @@ class Sample:
 class History:
     """Per-second rates computed from the hub's running totals, newest last."""
 
-    def __init__(self, metrics: HubMetrics, scheduler: Scheduler) -> None:
-        self.metrics = metrics
+    def __init__(self, accounting: Accounting, scheduler: Scheduler) -> None:
+        self.accounting = accounting
         self.scheduler = scheduler
         self.samples: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
         self._last = Flow()
@@ -52,8 +52,8 @@ class History:
 
     def sample(self, now: float, wall_time: float) -> None:
         """Take one sample: `now` is monotonic seconds, `wall_time` the time to show."""
-        flow, last = self.metrics.flow, self._last
-        tokens, last_tokens = self.metrics.tokens.generated, self._last_tokens
+        flow, last = self.accounting.flow, self._last
+        tokens, last_tokens = self.accounting.tokens.generated, self._last_tokens
         self._last = Flow(**{name: getattr(flow, name) for name in Flow.__slots__})
         self._last_tokens = tokens
         elapsed = None if self._last_at is None else now - self._last_at
@@ -87,16 +87,8 @@ def page() -> bytes:
     return (STATIC / "dashboard.html").read_bytes()
 
 
-def index_page(version: str) -> str:
-    """The hub's front page for browsers: what it is and where everything is."""
-    links = [
-        ("/dashboard", "live dashboard"),
-        ("/stats", "state of workers and queue (JSON)"),
-        ("/metrics", "Prometheus metrics"),
-        ("/health", "health check"),
-        ("/v1/models", "models served (OpenAI API)"),
-        ("/openapi.json", "OpenAPI schema"),
-    ]
+def index_page(version: str, links: list[tuple[str, str]]) -> str:
+    """The hub's front page for browsers: what it is, and `links` (path, what it is)."""
     items = "".join(f'<li><a href="{href}">{href}</a>: {text}</li>' for href, text in links)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -1,19 +1,19 @@
 """The hub's health loop: silent workers go offline, failing workers are probed back in.
 
-Passive evidence takes a worker out (a failed attempt, in `dispatch`); only active evidence
-puts it back: a probe of the worker's `/health`, which answers 200 only while its llama-server
-is healthy. Probes back off with jitter (registry), so a dead worker costs little.
+Passive evidence takes a worker out (a failed attempt, in `retry`); only active evidence puts
+it back: a probe of the worker's `/health`, which answers 200 only while its llama-server is
+healthy. Probes back off with jitter (registry), so a dead worker costs little. The registry
+tells the queue and the retry loop of every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
+from gollama._transport import Upstream
+from gollama.errors import UpstreamError
 from gollama.hub.registry import Registry, Worker
-from gollama.hub.scheduler import Scheduler
-from gollama.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +22,9 @@ PROBE_TIMEOUT = 2.0
 
 
 class HealthMonitor:
-    def __init__(
-        self,
-        registry: Registry,
-        scheduler: Scheduler,
-        upstream: Upstream,
-        on_lost: Callable[[Worker, str], None],
-    ) -> None:
-        """`on_lost(worker, reason)` hears of every worker that went offline."""
+    def __init__(self, registry: Registry, upstream: Upstream) -> None:
         self.registry = registry
-        self.scheduler = scheduler
         self.upstream = upstream
-        self.on_lost = on_lost
         self._probes: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -51,22 +42,18 @@ class HealthMonitor:
         offline, forgotten = self.registry.expire(now)
         for worker in offline:
             log.warning("worker %s is offline: no heartbeat for a while", worker.id)
-            self.on_lost(worker, "went offline (no heartbeat)")
         for worker in forgotten:
             log.info("worker %s forgotten after a long silence", worker.id)
-            self.scheduler.forget(worker)
-        for worker in offline:
-            self.scheduler.capacity_changed(worker)
         for worker in self.registry.due_for_probe(now):
             if worker.id not in self._probes:
                 self._probes[worker.id] = asyncio.create_task(self._probe(worker))
 
     async def _probe(self, worker: Worker) -> None:
-        worker.probing = True  # the circuit is half open: one probe decides
+        self.registry.probing(worker, True)  # the circuit is half open: one probe decides
         try:
             await self._probe_once(worker)
         finally:
-            worker.probing = False
+            self.registry.probing(worker, False)
             self._probes.pop(worker.id, None)
 
     async def _probe_once(self, worker: Worker) -> None:
@@ -82,6 +69,5 @@ class HealthMonitor:
         if status == 200:
             if self.registry.recovered(worker, failures_seen):
                 log.info("worker %s is healthy again", worker.id)
-                self.scheduler.capacity_changed(worker)
         else:
             self.registry.probe_failed(worker, f"health probe answered {status}", loop.time())

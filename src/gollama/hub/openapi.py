@@ -1,14 +1,53 @@
-"""The OpenAPI description of the hub's public API, served at /openapi.json."""
+"""The OpenAPI description of the hub's public API, served at /openapi.json.
+
+Each row of the hub's endpoint table (`app.ENDPOINTS`) names the function here that describes
+its operation for this hub's request caps; `document` puts them together with the credentials
+each path asks for on this hub (from the row's access class).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
+from gollama._guard import Access
 from gollama.hub.requests import Caps
+
+Operation = dict[str, Any]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ANY_OBJECT = {"type": "object", "additionalProperties": True}
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9._:\\-]{1,100}$"}
+# The security schemes each access class may ask for, when the hub has that credential.
+_SCHEMES: dict[Access, list[dict[str, list[str]]]] = {
+    Access.CLIENT: [{"apiKey": []}],
+    Access.ADMIN: [{"adminKey": []}, {"adminLogin": []}],
+    Access.WORKER: [{"workerToken": []}],
+}
+
+
+def document(
+    version: str, operations: Iterable[tuple[str, str, Access, Operation]], guarded: Collection[str]
+) -> dict[str, Any]:
+    """The schema of one hub from its `operations` (path, method, access, operation), with the
+    credentials it asks for (`guarded`: "client", "admin", "worker"); operations it leaves open
+    say no security."""
+    paths: dict[str, dict[str, Operation]] = {}
+    for path, method, access, operation in operations:
+        if access.value in guarded and access in _SCHEMES:
+            operation = {**operation, "security": _SCHEMES[access]}
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "GoLlama hub",
+            "version": version,
+            "description": "One OpenAI-compatible endpoint in front of many llama.cpp servers. "
+            "Fields not listed pass through to llama-server unchanged.",
+        },
+        "paths": paths,
+        "components": _COMPONENTS,
+    }
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -35,47 +74,6 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 501, 502, 503, 504)
 _CONTROL_ERRORS = _errors(400, 401, 408, 413, 431)
 _READ_ERRORS = _errors(401, 431)  # a GET that needs a key when one is configured
-_CLIENT: list[dict[str, list[str]]] = [{"apiKey": []}]  # when the hub has API keys
-# when the hub has an admin key
-_ADMIN: list[dict[str, list[str]]] = [{"adminKey": []}, {"adminLogin": []}]
-_WORKER: list[dict[str, list[str]]] = [{"workerToken": []}]  # when the hub has a worker token
-
-
-def _inference(summary: str, body: dict[str, Any], streams: bool) -> dict[str, Any]:
-    ok: dict[str, Any] = {"application/json": {"schema": _ANY_OBJECT}}
-    if streams:
-        # One server-sent event: `data` is a JSON chunk, an error object or `[DONE]`.
-        ok["text/event-stream"] = {
-            "schema": {
-                "type": "object",
-                "required": ["data"],
-                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-            }
-        }
-    return {
-        "post": {
-            "summary": summary,
-            "security": _CLIENT,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": body}},
-            },
-            "responses": {
-                "200": {"description": "the model's answer", "content": ok},
-                **_INFERENCE_ERRORS,
-            },
-        }
-    }
-
-
-# null means "not given", as in the OpenAI API.
-_COMMON_FIELDS: dict[str, Any] = {
-    "model": {
-        "type": ["string", "null"],
-        "description": "only workers serving this model are used",
-    },
-    "stream": {"type": ["boolean", "null"]},
-}
 
 _MESSAGE = {
     "type": "object",
@@ -100,284 +98,280 @@ _MESSAGE = {
 }
 
 
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9._:\\-]{1,100}$"}
-
-
-def _control(
-    summary: str,
-    body: dict[str, Any],
-    ok: dict[str, Any],
-    *,
-    unknown_worker: bool = False,
-) -> dict[str, Any]:
-    errors = {**_CONTROL_ERRORS, **(_errors(404) if unknown_worker else {})}
-    return {
-        "post": {
-            "summary": summary,
-            "security": _WORKER,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {"200": ok, **errors},
-        }
-    }
-
-
-_SCHEMES = {"client": {"apiKey"}, "admin": {"adminKey", "adminLogin"}, "worker": {"workerToken"}}
-
-
-def openapi_schema(
-    version: str, caps: Caps | None = None, guarded: Collection[str] = ()
-) -> dict[str, Any]:
-    """The schema of one hub: its request `caps`, and the credentials it asks for (`guarded`:
-    "client", "admin", "worker"); operations it leaves open say no security."""
-    schema = _schema(version, caps or Caps())
-    wanted = {scheme for name in guarded for scheme in _SCHEMES[name]}
-    for operations in schema["paths"].values():
-        for operation in operations.values():
-            required = [r for r in operation.pop("security", []) if set(r) <= wanted]
-            if required:
-                operation["security"] = required
-    return schema
-
-
-def _schema(version: str, caps: Caps) -> dict[str, Any]:
+def _tokens(caps: Caps) -> dict[str, Any]:
     tokens: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
     if caps.max_tokens:
         tokens["maximum"] = caps.max_tokens
+    return tokens
+
+
+def _common(caps: Caps) -> dict[str, Any]:
+    """Fields of the generating OpenAI endpoints; null means "not given", as in the OpenAI API."""
+    return {
+        "model": {
+            "type": ["string", "null"],
+            "description": "only workers serving this model are used",
+        },
+        "stream": {"type": ["boolean", "null"]},
+        "max_tokens": _tokens(caps),
+    }
+
+
+def _inference(summary: str, body: dict[str, Any], streams: bool) -> Operation:
+    ok: dict[str, Any] = {"application/json": {"schema": _ANY_OBJECT}}
+    if streams:
+        # One server-sent event: `data` is a JSON chunk, an error object or `[DONE]`.
+        ok["text/event-stream"] = {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+            }
+        }
+    return {
+        "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": "the model's answer", "content": ok},
+            **_INFERENCE_ERRORS,
+        },
+    }
+
+
+def chat_completions(caps: Caps) -> Operation:
     messages: dict[str, Any] = {"type": "array", "minItems": 1, "items": _MESSAGE}
     if caps.messages:
         messages["maxItems"] = caps.messages
-    common = {**_COMMON_FIELDS, "max_tokens": tokens}
+    body = {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {**_common(caps), "messages": messages},
+        "additionalProperties": True,
+    }
+    return _inference("OpenAI chat completions, streamed or not", body, streams=True)
+
+
+def completions(caps: Caps) -> Operation:
+    body = {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {**_common(caps), "prompt": {}},
+        "additionalProperties": True,
+    }
+    return _inference("OpenAI text completions, streamed or not", body, streams=True)
+
+
+def embeddings(caps: Caps) -> Operation:
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {"model": {"type": "string"}, "input": {}},
+        "additionalProperties": True,
+    }
+    return _inference(
+        "OpenAI embeddings (workers whose llama-server runs with --embeddings)", body, False
+    )
+
+
+def simple_chat(caps: Caps) -> Operation:
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "GoLlama hub",
-            "version": version,
-            "description": "One OpenAI-compatible endpoint in front of many llama.cpp servers. "
-            "Fields not listed pass through to llama-server unchanged.",
-        },
-        "paths": {
-            "/chat": {
-                "post": {
-                    "summary": "The original simple API: one message in, one reply out",
-                    "security": _CLIENT,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/SimpleChatRequest"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/SimpleChatReply"}, "the reply"),
-                        **_INFERENCE_ERRORS,
-                    },
-                }
-            },
-            "/v1/chat/completions": _inference(
-                "OpenAI chat completions, streamed or not",
-                {
-                    "type": "object",
-                    "required": ["messages"],
-                    "properties": {
-                        **common,
-                        "messages": messages,
-                    },
-                    "additionalProperties": True,
-                },
-                streams=True,
-            ),
-            "/v1/completions": _inference(
-                "OpenAI text completions, streamed or not",
-                {
-                    "type": "object",
-                    "required": ["prompt"],
-                    "properties": {**common, "prompt": {}},
-                    "additionalProperties": True,
-                },
-                streams=True,
-            ),
-            "/v1/embeddings": _inference(
-                "OpenAI embeddings (workers whose llama-server runs with --embeddings)",
-                {
-                    "type": "object",
-                    "required": ["input"],
-                    "properties": {"model": {"type": "string"}, "input": {}},
-                    "additionalProperties": True,
-                },
-                streams=False,
-            ),
-            "/v1/models": {
-                "get": {
-                    "summary": "Models served by healthy workers",
-                    "security": _CLIENT,
-                    "responses": {"200": _json(_ANY_OBJECT, "the model list"), **_READ_ERRORS},
-                }
-            },
-            "/health": {
-                "get": {
-                    "summary": "200 while at least one worker is healthy, else 503",
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Health"}, "healthy"),
-                        "503": _json({"$ref": "#/components/schemas/Health"}, "no healthy worker"),
-                    },
-                }
-            },
-            "/stats": {
-                "get": {
-                    "summary": "Workers, queue and request totals",
-                    "security": _ADMIN,
-                    "responses": {"200": _json(_ANY_OBJECT, "statistics"), **_READ_ERRORS},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics of the hub, its queue and its workers",
-                    "security": _ADMIN,
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/dashboard/data": {
-                "get": {
-                    "summary": "What the dashboard shows: /stats plus per-second history",
-                    "security": _ADMIN,
-                    "responses": {
-                        "200": _json(_ANY_OBJECT, "statistics and history"),
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/connectWorker": _control(
-                "A worker registers (again); answers its id and heartbeat interval",
-                {"$ref": "#/components/schemas/Registration"},
-                _json(
-                    {
+        "summary": "The original simple API: one message in, one reply out",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
                         "type": "object",
-                        "required": ["id", "heartbeat_interval"],
+                        "required": ["message"],
                         "properties": {
-                            "id": {"type": "string"},
-                            "heartbeat_interval": {"type": "number"},
-                            "heartbeat_path": {"type": "string"},
+                            "message": {"type": "string", "minLength": 1},
+                            "max_tokens": _tokens(caps),
+                            "model": {"type": ["string", "null"]},
                         },
-                    },
-                    "registered",
-                ),
-            ),
-            "/heartbeat": _control(
-                "A registered worker's heartbeat; 404 tells it to register again",
-                {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/Registration"},
-                        {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
-                    ]
-                },
-                _json(_ANY_OBJECT, "the worker's state"),
-                unknown_worker=True,
-            ),
-            "/disconnectWorker": _control(
-                "A worker leaves (a clean shutdown)",
-                {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
-                _json(_ANY_OBJECT, "removed"),
-                unknown_worker=True,
-            ),
+                        "additionalProperties": False,
+                    }
+                }
+            },
         },
-        "components": {
-            "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "a client API key"},
-                "adminKey": {"type": "http", "scheme": "bearer", "description": "the admin key"},
-                "adminLogin": {
-                    "type": "http",
-                    "scheme": "basic",
-                    "description": "any user name, the admin key as password",
-                },
-                "workerToken": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "the worker join token",
-                },
-            },
-            "schemas": {
-                "Registration": {
-                    "type": "object",
-                    "required": ["url", "models", "slots"],
-                    "properties": {
-                        "url": {"type": "string", "description": "the worker's http(s) URL"},
-                        "models": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {"type": "string", "minLength": 1},
-                        },
-                        "slots": {"type": "integer", "minimum": 1},
-                        "healthy": {"type": "boolean"},
-                        "in_flight": {"type": "integer", "minimum": 0},
-                        "draining": {"type": "boolean"},
-                        "name": _NAME,
-                        "direct": {
-                            "type": ["object", "null"],
-                            "description": "the direct data path: the hub sends inference "
-                            "straight to this llama-server",
-                            "required": ["url"],
-                            "properties": {
-                                "url": {"type": "string"},
-                                "key": {"type": ["string", "null"], "minLength": 1},
-                            },
-                        },
-                    },
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["message", "type"],
-                            "properties": {
-                                "message": {"type": "string"},
-                                "type": {"type": "string"},
-                                "param": {"type": ["string", "null"]},
-                                "code": {"type": ["string", "integer", "null"]},
-                            },
-                        }
-                    },
-                },
-                "SimpleChatRequest": {
-                    "type": "object",
-                    "required": ["message"],
-                    "properties": {
-                        "message": {"type": "string", "minLength": 1},
-                        "max_tokens": tokens,
-                        "model": {"type": ["string", "null"]},
-                    },
-                    "additionalProperties": False,
-                },
-                "SimpleChatReply": {
-                    "type": "object",
-                    "required": ["response", "worker", "model", "usage"],
-                    "properties": {
-                        "response": {"type": "string"},
-                        "worker": {"type": "string"},
-                        "model": {"type": ["string", "null"]},
-                        "finish_reason": {"type": ["string", "null"]},
-                        "usage": {"type": "object"},
-                    },
-                },
-                "Health": {
-                    "type": "object",
-                    "required": ["status", "workers", "queue"],
-                    "properties": {
-                        "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                        "workers": {"type": "integer"},
-                        "workers_registered": {"type": "integer"},
-                        "queue": {"type": "integer"},
-                        "in_flight": {"type": "integer"},
-                    },
-                },
-            },
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/SimpleChatReply"}, "the reply"),
+            **_INFERENCE_ERRORS,
         },
     }
+
+
+def models(caps: Caps) -> Operation:
+    return {
+        "summary": "Models served by healthy workers",
+        "responses": {"200": _json(_ANY_OBJECT, "the model list"), **_READ_ERRORS},
+    }
+
+
+def health(caps: Caps) -> Operation:
+    return {
+        "summary": "200 while at least one worker is healthy, else 503",
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/Health"}, "healthy"),
+            "503": _json({"$ref": "#/components/schemas/Health"}, "no healthy worker"),
+        },
+    }
+
+
+def stats(caps: Caps) -> Operation:
+    return {
+        "summary": "Workers, queue and request totals",
+        "responses": {"200": _json(_ANY_OBJECT, "statistics"), **_READ_ERRORS},
+    }
+
+
+def metrics(caps: Caps) -> Operation:
+    return {
+        "summary": "Prometheus metrics of the hub, its queue and its workers",
+        "responses": {
+            "200": {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_READ_ERRORS,
+        },
+    }
+
+
+def dashboard_data(caps: Caps) -> Operation:
+    return {
+        "summary": "What the dashboard shows: /stats plus per-second history",
+        "responses": {"200": _json(_ANY_OBJECT, "statistics and history"), **_READ_ERRORS},
+    }
+
+
+def _control(
+    summary: str, body: dict[str, Any], ok: dict[str, Any], *, unknown_worker: bool = False
+) -> Operation:
+    errors = {**_CONTROL_ERRORS, **(_errors(404) if unknown_worker else {})}
+    return {
+        "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": ok, **errors},
+    }
+
+
+def connect_worker(caps: Caps) -> Operation:
+    registered = {
+        "type": "object",
+        "required": ["id", "heartbeat_interval"],
+        "properties": {
+            "id": {"type": "string"},
+            "heartbeat_interval": {"type": "number"},
+            "heartbeat_path": {"type": "string"},
+        },
+    }
+    return _control(
+        "A worker registers (again); answers its id and heartbeat interval",
+        {"$ref": "#/components/schemas/Registration"},
+        _json(registered, "registered"),
+    )
+
+
+def heartbeat(caps: Caps) -> Operation:
+    body = {
+        "allOf": [
+            {"$ref": "#/components/schemas/Registration"},
+            {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
+        ]
+    }
+    return _control(
+        "A registered worker's heartbeat; 404 tells it to register again",
+        body,
+        _json(_ANY_OBJECT, "the worker's state"),
+        unknown_worker=True,
+    )
+
+
+def disconnect_worker(caps: Caps) -> Operation:
+    return _control(
+        "A worker leaves (a clean shutdown)",
+        {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
+        _json(_ANY_OBJECT, "removed"),
+        unknown_worker=True,
+    )
+
+
+_COMPONENTS: dict[str, Any] = {
+    "securitySchemes": {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "a client API key"},
+        "adminKey": {"type": "http", "scheme": "bearer", "description": "the admin key"},
+        "adminLogin": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "any user name, the admin key as password",
+        },
+        "workerToken": {"type": "http", "scheme": "bearer", "description": "the worker join token"},
+    },
+    "schemas": {
+        "Registration": {
+            "type": "object",
+            "required": ["url", "models", "slots"],
+            "properties": {
+                "url": {"type": "string", "description": "the worker's http(s) URL"},
+                "models": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "minLength": 1},
+                },
+                "slots": {"type": "integer", "minimum": 1},
+                "healthy": {"type": "boolean"},
+                "in_flight": {"type": "integer", "minimum": 0},
+                "draining": {"type": "boolean"},
+                "name": _NAME,
+                "direct": {
+                    "type": ["object", "null"],
+                    "description": "the direct data path: the hub sends inference straight to "
+                    "this llama-server",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string"},
+                        "key": {"type": ["string", "null"], "minLength": 1},
+                    },
+                },
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": ["string", "integer", "null"]},
+                    },
+                }
+            },
+        },
+        "SimpleChatReply": {
+            "type": "object",
+            "required": ["response", "worker", "model", "usage"],
+            "properties": {
+                "response": {"type": "string"},
+                "worker": {"type": "string"},
+                "model": {"type": ["string", "null"]},
+                "finish_reason": {"type": ["string", "null"]},
+                "usage": {"type": "object"},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "workers", "queue"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "workers": {"type": "integer"},
+                "workers_registered": {"type": "integer"},
+                "queue": {"type": "integer"},
+                "in_flight": {"type": "integer"},
+            },
+        },
+    },
+}

@@ -12,6 +12,12 @@ A worker is in one of four states:
 No state is permanent: a worker leaves the registry only when it says goodbye or has been
 offline for `FORGET_AFTER` seconds, and comes back by registering again.
 
+Every change of a worker goes through the registry's methods, and the registry tells its
+watchers (the queue, the retry loop) what they must know: a worker's capacity changed, it
+left, its llama-server started afresh (its cache is gone), it was lost while requests waited
+for its first byte. The one field others change is `in_flight`, which belongs to the queue's
+leases.
+
 All times are `loop.time()` seconds passed in by the caller, so the registry is easy to test.
 """
 
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gollama.tokens import TokenCounts
+from gollama._tokens import Timings, TokenCounts
 
 OFFLINE_AFTER_INTERVALS = 3
 FORGET_AFTER = 600.0
@@ -72,7 +78,7 @@ class Worker:
     last_heartbeat: float
     reported_healthy: bool
     reported_in_flight: int = 0
-    in_flight: int = 0
+    in_flight: int = 0  # requests the hub has on it: the queue's leases keep this
     jobs_completed: int = 0
     jobs_failed: int = 0
     failure: str | None = None
@@ -145,9 +151,23 @@ class Worker:
         }
 
 
+class Watcher:
+    """Hears of changes in the registry; each method does nothing unless overridden."""
+
+    def capacity_changed(self, worker: Worker | None) -> None:
+        """`worker` changed state or slots; None: workers came or went."""
+
+    def forget(self, worker: Worker, *, cache_only: bool) -> None:
+        """`worker` left the registry; with `cache_only`, its llama-server started afresh."""
+
+    def lost(self, worker: Worker, reason: str) -> None:
+        """`worker` became unhealthy or went silent: what waits on it should not."""
+
+
 class Registry:
     def __init__(self, heartbeat_interval: float, rng: random.Random | None = None) -> None:
         self.heartbeat_interval = heartbeat_interval
+        self.watchers: list[Watcher] = []
         self._workers: dict[str, Worker] = {}
         self._registrations = 0
         self._rng = rng or random.Random()
@@ -165,10 +185,16 @@ class Registry:
     def get(self, worker_id: str) -> Worker | None:
         return self._workers.get(worker_id)
 
+    def at(self, url: str) -> Worker | None:
+        """The worker registered at `url`, if any."""
+        return next((w for w in self._workers.values() if w.url == url), None)
+
     def register(self, info: Registration, now: float) -> Worker:
-        """Add a worker, or refresh the one already registered at the same URL."""
+        """Add a worker, or refresh the one already registered at the same URL (which started
+        afresh: whatever its llama-server cached may be gone)."""
         self.changes += 1
-        worker = next((w for w in self._workers.values() if w.url == info.url), None)
+        worker = self.at(info.url)
+        known = worker is not None
         if worker is None:
             self._registrations += 1
             worker = Worker(
@@ -191,9 +217,13 @@ class Registry:
             worker.probe_backoff = PROBE_BACKOFF_FIRST
             worker.unsupported.clear()
         self._apply(worker, info, now)
+        if known:
+            self._forget(worker, cache_only=True)
+        self._capacity_changed(None)
         return worker
 
     def heartbeat(self, worker_id: str, info: Registration, now: float) -> Worker | None:
+        """Apply a heartbeat; None when the worker is not registered (at that URL)."""
         worker = self._workers.get(worker_id)
         if worker is None or worker.url != info.url:
             return None
@@ -201,12 +231,22 @@ class Registry:
         self._apply(worker, info, now)
         if worker.failure is not None and info.healthy and not was_healthy:
             worker.next_probe_at = now  # its llama-server is back: check the worker now
+        if was_healthy and not info.healthy:
+            self._lost(worker, "reported its llama-server unhealthy")
+        if info.healthy and not was_healthy:  # its llama-server (re)started
+            self._forget(worker, cache_only=True)
+        self._capacity_changed(worker)
         return worker
 
     def remove(self, worker_id: str) -> Worker | None:
-        self._models = None
-        self.changes += 1
-        return self._workers.pop(worker_id, None)
+        """The worker said goodbye; None when it was not registered."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None:
+            self._models = None
+            self.changes += 1
+            self._forget(worker, cache_only=False)
+            self._capacity_changed(None)
+        return worker
 
     def mark_failed(self, worker: Worker, reason: str, now: float) -> None:
         """Take the worker out of rotation until a probe of its /health succeeds.
@@ -217,6 +257,7 @@ class Registry:
         worker.failures += 1
         self.changes += 1
         self.probe_failed(worker, reason, now)
+        self._capacity_changed(worker)
 
     def probe_failed(self, worker: Worker, reason: str, now: float) -> None:
         """Keep the worker out; probe it again after a longer wait."""
@@ -231,10 +272,32 @@ class Registry:
             return False
         worker.failure = None
         self.changes += 1
+        self._capacity_changed(worker)
         return True
 
-    def job_succeeded(self, worker: Worker) -> None:
-        worker.probe_backoff = PROBE_BACKOFF_FIRST
+    def probing(self, worker: Worker, out: bool) -> None:
+        """A health probe of the worker went out (`out`), or came back."""
+        worker.probing = out
+
+    def job_completed(self, worker: Worker, *, succeeded: bool) -> None:
+        """The worker answered a job (`succeeded`: not with a client error): a success starts
+        its probe backoff over."""
+        worker.jobs_completed += 1
+        if succeeded:
+            worker.probe_backoff = PROBE_BACKOFF_FIRST
+
+    def job_failed(self, worker: Worker, *, take_out: str | None = None, now: float = 0.0) -> None:
+        """A job failed on the worker; with `take_out` (the reason) it leaves the rotation."""
+        worker.jobs_failed += 1
+        if take_out is not None:
+            self.mark_failed(worker, take_out, now)
+
+    def lacks(self, worker: Worker, endpoint: str) -> None:
+        """The worker's llama-server does not serve `endpoint` (until it restarts)."""
+        worker.unsupported.add(endpoint)
+
+    def tokens_counted(self, worker: Worker, timings: Timings) -> None:
+        worker.tokens.add(timings)
 
     def due_for_probe(self, now: float) -> list[Worker]:
         return [
@@ -257,6 +320,14 @@ class Registry:
                 worker.offline = True
                 self.changes += 1
                 went_offline.append(worker)
+        for worker in went_offline:
+            self._lost(worker, "went offline (no heartbeat)")
+        for worker in forgotten:
+            self._forget(worker, cache_only=False)
+        if forgotten:
+            self._capacity_changed(None)
+        for worker in went_offline:
+            self._capacity_changed(worker)
         return went_offline, forgotten
 
     def known_models(self) -> frozenset[str]:
@@ -277,6 +348,18 @@ class Registry:
         worker.direct = info.direct
         worker.last_heartbeat = now
         worker.offline = False
+
+    def _capacity_changed(self, worker: Worker | None) -> None:
+        for watcher in self.watchers:
+            watcher.capacity_changed(worker)
+
+    def _forget(self, worker: Worker, *, cache_only: bool) -> None:
+        for watcher in self.watchers:
+            watcher.forget(worker, cache_only=cache_only)
+
+    def _lost(self, worker: Worker, reason: str) -> None:
+        for watcher in self.watchers:
+            watcher.lost(worker, reason)
 
     def _unique_id(self, wanted: str) -> str:
         candidate, n = wanted, 1

@@ -5,7 +5,7 @@
 away: a disconnect cancels everything and frees the slot.
 
 A stream's bytes pass unchanged. A stream that breaks off after it started cannot be retried;
-it ends with an explicit error event and never with `[DONE]`.
+it ends with an explicit error event and never with `[DONE]` (`judge_stream_end`).
 """
 
 from __future__ import annotations
@@ -13,31 +13,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSet
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gollama.asgi import (
-    CLOSING_SEND_TIMEOUT,
-    ClientDisconnected,
-    send_closing,
-    until_disconnect,
-)
+from gollama._asgi import CLOSING_SEND_TIMEOUT, send_closing, until_disconnect
+from gollama._sse import SSE_HEADERS, StreamTail, StreamText, chat_text
+from gollama._tokens import Timings, body_timings, timings_of
 from gollama.errors import (
     CLIENT_CLOSED,
     WORKER_FAULT_CODES,
     ApiError,
+    ClientDisconnected,
     DeadlineExceeded,
     RelayedError,
     ShuttingDown,
+    UpstreamError,
 )
-from gollama.hub.dispatch import Answer, Dispatcher, Job
+from gollama.hub.accounting import Accounting
 from gollama.hub.registry import Worker
-from gollama.sse import SSE_HEADERS, StreamTail, StreamText, chat_text
-from gollama.tokens import Timings, body_timings, timings_of
-from gollama.upstream import UpstreamError
+from gollama.hub.retry import Answer, Dispatcher, Job
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,61 @@ log = logging.getLogger(__name__)
 Render = Callable[[Answer], bytes]
 
 
+class CutShort(Protocol):
+    """A response that can be ended before its time (see `JobResponse.cut_short`)."""
+
+    def cut_short(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """How a relayed stream ended."""
+
+    failure: str | None  # why the reply is not complete; None: it is
+    take_out: bool = False  # the worker leaves the rotation (it broke, not llama-server's error)
+    worker_failed: bool = False  # a failed job of the worker (not so a request out of time)
+    closing_code: int | None = None  # end the stream with an error event of this code
+
+
+def judge_stream_end(
+    worker_id: str,
+    *,
+    done: bool,
+    last_error: dict[str, Any] | None,
+    broke: str | None = None,
+    out_of_time: ApiError | None = None,
+) -> StreamEnd:
+    """Judge a stream that stopped: `done` (its last event is `[DONE]`), the error object of its
+    last event, why the worker's stream `broke`, or the error of a request `out_of_time`.
+
+    A `[DONE]` that was relayed makes the reply complete, whatever broke after it. A stream
+    that ended with its own error event needs no other; one cut short gets a closing error
+    event, 502 when the worker failed, else the out-of-time error's code.
+    """
+    if done:
+        return StreamEnd(None)
+    failure, take_out = None, False
+    if broke is not None:
+        failure, take_out = f"worker {worker_id}: {broke}", True
+    elif out_of_time is not None:
+        failure = out_of_time.message
+    elif last_error is not None:
+        failure = f"worker {worker_id}: the stream ended with an error event"
+        take_out = last_error.get("code") in WORKER_FAULT_CODES
+    else:
+        failure, take_out = f"worker {worker_id}: the stream ended before it was complete", True
+    closing = None
+    if last_error is None:
+        closing = out_of_time.status if out_of_time is not None else 502
+    return StreamEnd(failure, take_out, worker_failed=out_of_time is None, closing_code=closing)
+
+
 class JobResponse(Response):
     def __init__(
         self,
         dispatcher: Dispatcher,
+        accounting: Accounting,
+        open_responses: MutableSet[CutShort],
         job: Job,
         route: str,
         render: Render | None = None,
@@ -56,10 +106,11 @@ class JobResponse(Response):
         received: float,
     ) -> None:
         """`route` is the hub's endpoint the request came to; `received`, when
-        (`time.perf_counter()`)."""
+        (`time.perf_counter()`). While it is being sent, the response is in `open_responses`."""
         # Starlette's Response.__init__ is not called: this response makes its own messages.
         self.dispatcher = dispatcher
-        self.metrics = dispatcher.metrics
+        self.accounting = accounting
+        self.open_responses = open_responses
         self.job = job
         self.route = route
         self.render_answer = render
@@ -70,15 +121,14 @@ class JobResponse(Response):
         self._cut_short: str | None = None  # why the deadline was brought forward
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.dispatcher.open_responses.add(self)
+        self.open_responses.add(self)
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
             if not self.settled:
-                self.dispatcher.totals.cancelled += 1
                 self._settle(CLIENT_CLOSED, None, "the client went away")
         finally:
-            self.dispatcher.open_responses.discard(self)
+            self.open_responses.discard(self)
 
     def cut_short(self, reason: str) -> None:
         """End this request now, as its deadline would, but saying `reason` (the hub is
@@ -94,7 +144,7 @@ class JobResponse(Response):
 
     async def _run(self, send: Send) -> None:
         job = self.job
-        self.dispatcher.totals.requests += 1
+        self.accounting.arrived()
         try:
             async with asyncio.timeout_at(job.deadline) as self._deadline:
                 answer = await self.dispatcher.answer(job)
@@ -113,15 +163,7 @@ class JobResponse(Response):
             self.dispatcher.abandon(answer)
             raise
 
-    async def _send_error(self, send: Send, error: ApiError, *, counted: bool = False) -> None:
-        if not counted:
-            totals = self.dispatcher.totals
-            if error.status in (429, 503):
-                totals.rejected += 1
-            elif error.status < 500:
-                totals.client_errors += 1
-            else:
-                totals.failed += 1
+    async def _send_error(self, send: Send, error: ApiError) -> None:
         worker_id = error.worker_id if isinstance(error, RelayedError) else None
         self._settle(error.status, self.dispatcher.registry.get(worker_id or ""), error.message)
         headers = [
@@ -141,7 +183,7 @@ class JobResponse(Response):
                 body = self.render_answer(answer)
             except ApiError as exc:
                 self.dispatcher.finish(answer, failure=exc.message, worker_failed=True)
-                await self._send_error(send, exc, counted=True)
+                await self._send_error(send, exc)
                 return
         timings, reply = self._whole_reply(answer)
         # the answer is complete: free the slot first
@@ -163,10 +205,11 @@ class JobResponse(Response):
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
         tail = StreamTail()
         text = StreamText() if self._learns else None
-        failure, take_out, out_of_time = None, False, False
-        model = self._model_label(answer.worker)
+        broke: str | None = None
+        out_of_time: ApiError | None = None
+        model = self.accounting.model_label(job.model, answer.worker)
         first_at = last_at = time.perf_counter()
-        self.metrics.first_token(model, first_at - self.received)
+        self.accounting.first_token(model, first_at - self.received)
         try:
             async with asyncio.timeout_at(job.deadline) as self._deadline:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -174,59 +217,56 @@ class JobResponse(Response):
                 if text is not None:
                     text.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
-                async for chunk in answer.rest(self.dispatcher.read_timeout):
+                async for chunk in answer.rest():
                     last_at = time.perf_counter()
                     tail.feed(chunk)
                     if text is not None:
                         text.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            failure, take_out = f"worker {answer.worker.id}: {exc}", True
+            broke = str(exc)
         except TimeoutError:
-            failure, out_of_time = self._out_of_time().message, True
-        if tail.done:  # [DONE] was relayed: whatever broke after it, the reply is complete
-            failure, take_out, out_of_time = None, False, False
-        error = tail.last_error()
-        if failure is None and error is not None:
-            failure = f"worker {answer.worker.id}: the stream ended with an error event"
-            take_out = error.get("code") in WORKER_FAULT_CODES
-        elif failure is None and not tail.done:
-            failure = f"worker {answer.worker.id}: the stream ended before it was complete"
-            take_out = True
+            out_of_time = self._out_of_time()
+        end = judge_stream_end(
+            answer.worker.id,
+            done=tail.done,
+            last_error=tail.last_error(),
+            broke=broke,
+            out_of_time=out_of_time,
+        )
         # The slot is freed before the last bytes go out: a client that does not read cannot
         # hold it past the deadline.
-        worker_failed = failure is not None and not out_of_time
         timings = tail.timings()
         self.dispatcher.finish(
             answer,
-            failure=failure,
-            worker_failed=worker_failed,
-            take_out=take_out,
+            failure=end.failure,
+            worker_failed=end.worker_failed,
+            take_out=end.take_out,
             timings=timings,
             reply=text.text() if text is not None else None,
         )
         self._count_tokens(answer.worker, timings)
-        self.metrics.stream_done(model, last_at - first_at, timings)
+        self.accounting.stream_done(model, last_at - first_at, timings)
         closing = b""
-        if failure is None:
+        if end.failure is None:
             self._settle(200, answer.worker)
         else:
-            self.metrics.stream_cut(model)
-            self._settle(200, answer.worker, f"stream cut: {failure}", warn=True)
-            if error is None:
-                code = 502 if worker_failed else self._out_of_time().status
-                closing = tail.closing_error_event(failure, code=code)
+            self.accounting.stream_cut(model)
+            self._settle(200, answer.worker, f"stream cut: {end.failure}", failed=True)
+            if end.closing_code is not None:
+                closing = tail.closing_error_event(end.failure, code=end.closing_code)
         await send_closing(send, closing)
 
     def _settle(
-        self, status: int, worker: Worker | None, note: str = "", *, warn: bool = False
+        self, status: int, worker: Worker | None, note: str = "", *, failed: bool = False
     ) -> None:
         """The request's outcome is decided: count it and write its one log line."""
         self.settled = True
         seconds = time.perf_counter() - self.received
-        self.metrics.request_done(self.route, self._model_label(worker), status, seconds)
+        model = self.accounting.model_label(self.job.model, worker)
+        self.accounting.settled(self.route, model, status, seconds, failed=failed)
         log.log(
-            logging.WARNING if warn else logging.INFO,
+            logging.WARNING if failed else logging.INFO,
             "%s %d in %.1f ms%s%s",
             self.route,
             status,
@@ -234,15 +274,6 @@ class JobResponse(Response):
             f" on {worker.id}" if worker else "",
             f": {note}" if note else "",
         )
-
-    def _model_label(self, worker: Worker | None) -> str:
-        """The model for metric labels: one a worker serves, never a client's arbitrary name."""
-        model = self.job.model
-        if worker is not None:
-            return model if model is not None and model in worker.models else worker.models[0]
-        if model is not None and model in self.dispatcher.registry.known_models():
-            return model
-        return ""
 
     @property
     def _learns(self) -> bool:
@@ -264,7 +295,8 @@ class JobResponse(Response):
 
     def _count_tokens(self, worker: Worker, timings: Timings | None) -> None:
         if timings is not None:
-            self.metrics.tokens_counted(worker, self._model_label(worker), timings)
+            model = self.accounting.model_label(self.job.model, worker)
+            self.accounting.tokens_counted(worker, model, timings)
 
     def _answer_headers(self, answer: Answer) -> list[tuple[bytes, bytes]]:
         return [

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from gollama.errors import BadRequest, UpstreamFailed
-from gollama.hub.dispatch import Answer, Job
-from gollama.hub.prompts import PromptKey, chat_key, text_key
+from gollama.hub.retry import Answer, Job
+from gollama.hub.routing.prompts import PromptKey, chat_key, text_key
 
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 CHAT_FIELDS = {"message", "max_tokens", "model"}

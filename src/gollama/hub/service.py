@@ -6,21 +6,23 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gollama.auth import bearer
+from gollama._asgi import BodyLimits
+from gollama._auth import bearer
+from gollama._server import wait_until_idle
+from gollama._transport import Upstream
+from gollama.config import HubConfig
+from gollama.hub.accounting import Accounting
 from gollama.hub.dashboard import History
-from gollama.hub.dispatch import Dispatcher
 from gollama.hub.health import HealthMonitor
-from gollama.hub.metrics import HubMetrics
-from gollama.hub.policies import make_policy
+from gollama.hub.metrics import hub_metrics
+from gollama.hub.queue import Scheduler
 from gollama.hub.registry import Registry
+from gollama.hub.relay import CutShort
 from gollama.hub.requests import Caps
-from gollama.hub.scheduler import Scheduler
-from gollama.inbound import BodyLimits
-from gollama.serve import wait_until_idle
-from gollama.settings import HubConfig
-from gollama.upstream import Upstream
+from gollama.hub.retry import Dispatcher
+from gollama.hub.routing import make_policy
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,14 @@ class Hub:
     registry: Registry
     scheduler: Scheduler
     upstream: Upstream
+    direct: Upstream  # to llama-servers of workers on the direct data path
     dispatcher: Dispatcher
-    metrics: HubMetrics
+    accounting: Accounting
     history: History
     started_at: float
     _tasks: list[asyncio.Task[None]]
+    # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
+    open_responses: set[CutShort] = field(default_factory=set)
 
     @classmethod
     async def start(cls, config: HubConfig) -> Hub:
@@ -58,24 +63,25 @@ class Hub:
             headers=bearer(config.worker_token),  # every call to a worker carries the token
             ca_file=config.worker_ca,
         )
-        direct = Upstream(  # to llama-servers of workers on the direct data path
+        direct = Upstream(  # llama-server never sees the worker token
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             keepalive_timeout=LLAMA_KEEPALIVE,
         )
-        metrics = HubMetrics(registry, scheduler, config.queue_size)
+        prometheus = hub_metrics(registry, scheduler, config.queue_size)
+        accounting = Accounting(registry, prometheus)
         dispatcher = Dispatcher(
             registry,
             scheduler,
             upstream,
-            metrics,
+            accounting,
             direct=direct,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,
         )
-        health = HealthMonitor(registry, scheduler, upstream, on_lost=dispatcher.worker_lost)
-        history = History(metrics, scheduler)
+        health = HealthMonitor(registry, upstream)
+        history = History(accounting, scheduler)
         tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
         loop = asyncio.get_running_loop()
         log.info(
@@ -89,8 +95,9 @@ class Hub:
             registry,
             scheduler,
             upstream,
+            direct,
             dispatcher,
-            metrics,
+            accounting,
             history,
             loop.time(),
             tasks,
@@ -103,9 +110,9 @@ class Hub:
         left = await wait_until_idle(lambda: self.scheduler.in_flight, seconds)
         if left:
             log.warning("drain time is up: ending the %d requests still in flight", left)
-            for response in list(self.dispatcher.open_responses):
+            for response in list(self.open_responses):
                 response.cut_short("the hub is shutting down")
-            await wait_until_idle(lambda: len(self.dispatcher.open_responses), CUT_SHORT_WAIT)
+            await wait_until_idle(lambda: len(self.open_responses), CUT_SHORT_WAIT)
         else:
             log.info("drained: nothing in flight")
 
@@ -116,7 +123,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.upstream.close()
-        await self.dispatcher.direct.close()
+        await self.direct.close()
 
     @functools.cached_property
     def body_limits(self) -> BodyLimits:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -16,31 +14,19 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gollama import __version__
-from gollama.errors import BadRequest, NoWorkerAvailable, json_response
-from gollama.guard import Access, Guard, Rules
-from gollama.inbound import EXCEPTION_HANDLERS, read_body, read_object, request_id
-from gollama.logs import REQUEST_ID
-from gollama.serve import DrainHook
-from gollama.settings import WorkerConfig
+from gollama._asgi import EXCEPTION_HANDLERS, read_body, read_object, request_id
+from gollama._guard import Access, Guard, Rules
+from gollama._logs import REQUEST_ID
+from gollama._server import DrainHook, lifespan
+from gollama.config import WorkerConfig
+from gollama.errors import BadRequest, HubUnavailable, NoWorkerAvailable, json_response
 from gollama.worker.forward import INFERENCE_ENDPOINTS, ForwardResponse
-from gollama.worker.hub_link import HubUnavailable
-from gollama.worker.service import WorkerNode
+from gollama.worker.node import WorkerNode
 
 
 def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None) -> ASGIApp:
     """The worker's app behind its guard. While it runs, `drain_hooks` holds what to call for
     a graceful stop."""
-    hooks = drain_hooks if drain_hooks is not None else []
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        node = await WorkerNode.start(config)
-        hooks.append(node.drain)
-        try:
-            yield {"node": node}
-        finally:
-            hooks.remove(node.drain)
-            await node.stop()
 
     routes = [
         Route("/", index, methods=["GET"]),
@@ -50,7 +36,11 @@ def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None)
         Route("/execute", execute, methods=["POST"]),
         *(Route(path, forward, methods=["POST"]) for path in sorted(INFERENCE_ENDPOINTS)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan("node", lambda: WorkerNode.start(config), drain_hooks),
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
     rules = Rules(
         access=access, max_header_bytes=config.max_header_bytes, worker_token=config.worker_token
     )
@@ -68,7 +58,7 @@ async def forward(request: Request) -> Response:
     node: WorkerNode = request.state.node
     received, rid = _arrived(request)
     body = await read_body(request, node.body_limits)
-    return ForwardResponse(node, request.url.path, body, rid, received=received)
+    return ForwardResponse(node.forwarder, request.url.path, body, rid, received=received)
 
 
 async def execute(request: Request) -> Response:
@@ -86,7 +76,7 @@ async def execute(request: Request) -> Response:
     body = envelope.get("body")
     if not isinstance(body, dict):
         raise BadRequest("'body' must be a JSON object", param="body")
-    return ForwardResponse(node, endpoint, orjson.dumps(body), rid, received=received)
+    return ForwardResponse(node.forwarder, endpoint, orjson.dumps(body), rid, received=received)
 
 
 def _arrived(request: Request) -> tuple[float, str]:

@@ -13,26 +13,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import orjson
-from aiohttp import ClientResponse
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gollama.asgi import ClientDisconnected, send_closing, until_disconnect
+from gollama._asgi import send_closing, until_disconnect
+from gollama._sse import SSE_HEADERS, StreamTail
+from gollama._transport import Reply, Upstream
 from gollama.errors import (
     CLIENT_CLOSED,
     LLAMA_BROKE_OFF,
     LLAMA_TIMEOUT,
     LLAMA_UNREACHABLE,
+    ClientDisconnected,
+    UpstreamError,
     error_body,
 )
-from gollama.sse import SSE_HEADERS, StreamTail
-from gollama.upstream import UpstreamError, iter_chunks, read_body
-
-if TYPE_CHECKING:
-    from gollama.worker.service import WorkerNode
+from gollama.worker.llama import LlamaServer
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +61,35 @@ INFERENCE_ENDPOINTS = frozenset(
 )
 
 
+class Forwarder:
+    """What forwarding needs: the way to llama-server, and the count of requests on it."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        llama: LlamaServer,
+        *,
+        unreachable: Callable[[str], None],
+        forwarded: Callable[[str, int, float], None],
+    ) -> None:
+        """`unreachable(reason)` hears when llama-server could not be reached; `forwarded(
+        endpoint, status, seconds)` of every request done."""
+        self.upstream = upstream
+        self.llama = llama
+        self.unreachable = unreachable
+        self.forwarded = forwarded
+        self.in_flight = 0
+
+
 class ForwardResponse(Response):
     """Sends one request to llama-server and relays its answer, counting it as in flight."""
 
     def __init__(
-        self, node: WorkerNode, endpoint: str, body: bytes, request_id: str, *, received: float
+        self, forwarder: Forwarder, endpoint: str, body: bytes, request_id: str, *, received: float
     ) -> None:
         """`received`: when the request arrived (`time.perf_counter()`)."""
-        self.node = node
-        self.upstream = node.upstream
+        self.forwarder = forwarder
         self.endpoint = endpoint
-        self.url = node.llama.url + endpoint
         self.payload = body
         self.request_id = request_id
         self.received = received
@@ -80,64 +97,67 @@ class ForwardResponse(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.node.in_flight += 1
+        forwarder = self.forwarder
+        forwarder.in_flight += 1
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
             log.info("the client went away; request to llama-server cancelled")
         finally:
-            self.node.in_flight -= 1
+            forwarder.in_flight -= 1
             seconds = time.perf_counter() - self.received
-            self.node.metrics.forwarded(self.endpoint, self.status, seconds)
+            forwarder.forwarded(self.endpoint, self.status, seconds)
             log.info("%s %d in %.1f ms", self.endpoint, self.status, seconds * 1000)
 
     async def _run(self, send: Send) -> None:
+        llama = self.forwarder.llama
         headers = {
             "Content-Type": "application/json",
             "X-Request-ID": self.request_id,
-            **self.node.llama_headers,
+            **llama.headers,
         }
         try:
-            response = await self.upstream.open(
-                "POST", self.url, body=self.payload, headers=headers
+            reply = await self.forwarder.upstream.open(
+                "POST", llama.url + self.endpoint, body=self.payload, headers=headers
             )
         except UpstreamError as exc:
-            self.node.llama_unreachable(str(exc))
+            self.forwarder.unreachable(str(exc))
             if exc.timed_out:
                 await self._send_error(send, f"llama-server: {exc}", 504, LLAMA_TIMEOUT)
             else:
                 await self._send_error(send, f"llama-server: {exc}", 502, LLAMA_UNREACHABLE)
             return
-        async with response:
-            content_type = response.headers.get("Content-Type", "application/json")
+        try:
             out_headers = [
-                (b"content-type", content_type.encode()),
+                (b"content-type", reply.content_type.encode()),
                 (b"x-request-id", self.request_id.encode()),
             ]
-            if content_type.startswith("text/event-stream"):
+            if reply.streamed:
                 out_headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-                await self._relay_stream(send, response, out_headers)
+                await self._relay_stream(send, reply, out_headers)
                 return
             try:
-                body = await read_body(response)
+                body = await reply.read()
             except UpstreamError as exc:
                 await self._send_error(send, f"llama-server: {exc}", 502, LLAMA_BROKE_OFF)
                 return
             out_headers.append((b"content-length", str(len(body)).encode()))
-            self.status = response.status
-            start = {"type": "http.response.start", "status": response.status}
+            self.status = reply.status
+            start = {"type": "http.response.start", "status": reply.status}
             await send({**start, "headers": out_headers})
             await send({"type": "http.response.body", "body": body})
+        finally:
+            reply.close()
 
     async def _relay_stream(
-        self, send: Send, response: ClientResponse, headers: list[tuple[bytes, bytes]]
+        self, send: Send, reply: Reply, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        self.status = response.status
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        self.status = reply.status
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         tail = StreamTail()
         closing = b""
         try:
-            async for chunk in iter_chunks(response):
+            async for chunk in reply.chunks():
                 tail.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:

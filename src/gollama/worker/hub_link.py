@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gollama.auth import bearer
-from gollama.errors import structured_message
-from gollama.upstream import Upstream, UpstreamError
+from gollama._auth import bearer
+from gollama._transport import Upstream
+from gollama.errors import HubUnavailable, UpstreamError, structured_message
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,6 @@ class HubLink:
             )
         except UpstreamError as exc:
             raise HubUnavailable(str(exc)) from exc
-
-
-class HubUnavailable(Exception):
-    """The hub could not be reached or refused the call."""
 
 
 def advertised_url(host: str, port: int, hub_url: str, *, tls: bool = False) -> str:

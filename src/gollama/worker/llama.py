@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gollama.errors import structured_message
-from gollama.upstream import Upstream, UpstreamError
+from gollama._transport import Upstream
+from gollama.errors import UpstreamError, structured_message
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from gollama.processes import die_with_parent, free_port, terminate
+from gollama._processes import die_with_parent, free_port, terminate
 
 log = logging.getLogger(__name__)
 

@@ -3,23 +3,32 @@ state of its llama-server and of its link to the hub (read at scrape time)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from gollama.metric_families import counter, gauge
-
-if TYPE_CHECKING:
-    from gollama.worker.service import WorkerNode
+from gollama._metrics import counter, gauge
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+@dataclass(frozen=True)
+class NodeState:
+    """The worker as it is at scrape time."""
+
+    in_flight: int
+    llama_up: bool
+    llama_slots: int
+    registered: bool
+    restarts: int | None  # of a managed llama-server; None for one the worker does not run
+
+
 class WorkerMetrics:
-    def __init__(self, node: WorkerNode) -> None:
+    def __init__(self, state: Callable[[], NodeState]) -> None:
+        """`state()` tells how the worker is now, at each scrape."""
         self.prometheus = CollectorRegistry()
         self._requests = Counter(
             "gollama_forwarded_requests",
@@ -35,7 +44,7 @@ class WorkerMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.prometheus,
         )
-        self.prometheus.register(_NodeCollector(node))
+        self.prometheus.register(_NodeCollector(state))
 
     def exposition(self) -> bytes:
         return generate_latest(self.prometheus)
@@ -46,37 +55,36 @@ class WorkerMetrics:
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: WorkerNode) -> None:
-        self.node = node
+    def __init__(self, state: Callable[[], NodeState]) -> None:
+        self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        node = self.node
-        status = node.llama.status
+        now = self.state()
         yield gauge(
-            "gollama_forward_in_flight", "Requests on llama-server now", [], [((), node.in_flight)]
+            "gollama_forward_in_flight", "Requests on llama-server now", [], [((), now.in_flight)]
         )
         yield gauge(
             "gollama_llama_server_up",
             "1 while llama-server answers its health check",
             [],
-            [((), int(status.healthy))],
+            [((), int(now.llama_up))],
         )
         yield gauge(
             "gollama_llama_server_slots",
             "llama-server's parallel slots, as last seen",
             [],
-            [((), status.slots)],
+            [((), now.llama_slots)],
         )
         yield gauge(
             "gollama_hub_registered",
             "1 while the worker is registered with the hub",
             [],
-            [((), int(node.link.worker_id is not None))],
+            [((), int(now.registered))],
         )
-        if node.managed is not None:
+        if now.restarts is not None:
             yield counter(
                 "gollama_llama_server_restarts",
                 "Times the worker restarted its managed llama-server",
                 [],
-                [((), node.managed.restarts)],
+                [((), now.restarts)],
             )

@@ -1,27 +1,40 @@
-"""Inbound requests, shared by the hub and the worker: JSON bodies, request ids, and the
-OpenAI-style answers to requests that fail before any work starts."""
+"""What the hub and the worker share on their inbound side: reading a request (its body within
+limits, as a JSON object; its id), running an answer until the client disconnects, sending an
+answer's last bytes to a client that may not read, and OpenAI-style answers to requests that
+fail before any work starts."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Send
 
+from gollama._interrupt import Interrupt
 from gollama.errors import (
     ApiError,
     BadRequest,
     BodyTooLarge,
+    ClientDisconnected,
+    Interrupted,
     RequestTimeout,
     error_body,
     json_response,
 )
+
+T = TypeVar("T")
+
+# How long the last messages of an answer (an error event, the end of a stream) may wait for a
+# client that does not read; the slot has been freed by then.
+CLOSING_SEND_TIMEOUT = 5.0
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -94,6 +107,41 @@ def _json_type(value: object) -> str:
         bool: "a boolean",
     }
     return names.get(type(value), "null")
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Run `work`; if the client disconnects first, cancel it and raise `ClientDisconnected`.
+
+    Call this after the request body has been read: from then on the only message `receive`
+    can deliver is the disconnect. Cancelling the work closes its upstream connection, which
+    is how a disconnect travels hub -> worker -> llama-server and frees the slot at once.
+    """
+    interrupt = Interrupt()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        interrupt.fire("client disconnected")
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await interrupt.run(work)
+    except Interrupted:
+        raise ClientDisconnected from None
+    finally:
+        watcher.cancel()
+
+
+async def send_closing(send: Send, body: bytes) -> None:
+    """Send the last body bytes of an answer, without waiting long for a client that does not
+    read (the connection is then dropped by the server)."""
+    try:
+        async with asyncio.timeout(CLOSING_SEND_TIMEOUT):
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+    except TimeoutError:
+        pass
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

@@ -21,10 +21,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gollama.loadtest import LoadConfig, LoadTest, Report, Result
+from gollama._values import flag_type, positive_int, positive_seconds
+from gollama.tools.loadtest import LoadConfig, LoadTest, Report, Result
 
 
-def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    positive, seconds = flag_type(positive_int), flag_type(positive_seconds)
     parser.add_argument(
         "--url",
         default="http://127.0.0.1:9000",
@@ -117,7 +119,7 @@ def config_from(args: argparse.Namespace) -> LoadConfig:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = config_from(args)
     console = Console(stderr=True)
     if args.plot is not None:

@@ -21,13 +21,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gollama.errors import RateLimited
+from gollama.errors import KeyFileError, RateLimited
 
 MIN_SECRET_LENGTH = 16
-
-
-class KeyFileError(ValueError):
-    """A keys file or key that cannot be used."""
 
 
 def check_secret(secret: str, what: str) -> str:

@@ -33,8 +33,8 @@ from gollama.errors import (
     QueueFull,
     ShuttingDown,
 )
-from gollama.hub.registry import Registry, Worker
-from gollama.hub.routing import Backlog, Candidates, Choice, Policy, Prediction, Want
+from gollama.hub.registry import Registry, Watcher, Worker
+from gollama.hub.routing.policy import Backlog, Candidates, Choice, Policy, Prediction, Want
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
@@ -76,11 +76,13 @@ class _Waiter:
         self.target: Worker | None = None  # the busy worker it holds out for
 
 
-class Scheduler:
+class Scheduler(Watcher):
     def __init__(
         self, registry: Registry, policy: Policy, *, queue_size: int, max_in_flight: int = 0
     ) -> None:
+        """The queue in front of `registry`'s workers; it watches the registry for changes."""
         self.registry = registry
+        registry.watchers.append(self)
         self.policy = policy
         self.queue_size = queue_size
         self.max_in_flight = max_in_flight  # 0: only the slots limit
@@ -144,9 +146,9 @@ class Scheduler:
                 del self._waiters[waiter]
                 waiter.future.set_exception(ShuttingDown("the hub is shutting down"))
 
-    def capacity_changed(self, worker: Worker | None = None) -> None:
-        """Call after `worker` changed state or slots (None: after workers came or went):
-        serve or fail the waiters."""
+    def capacity_changed(self, worker: Worker | None) -> None:
+        """`worker` changed state or slots (None: workers came or went): serve or fail the
+        waiters."""
         if worker is None:
             self._reopen_all()
             self._fail_unservable()
@@ -154,13 +156,12 @@ class Scheduler:
             self._refresh(worker)
         self._dispatch()
 
-    def forget(self, worker: Worker, *, cache_only: bool = False) -> None:
+    def forget(self, worker: Worker, *, cache_only: bool) -> None:
         """`worker` left (or, with `cache_only`, its llama-server started afresh): the policy
         forgets what it knew of it."""
         self.policy.forget(worker)
         if not cache_only:
             self._close(worker)
-            self.capacity_changed()
 
     def describe_capacity(self, want: Want) -> str:
         """How many workers could serve `want`, and how many of them are healthy now."""

@@ -12,11 +12,18 @@ output row of `</s>` reads only dimension 0, with a large negative weight.
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import gguf
-import numpy as np
+from gollama._values import flag_type, int_at_least
+from gollama.errors import ToolError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -46,7 +53,21 @@ class ModelShape:
         return 2 * self.d_model
 
 
+def _libraries() -> tuple[Any, Any]:
+    """gguf and numpy, which only this tool needs (the `testmodel` extra)."""
+    try:
+        import gguf
+        import numpy
+    except ImportError as exc:
+        raise ToolError(
+            f"writing a test model needs the 'testmodel' extra ({exc.name} is missing): "
+            "pip install 'gollama[testmodel]', or uv sync --extra testmodel"
+        ) from None
+    return gguf, numpy
+
+
 def _vocabulary() -> tuple[list[str], list[float], list[int]]:
+    gguf, _ = _libraries()
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     scores = [0.0] * N_VOCAB
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -56,11 +77,13 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
 
 def _weights(shape: ModelShape) -> dict[str, np.ndarray]:
     """Tensors in numpy order (rows = outputs), which is ggml's shape reversed."""
-    rng = np.random.default_rng(shape.seed)
+    _, numpy = _libraries()
+    rng = numpy.random.default_rng(shape.seed)
     d, ff = shape.d_model, shape.d_ff
 
     def normal(*dims: int, scale: float) -> np.ndarray:
-        return rng.normal(0.0, scale, size=dims).astype(np.float32)
+        values: np.ndarray = rng.normal(0.0, scale, size=dims).astype(numpy.float32)
+        return values
 
     embeddings = normal(N_VOCAB, d, scale=1.0)
     embeddings[:, 0] = 1.0  # the constant dimension that keeps </s> impossible
@@ -71,12 +94,12 @@ def _weights(shape: ModelShape) -> dict[str, np.ndarray]:
         attn_out[0, :] = 0.0  # no layer writes to dimension 0
         ffn_down[0, :] = 0.0
         tensors |= {
-            f"blk.{layer}.attn_norm.weight": np.ones(d, dtype=np.float32),
+            f"blk.{layer}.attn_norm.weight": numpy.ones(d, dtype=numpy.float32),
             f"blk.{layer}.attn_q.weight": normal(d, d, scale=d**-0.5),
             f"blk.{layer}.attn_k.weight": normal(d, d, scale=d**-0.5),
             f"blk.{layer}.attn_v.weight": normal(d, d, scale=d**-0.5),
             f"blk.{layer}.attn_output.weight": attn_out,
-            f"blk.{layer}.ffn_norm.weight": np.ones(d, dtype=np.float32),
+            f"blk.{layer}.ffn_norm.weight": numpy.ones(d, dtype=numpy.float32),
             f"blk.{layer}.ffn_gate.weight": normal(ff, d, scale=d**-0.5),
             f"blk.{layer}.ffn_up.weight": normal(ff, d, scale=d**-0.5),
             f"blk.{layer}.ffn_down.weight": ffn_down,
@@ -84,7 +107,7 @@ def _weights(shape: ModelShape) -> dict[str, np.ndarray]:
     output = normal(N_VOCAB, d, scale=0.3)
     output[EOS_ID, :] = 0.0
     output[EOS_ID, 0] = -100.0
-    tensors["output_norm.weight"] = np.ones(d, dtype=np.float32)
+    tensors["output_norm.weight"] = numpy.ones(d, dtype=numpy.float32)
     tensors["output.weight"] = output
     return tensors
 
@@ -97,6 +120,7 @@ def write_test_model(path: Path, shape: ModelShape = ModelShape()) -> Path:
             f"unsupported model shape: d_model {shape.d_model} must split into {shape.heads} "
             "heads of an even size, and layers must be 1 or more"
         )
+    gguf, _ = _libraries()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     writer = gguf.GGUFWriter(str(partial), "llama")
@@ -131,3 +155,45 @@ def write_test_model(path: Path, shape: ModelShape = ModelShape()) -> Path:
     writer.close()
     partial.replace(path)
     return path
+
+
+def cached_test_model(shape: ModelShape = ModelShape()) -> tuple[Path, bool]:
+    """The generated test model of `shape` in the user's cache folder, written once; returns
+    its path and whether it was written now."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gollama"
+    path = cache / f"gollama-test-d{shape.d_model}-l{shape.layers}.gguf"
+    if path.exists():
+        return path, False
+    return write_test_model(path, shape), True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT.gguf", type=Path, help="file to write")
+    for flag, lowest, default, what in (
+        ("--d-model", 8, 64, "width"),
+        ("--layers", 1, 2, "layers"),
+        ("--context", 64, 4096, "context length"),
+        ("--seed", 0, 0, "random seed"),
+    ):
+        parser.add_argument(
+            flag,
+            type=flag_type(int_at_least(lowest)),
+            default=default,
+            help=f"{what} (default {default})",
+        )
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    shape = ModelShape(
+        d_model=args.d_model, layers=args.layers, context=args.context, seed=args.seed
+    )
+    try:
+        path = write_test_model(args.out, shape)
+    except (ValueError, ToolError) as exc:
+        print(f"gollama testmodel: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, d_model {shape.d_model}, "
+        f"{shape.layers} layers)"
+    )
+    return 0

@@ -10,16 +10,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gollama.auth import bearer
-from gollama.inbound import BodyLimits
-from gollama.llama_binary import find_llama_server
-from gollama.serve import wait_until_idle
-from gollama.settings import WorkerConfig
-from gollama.upstream import Upstream
-from gollama.worker.hub_link import HubLink, HubUnavailable, advertised_url
+from gollama._asgi import BodyLimits
+from gollama._auth import bearer
+from gollama._llama_binary import find_llama_server
+from gollama._server import wait_until_idle
+from gollama._transport import Upstream
+from gollama.config import WorkerConfig
+from gollama.errors import HubUnavailable
+from gollama.worker.forward import Forwarder
+from gollama.worker.hub_link import HubLink, advertised_url
 from gollama.worker.llama import LlamaServer
 from gollama.worker.managed import ManagedLlama
-from gollama.worker.metrics import WorkerMetrics
+from gollama.worker.metrics import NodeState, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,19 @@ class WorkerNode:
             llama_url = self.managed.url
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
-        self.llama_headers = bearer(self.llama_key)
-        self.llama = LlamaServer(upstream, llama_url, self.llama_headers)
+        self.llama = LlamaServer(upstream, llama_url, bearer(self.llama_key))
         self.url = config.advertise_url or advertised_url(
             config.host, config.port, config.hub_url, tls=config.tls_cert is not None
         )
         self.link = HubLink(upstream, config.hub_url, self.describe, token=config.worker_token)
-        self.in_flight = 0
         self.draining = False
-        self.metrics = WorkerMetrics(self)
+        self.metrics = WorkerMetrics(self.state)
+        self.forwarder = Forwarder(
+            upstream,
+            self.llama,
+            unreachable=self.llama_unreachable,
+            forwarded=self.metrics.forwarded,
+        )
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
         self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,6 +125,20 @@ class WorkerNode:
             log.warning("drain time is up with %d requests still in flight", left)
         else:
             log.info("drained: nothing in flight")
+
+    @property
+    def in_flight(self) -> int:
+        return self.forwarder.in_flight
+
+    def state(self) -> NodeState:
+        status = self.llama.status
+        return NodeState(
+            in_flight=self.in_flight,
+            llama_up=status.healthy,
+            llama_slots=status.slots,
+            registered=self.link.worker_id is not None,
+            restarts=self.managed.restarts if self.managed is not None else None,
+        )
 
     def describe(self) -> dict[str, Any] | None:
         """What the hub is told at registration and in every heartbeat."""

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gollama.hub.prompts import PromptKey
 from gollama.hub.registry import Worker
-from gollama.hub.routing import Outcome, Prediction
+from gollama.hub.routing.policy import Outcome, Prediction
+from gollama.hub.routing.prompts import PromptKey
 
 UNLIMITED = 1 << 62
 MIN_CAPACITY = 4096  # characters: never believe a server holds less than this

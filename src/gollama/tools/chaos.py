@@ -2,7 +2,8 @@
 verdict on what clients saw.
 
 It starts a hub and `--workers` managed workers (each with its own llama-server, on a
-generated test model unless `--model` is given) on 127.0.0.1, with a fault-injecting TCP proxy
+generated test model unless `--model` is given) on 127.0.0.1 (`cluster.LocalCluster`), with a
+fault-injecting TCP proxy
 between the hub and each worker. It drives streamed and non-streamed load with the loadtest
 engine, and every `--interval` seconds injects the next fault, in turn:
 
@@ -38,12 +39,13 @@ from typing import Any
 
 import aiohttp
 
-from gollama.demo import cached_test_model, spawn_gollama
-from gollama.faultproxy import FaultProxy
-from gollama.loadtest import LoadConfig, LoadTest, Result
-from gollama.processes import free_ports, terminate
+from gollama._processes import free_ports
+from gollama.errors import ToolError
+from gollama.tools.cluster import HOST, LocalCluster, Proc, healthy_workers, wait_for
+from gollama.tools.faultproxy import FaultProxy
+from gollama.tools.loadtest import LoadConfig, LoadTest, Result
+from gollama.tools.testmodel import cached_test_model
 
-HOST = "127.0.0.1"
 FAULTS = (
     "kill_worker",
     "kill_llama",
@@ -57,10 +59,6 @@ FAULTS = (
 REQUEST_TIMEOUT = 30.0  # the hub's own deadline for every request
 HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
 LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
-
-
-class ChaosError(Exception):
-    """The chaos run could not start."""
 
 
 @dataclass(frozen=True)
@@ -119,58 +117,57 @@ class Node:
     name: str
     port: int
     proxy: FaultProxy
-    process: asyncio.subprocess.Process | None = None
+    proc: Proc | None = None
 
 
-class LocalCluster:
+class ChaosCluster:
     """A hub and managed workers on 127.0.0.1, each worker behind its own fault proxy."""
 
     def __init__(self, config: ChaosConfig, logs: Path) -> None:
         self.config = config
         self.logs = logs
+        self.local = LocalCluster(logs)
         self.hub_port, *ports = free_ports(config.workers + 1)
         self.hub_url = f"http://{HOST}:{self.hub_port}"
-        self.hub: asyncio.subprocess.Process | None = None
-        self.model = config.model or cached_test_model()
+        self.hub: Proc | None = None
+        self.model = config.model or cached_test_model()[0]
         self.nodes = [
             Node(f"w{i + 1}", port, FaultProxy(HOST, port)) for i, port in enumerate(ports)
         ]
 
     async def start(self) -> None:
-        await self.start_hub()
+        self.start_hub()
         for node in self.nodes:
             await node.proxy.start(HOST)
-            await self.start_worker(node)
+            self.start_worker(node)
 
     async def stop(self) -> None:
+        await self.local.stopped()
         for node in self.nodes:
-            if node.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    node.process.send_signal(signal.SIGCONT)  # a frozen worker must hear us
-                await terminate(node.process)
             await node.proxy.stop()
-        if self.hub is not None:
-            await terminate(self.hub)
 
-    async def start_hub(self) -> None:
-        arguments = ["hub", "--host", HOST, "--port", str(self.hub_port)]
-        arguments += ["--request-timeout", str(REQUEST_TIMEOUT), "--heartbeat-interval", "1"]
+    def start_hub(self) -> None:
+        arguments = ["--request-timeout", str(REQUEST_TIMEOUT), "--heartbeat-interval", "1"]
         arguments += ["--read-timeout", "10", "--drain-timeout", "15"]
-        self.hub = await spawn_gollama(arguments, self.logs / "hub.log", append=True)
+        self.hub = self.local.hub(*arguments, port=self.hub_port)
 
-    async def start_worker(self, node: Node) -> None:
+    def start_worker(self, node: Node) -> None:
         arguments = [
-            "worker",
-            *("--host", HOST, "--port", str(node.port), "--name", node.name),
-            *("--hub", self.hub_url, "--advertise", f"http://{HOST}:{node.proxy.port}"),
+            *("--advertise", f"http://{HOST}:{node.proxy.port}"),
             *("--model", str(self.model), f"--llama-args={self.config.llama_args}"),
             *("--drain-timeout", "15"),
         ]
-        node.process = await spawn_gollama(arguments, self.logs / f"{node.name}.log", append=True)
+        node.proc = self.local.worker(node.name, self.hub_url, *arguments, port=node.port)
 
-    def processes(self) -> list[asyncio.subprocess.Process]:
-        nodes = [node.process for node in self.nodes if node.process is not None]
-        return [self.hub, *nodes] if self.hub is not None else nodes
+    def restart(self, proc: Proc) -> Proc:
+        """`proc` again, once it has exited."""
+        again = self.local.replace(proc)
+        if proc is self.hub:
+            self.hub = again
+        for node in self.nodes:
+            if node.proc is proc:
+                node.proc = again
+        return again
 
     async def llama_pid(self, node: Node) -> int | None:
         limit = aiohttp.ClientTimeout(total=2)
@@ -187,7 +184,7 @@ class LocalCluster:
 class Chaos:
     def __init__(self, config: ChaosConfig, logs: Path) -> None:
         self.config = config
-        self.cluster = LocalCluster(config, logs) if config.url is None else None
+        self.cluster = ChaosCluster(config, logs) if config.url is None else None
         self.hub_url = config.url or (self.cluster.hub_url if self.cluster else "")
         self.rng = random.Random(config.seed)
         self.timeline: list[Event] = []
@@ -251,12 +248,11 @@ class Chaos:
             await getattr(self, f"_{kind}")(node)
 
     async def _kill_worker(self, node: Node) -> None:
-        assert node.process is not None
-        node.process.kill()
-        await node.process.wait()
+        assert node.proc is not None
+        node.proc.kill()
         self.note(f"SIGKILL worker {node.name}")
         await asyncio.sleep(self.config.fault_seconds)
-        await self._local().start_worker(node)
+        self._local().restart(node.proc)
         self.note(f"worker {node.name} started again")
 
     async def _kill_llama(self, node: Node) -> None:
@@ -269,26 +265,26 @@ class Chaos:
         self.note(f"SIGKILL llama-server of {node.name} (pid {pid})")
 
     async def _freeze_worker(self, node: Node) -> None:
-        assert node.process is not None
-        node.process.send_signal(signal.SIGSTOP)
+        assert node.proc is not None
+        node.proc.signal(signal.SIGSTOP)
         self.note(f"SIGSTOP worker {node.name}")
         await asyncio.sleep(self.config.fault_seconds)
-        node.process.send_signal(signal.SIGCONT)
+        node.proc.signal(signal.SIGCONT)
         self.note(f"SIGCONT worker {node.name}")
 
     async def _restart_worker(self, node: Node) -> None:
-        assert node.process is not None
+        assert node.proc is not None
         self.note(f"SIGTERM worker {node.name} (drain)")
-        await terminate(node.process, grace=20.0)
-        await self._local().start_worker(node)
+        await node.proc.stopped(grace=20.0)
+        self._local().restart(node.proc)
         self.note(f"worker {node.name} started again")
 
     async def _restart_hub(self, node: Node) -> None:
         cluster = self._local()
         assert cluster.hub is not None
         self.note("SIGTERM hub (drain)")
-        await terminate(cluster.hub, grace=20.0)
-        await cluster.start_hub()
+        await cluster.hub.stopped(grace=20.0)
+        cluster.restart(cluster.hub)
         self.note("hub started again")
 
     async def _latency(self, node: Node) -> None:
@@ -329,26 +325,20 @@ class Chaos:
                 await asyncio.sleep(0.25)
 
     async def _wait_healthy(self, count: int, seconds: float) -> None:
-        cluster = self.cluster
-        try:
-            async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
-                await self._poll_healthy(session, count, cluster)
-        except TimeoutError:
-            raise ChaosError(f"{self.hub_url} had no {count} healthy workers in time") from None
+        local = self.cluster.local if self.cluster is not None else None
+        async with aiohttp.ClientSession() as session:
 
-    async def _poll_healthy(
-        self, session: aiohttp.ClientSession, count: int, cluster: LocalCluster | None
-    ) -> None:
-        while True:
-            if cluster is not None and any(p.returncode is not None for p in cluster.processes()):
-                raise ChaosError(f"a process of the cluster exited at start-up; see {cluster.logs}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(self.hub_url + "/health") as reply:
-                    if (await reply.json()).get("workers", 0) >= count:
-                        return
-            await asyncio.sleep(0.25)
+            async def ready() -> bool:
+                return await healthy_workers(session, self.hub_url) >= count
 
-    def _local(self) -> LocalCluster:
+            try:
+                await wait_for(ready, f"{count} healthy workers", local, seconds)
+            except TimeoutError:
+                raise ToolError(f"{self.hub_url} had no {count} healthy workers in time") from None
+            except RuntimeError as exc:
+                raise ToolError(f"a process of the cluster exited at start-up: {exc}") from None
+
+    def _local(self) -> ChaosCluster:
         assert self.cluster is not None, "faults need the local cluster"
         return self.cluster
 

@@ -11,12 +11,15 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gollama.chaos import FAULTS, HUNG_AFTER, ChaosConfig, ChaosError, run_chaos
+from gollama._values import flag_type, positive_int, positive_seconds
+from gollama.errors import ToolError
+from gollama.tools.chaos import FAULTS, HUNG_AFTER, ChaosConfig, run_chaos
 
 TARGET_DEADLINE = 610.0
 
 
-def add_arguments(parser: argparse.ArgumentParser, positive: Any, seconds: Any) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    positive, seconds = flag_type(positive_int), flag_type(positive_seconds)
     parser.add_argument("--workers", type=positive, default=3, help="workers (default 3)")
     parser.add_argument(
         "--duration", type=seconds, default=60.0, help="seconds of load (default 60)"
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with console.status(f"chaos: {where}, {args.duration:g} s of load ..."):
         try:
             verdict = run_chaos(config)
-        except ChaosError as exc:
+        except ToolError as exc:
             console.print(f"[bold red]chaos could not run:[/] {exc}")
             return 2
     summary = verdict.summary()

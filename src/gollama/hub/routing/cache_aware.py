@@ -28,9 +28,9 @@ import itertools
 import random
 from typing import Any
 
-from gollama.hub.prefix_index import PrefixIndex, Speeds
 from gollama.hub.registry import Worker
-from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Prediction, Want
+from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
+from gollama.hub.routing.prefix_index import PrefixIndex, Speeds
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
 NEAR_TIE = 2.0  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied

@@ -13,11 +13,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from gollama.errors import Interrupted
+
 T = TypeVar("T")
-
-
-class Interrupted(Exception):
-    """The work was stopped by `Interrupt.fire`; the message is the reason."""
 
 
 class Interrupt:

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
-from gollama.errors import structured_message
-from gollama.upstream import Upstream, UpstreamError, iter_chunks, read_body
+from gollama._transport import Reply, Upstream
+from gollama.errors import UpstreamError, structured_message
 
 DONE = b"[DONE]"
 CONNECT_TIMEOUT = 5.0
@@ -163,10 +162,10 @@ class LoadTest:
     async def _exchange(self, upstream: Upstream, result: Result) -> None:
         url = self.config.url.rstrip("/") + "/v1/chat/completions"
         reply = await upstream.open("POST", url, body=self.body, headers=self.headers)
-        async with reply:
+        try:
             result.status = reply.status
             if reply.status != 200:
-                body = await read_body(reply)
+                body = await reply.read()
                 try:
                     detail = structured_message(orjson.loads(body))
                 except orjson.JSONDecodeError:
@@ -174,16 +173,18 @@ class LoadTest:
                 result.failure = f"HTTP {reply.status}" + (f" ({_short(detail)})" if detail else "")
                 return
             if not self.config.stream:
-                completion = orjson.loads(await read_body(reply))
+                completion = orjson.loads(await reply.read())
                 result.tokens = int((completion.get("usage") or {}).get("completion_tokens") or 0)
                 return
             await self._read_stream(reply, result)
+        finally:
+            reply.close()
 
-    async def _read_stream(self, reply: aiohttp.ClientResponse, result: Result) -> None:
+    async def _read_stream(self, reply: Reply, result: Result) -> None:
         last_token_at: float | None = None
         done = False
         buffer = b""
-        async for chunk in iter_chunks(reply):
+        async for chunk in reply.chunks():
             buffer += chunk
             *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
             for event in events:

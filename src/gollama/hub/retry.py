@@ -1,7 +1,8 @@
 """Where the retry is decided: a job gets a slot, is sent to a worker, and is tried again on
 another worker if the attempt fails before its first byte reached the client.
 
-How an attempt's outcome is judged, from status codes and structured error bodies only:
+How an attempt's outcome is judged (`judge_answer`, `judge_failure`: pure functions of status
+codes and structured error bodies, never of reply text):
 
     worker unreachable, reset, silent, 503,     the worker is in trouble: it leaves the rotation
     or the worker's own error code              (`Registry.mark_failed`) and the job is retried
@@ -23,32 +24,34 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
 
-from gollama.auth import bearer
+from gollama._auth import bearer
+from gollama._interrupt import Interrupt
+from gollama._tokens import Timings
+from gollama._transport import Reply, Upstream
 from gollama.errors import (
     WORKER_FAULT_CODES,
     ApiError,
     DeadlineExceeded,
+    Interrupted,
     NotSupported,
     NoWorkerAvailable,
     QueueTimeout,
     RelayedError,
+    UpstreamError,
     UpstreamFailed,
     error_object,
     structured_message,
 )
-from gollama.hub.metrics import HubMetrics
-from gollama.hub.prompts import PromptKey
-from gollama.hub.registry import Registry, Worker
-from gollama.hub.routing import Outcome, Want
-from gollama.hub.scheduler import Lease, Scheduler
-from gollama.interrupt import Interrupt, Interrupted
-from gollama.tokens import Timings
-from gollama.upstream import Upstream, UpstreamError, iter_chunks, read_body
+from gollama.hub.accounting import Accounting
+from gollama.hub.queue import Lease, Scheduler
+from gollama.hub.registry import Registry, Watcher, Worker
+from gollama.hub.routing.policy import Outcome, Want
+from gollama.hub.routing.prompts import PromptKey
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +68,6 @@ class Job:
 
 
 @dataclass
-class Totals:
-    """Hub-wide counters shown in /stats."""
-
-    requests: int = 0
-    completed: int = 0
-    client_errors: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    retries: int = 0
-    rejected: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class Answer:
     """A worker's answer that is going to the client, holding its slot until `finish`."""
 
@@ -89,80 +76,107 @@ class Answer:
     status: int
     content_type: str
     body: bytes  # the whole body, or for a stream the bytes that arrived first
-    stream: aiohttp.ClientResponse | None  # the rest of a stream, still to be relayed
+    stream: Reply | None  # the rest of a stream, still to be relayed
+    idle_limit: float | None = None  # the longest silence of the rest of a stream
 
     @property
     def worker(self) -> Worker:
         return self.lease.worker
 
-    async def rest(self, idle_limit: float) -> AsyncIterator[bytes]:
+    async def rest(self) -> AsyncIterator[bytes]:
         """The remaining chunks of a stream; raises `UpstreamError` if it breaks off or stays
         silent for `idle_limit` seconds (llama-server sends a ping every 30 s meanwhile)."""
         if self.stream is not None:
-            async for chunk in iter_chunks(self.stream, idle_limit=idle_limit):
+            async for chunk in self.stream.chunks(idle_limit=self.idle_limit):
                 yield chunk
 
 
-class CutShort(Protocol):
-    """A response that can be ended before its time (see relay.JobResponse.cut_short)."""
+@dataclass(frozen=True)
+class Failed:
+    """An attempt that failed before its first byte reached the client: `error` is what the
+    client gets if no other attempt does better; `reason` labels the retry in the metrics."""
 
-    def cut_short(self, reason: str) -> None: ...
-
-
-class _Retry(Exception):
-    """This attempt failed, for `reason` (a metric label); the job may go to another worker."""
-
-    def __init__(
-        self, error: ApiError, reason: str, *, take_out: bool, count_failure: bool = True
-    ) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.reason = reason
-        self.take_out = take_out
-        self.count_failure = count_failure
+    error: ApiError
+    reason: str
+    take_out: bool  # the worker leaves the rotation until a probe puts it back
+    count_failure: bool = True  # a failed job of the worker
+    lacks_endpoint: bool = False  # the worker's llama-server does not serve the endpoint
 
 
-class Dispatcher:
+def judge_answer(worker_id: str, status: int, content_type: str, body: bytes) -> Failed | None:
+    """A worker's whole answer with a 5xx status, judged; None for any other status (the answer
+    goes to the client as it is)."""
+    if status < 500:
+        return None
+    error = _error_object(body)
+    message = structured_message({"error": error}) or f"HTTP {status}"
+    if status == 501:
+        unsupported = NotSupported(f"worker {worker_id}: {message}")
+        return Failed(
+            unsupported, "unsupported", take_out=False, count_failure=False, lacks_endpoint=True
+        )
+    code = error.get("code") if error else None
+    if status == 503 or error is None or code in WORKER_FAULT_CODES:
+        failed = UpstreamFailed(f"worker {worker_id} answered {status}: {message}")
+        return Failed(failed, "worker_error", take_out=True)
+    # llama-server is up and said why this request failed: another worker may do better, and
+    # if none does, the client gets llama-server's own answer.
+    relayed = RelayedError(status, body, content_type, f"worker {worker_id}: {message}", worker_id)
+    return Failed(relayed, "server_error", take_out=False)
+
+
+def judge_failure(worker_id: str, exc: UpstreamError) -> Failed:
+    """The worker could not be reached, or broke off or fell silent before its answer."""
+    error = UpstreamFailed(f"worker {worker_id}: {exc}", status=504 if exc.timed_out else 502)
+    return Failed(error, "timeout" if exc.timed_out else "unreachable", take_out=True)
+
+
+def judge_lost(worker_id: str, reason: str) -> Failed:
+    """The worker became unhealthy or went silent while the attempt waited for it."""
+    return Failed(UpstreamFailed(f"worker {worker_id} {reason}"), "worker_lost", take_out=True)
+
+
+class Dispatcher(Watcher):
     def __init__(
         self,
         registry: Registry,
         scheduler: Scheduler,
         upstream: Upstream,
-        metrics: HubMetrics,
+        accounting: Accounting,
         *,
         direct: Upstream | None = None,
         max_retries: int,
         queue_timeout: float,
         read_timeout: float,
     ) -> None:
+        """Sends jobs to `registry`'s workers through `upstream`; it watches the registry for
+        workers lost while attempts wait on them."""
         self.registry = registry
+        registry.watchers.append(self)
         self.scheduler = scheduler
         self.upstream = upstream
         # For workers on the direct data path: straight to llama-server, which never sees the
         # worker token (`upstream` sends it to every worker).
         self.direct = direct or upstream
-        self.metrics = metrics
+        self.accounting = accounting
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
-        self.totals = Totals()
         # Until its first bytes, an answer may rightly be silent for long: a non-streamed one
         # until it is complete, a stream until its prompt is processed. Only the request's
-        # deadline and the worker's health (see `worker_lost`) bound that wait. After the
-        # first bytes, a stream silent for `read_timeout` is broken (see `Answer.rest`).
+        # deadline and the worker's health (see `lost`) bound that wait. After the first
+        # bytes, a stream silent for `read_timeout` is broken (see `Answer.rest`).
         self.read_timeout = read_timeout
         self._limits = aiohttp.ClientTimeout(sock_connect=upstream.timeout.sock_connect)
         self._before_first_byte: dict[str, set[Interrupt]] = {}
-        # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
-        self.open_responses: set[CutShort] = set()
 
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         tried: list[str] = []
-        last_error: ApiError | None = None
-        last_reason = ""
+        failed: Failed | None = None
         for attempt in range(self.max_retries + 1):
+            last_error = failed.error if failed is not None else None
             remaining = job.deadline - loop.time()
             if remaining <= 0:
                 raise last_error or DeadlineExceeded("the request ran out of time")
@@ -183,21 +197,21 @@ class Dispatcher:
                     f"({self.scheduler.describe_capacity(want)}); try again later"
                 ) from None
             tried.append(lease.worker.id)
-            if attempt == 0:
-                self.metrics.queue_waited(time.perf_counter() - started)
+            if failed is None:
+                self.accounting.queue_waited(time.perf_counter() - started)
             else:
-                self.totals.retries += 1
-                self.metrics.retried(last_reason)
+                self.accounting.retried(failed.reason)
             try:
-                return await self._attempt(job, lease)
-            except _Retry as retry:
-                last_error, last_reason = retry.error, retry.reason
-                self._attempt_failed(lease, retry, job.request_id)
+                outcome = await self._attempt(job, lease)
             except BaseException:
                 lease.release()
                 raise
-        assert last_error is not None
-        raise last_error
+            if isinstance(outcome, Answer):
+                return outcome
+            failed = outcome
+            self._attempt_failed(lease, job, failed)
+        assert failed is not None
+        raise failed.error
 
     def finish(
         self,
@@ -224,18 +238,9 @@ class Dispatcher:
             outcome = Outcome(answer.prompt, lease.prediction, timings, reply, seconds)
             self.scheduler.policy.observe(worker, outcome)
         if failure is None:
-            worker.jobs_completed += 1
-            if answer.status >= 400:
-                self.totals.client_errors += 1
-            else:
-                self.totals.completed += 1
-                self.registry.job_succeeded(worker)
-        else:
-            self.totals.failed += 1
-            if worker_failed or take_out:
-                worker.jobs_failed += 1
-            if take_out:
-                self._take_out(worker, failure)
+            self.registry.job_completed(worker, succeeded=answer.status < 400)
+        elif worker_failed or take_out:
+            self.registry.job_failed(worker, take_out=failure if take_out else None, now=_now())
         self.abandon(answer)
 
     def abandon(self, answer: Answer) -> None:
@@ -245,13 +250,13 @@ class Dispatcher:
             answer.stream.close()
         answer.lease.release()
 
-    def worker_lost(self, worker: Worker, reason: str) -> None:
+    def lost(self, worker: Worker, reason: str) -> None:
         """The worker became unhealthy or went silent: attempts still waiting for its first
         byte stop waiting and go to another worker now, rather than after a timeout."""
         for interrupt in list(self._before_first_byte.get(worker.id, ())):
             interrupt.fire(reason)
 
-    async def _attempt(self, job: Job, lease: Lease) -> Answer:
+    async def _attempt(self, job: Job, lease: Lease) -> Answer | Failed:
         worker = lease.worker
         interrupt = Interrupt()
         waiting = self._before_first_byte.setdefault(worker.id, set())
@@ -259,14 +264,13 @@ class Dispatcher:
         try:
             return await interrupt.run(self._exchange(job, lease))
         except Interrupted as lost:
-            error = UpstreamFailed(f"worker {worker.id} {lost}")
-            raise _Retry(error, "worker_lost", take_out=True) from None
+            return judge_lost(worker.id, str(lost))
         finally:
             waiting.discard(interrupt)
             if not waiting:
                 self._before_first_byte.pop(worker.id, None)
 
-    async def _exchange(self, job: Job, lease: Lease) -> Answer:
+    async def _exchange(self, job: Job, lease: Lease) -> Answer | Failed:
         """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
         worker = lease.worker
         headers = {"Content-Type": "application/json", "X-Request-ID": job.request_id}
@@ -275,64 +279,44 @@ class Dispatcher:
             upstream, url = self.direct, worker.direct.url
             headers.update(bearer(worker.direct.key))
         try:
-            response = await upstream.open(
-                "POST",
-                url + job.endpoint,
-                body=job.body,
-                headers=headers,
-                limits=self._limits,
+            reply = await upstream.open(
+                "POST", url + job.endpoint, body=job.body, headers=headers, limits=self._limits
             )
         except UpstreamError as exc:
-            raise _failure(worker, exc) from exc
+            return judge_failure(worker.id, exc)
         try:
-            content_type = response.headers.get("Content-Type", "application/json")
-            if response.status >= 500:
-                body = await read_body(response)
-                raise _judge_server_error(worker, job, response.status, content_type, body)
-            if job.stream and response.status == 200:
-                first = await _first_chunk(response)
-                return Answer(lease, job.prompt, 200, content_type, first, response)
-            body = await read_body(response)
-            response.release()
-            return Answer(lease, job.prompt, response.status, content_type, body, None)
+            if reply.status >= 500:
+                body = await reply.read()
+                failed = judge_answer(worker.id, reply.status, reply.content_type, body)
+                assert failed is not None
+                return failed
+            if job.stream and reply.status == 200:
+                first = await _first_chunk(reply)
+                return Answer(
+                    lease, job.prompt, 200, reply.content_type, first, reply, self.read_timeout
+                )
+            body = await reply.read()
+            return Answer(lease, job.prompt, reply.status, reply.content_type, body, None)
         except UpstreamError as exc:
-            response.close()
-            raise _failure(worker, exc) from exc
+            reply.close()
+            return judge_failure(worker.id, exc)
         except BaseException:
-            response.close()
+            reply.close()
             raise
 
-    def _attempt_failed(self, lease: Lease, retry: _Retry, request_id: str) -> None:
+    def _attempt_failed(self, lease: Lease, job: Job, failed: Failed) -> None:
         worker = lease.worker
-        log.warning("[%s] attempt on %s failed: %s", request_id, worker.id, retry.error.message)
-        if retry.count_failure:
-            worker.jobs_failed += 1
-        if retry.take_out:
-            self._take_out(worker, retry.error.message)
+        log.warning("[%s] attempt on %s failed: %s", job.request_id, worker.id, failed.error)
+        if failed.lacks_endpoint:
+            self.registry.lacks(worker, job.endpoint)
+        if failed.count_failure:
+            take_out = failed.error.message if failed.take_out else None
+            self.registry.job_failed(worker, take_out=take_out, now=_now())
         lease.release()
 
-    def _take_out(self, worker: Worker, reason: str) -> None:
-        self.registry.mark_failed(worker, reason, asyncio.get_running_loop().time())
-        self.scheduler.capacity_changed(worker)
 
-
-def _judge_server_error(
-    worker: Worker, job: Job, status: int, content_type: str, body: bytes
-) -> _Retry:
-    error = _error_object(body)
-    message = structured_message({"error": error}) or f"HTTP {status}"
-    if status == 501:
-        worker.unsupported.add(job.endpoint)
-        unsupported = NotSupported(f"worker {worker.id}: {message}")
-        return _Retry(unsupported, "unsupported", take_out=False, count_failure=False)
-    code = error.get("code") if error else None
-    if status == 503 or error is None or code in WORKER_FAULT_CODES:
-        failed = UpstreamFailed(f"worker {worker.id} answered {status}: {message}")
-        return _Retry(failed, "worker_error", take_out=True)
-    # llama-server is up and said why this request failed: another worker may do better, and
-    # if none does, the client gets llama-server's own answer.
-    relayed = RelayedError(status, body, content_type, f"worker {worker.id}: {message}", worker.id)
-    return _Retry(relayed, "server_error", take_out=False)
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
@@ -342,14 +326,8 @@ def _error_object(body: bytes) -> dict[str, Any] | None:
         return None
 
 
-def _failure(worker: Worker, exc: UpstreamError) -> _Retry:
-    """The worker could not be reached, or broke off or fell silent before its answer."""
-    error = UpstreamFailed(f"worker {worker.id}: {exc}", status=504 if exc.timed_out else 502)
-    return _Retry(error, "timeout" if exc.timed_out else "unreachable", take_out=True)
-
-
-async def _first_chunk(response: aiohttp.ClientResponse) -> bytes:
-    async for chunk in iter_chunks(response):
+async def _first_chunk(reply: Reply) -> bytes:
+    async for chunk in reply.chunks():
         if chunk:
             return chunk
     raise UpstreamError("the stream ended before its first event")

@@ -9,6 +9,9 @@ llama-server (and any keep-alive server) may close a pooled connection just as i
 the request then fails before any answer arrived. `open()` retries a request that failed that
 way on a reused connection once, on a fresh connection, so that a stale connection is never
 mistaken for a failing server; a request on a fresh connection is never sent twice.
+
+Answers come back as a `Reply`: its status and headers at once, its body whole or chunk by
+chunk. Nothing of the HTTP client library leaks past this module.
 """
 
 from __future__ import annotations
@@ -19,21 +22,12 @@ from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
 
 import aiohttp
+import orjson
+
+from gollama.errors import UpstreamError
 
 # What a refused, reset or silent connection raises while we talk to the next hop.
 UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
-
-
-class UpstreamError(Exception):
-    """The next hop could not be reached, or broke off, or fell silent (`timed_out`)."""
-
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
-
-    @classmethod
-    def wrap(cls, exc: BaseException) -> UpstreamError:
-        return cls(describe(exc), timed_out=isinstance(exc, TimeoutError))
 
 
 class Upstream:
@@ -86,29 +80,36 @@ class Upstream:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         limits: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Reply:
         """Send a request; return as soon as the status and headers arrived.
 
-        The caller owns the response and must release or close it.
+        The caller owns the reply and must read it whole or close it.
         """
         timeout = limits or self.timeout
         reuse = _Reuse()
         try:
-            return await self._pooled.request(
-                method, url, data=body, headers=headers, timeout=timeout, trace_request_ctx=reuse
+            return Reply(
+                await self._pooled.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
+                    trace_request_ctx=reuse,
+                )
             )
         except aiohttp.ClientConnectionError as exc:
             if not reuse.reused or isinstance(exc, aiohttp.ServerTimeoutError):
-                raise UpstreamError.wrap(exc) from exc
+                raise _wrapped(exc) from exc
             # A pooled connection closed under us before any answer: once more on a fresh one.
         except UPSTREAM_ERRORS as exc:
-            raise UpstreamError.wrap(exc) from exc
+            raise _wrapped(exc) from exc
         try:
-            return await self._fresh.request(
-                method, url, data=body, headers=headers, timeout=timeout
+            return Reply(
+                await self._fresh.request(method, url, data=body, headers=headers, timeout=timeout)
             )
         except UPSTREAM_ERRORS as exc:
-            raise UpstreamError.wrap(exc) from exc
+            raise _wrapped(exc) from exc
 
     async def call_json(
         self,
@@ -125,43 +126,73 @@ class Upstream:
         if payload is not None:
             headers["Content-Type"] = "application/json"
         limits = aiohttp.ClientTimeout(total=time_limit)
-        response = await self.open(method, url, body=payload, headers=headers, limits=limits)
-        async with response:
-            try:
-                data: object = await response.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
-                data = None
-            except UPSTREAM_ERRORS as exc:
-                raise UpstreamError.wrap(exc) from exc
-            return response.status, data
-
-
-async def read_body(response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
-    except UPSTREAM_ERRORS as exc:
-        raise UpstreamError.wrap(exc) from exc
-
-
-async def iter_chunks(
-    response: aiohttp.ClientResponse, *, idle_limit: float | None = None
-) -> AsyncIterator[bytes]:
-    """The body as it arrives, chunk by chunk, unchanged; a silence longer than `idle_limit`
-    seconds breaks it off (`UpstreamError` with `timed_out`)."""
-    chunks = response.content.iter_any().__aiter__()
-    while True:
+        reply = await self.open(method, url, body=payload, headers=headers, limits=limits)
         try:
-            async with asyncio.timeout(idle_limit):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UpstreamError(
-                f"no data for {idle_limit:g} s: the stream stalled", timed_out=True
-            ) from None
+            raw = await reply.read()
+        finally:
+            reply.close()
+        try:
+            data: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        return reply.status, data
+
+
+class Reply:
+    """An answer of the next hop: status and headers now, the body whole (`read`) or as it
+    arrives (`chunks`). Read it whole, or `close` it: that drops its connection."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def content_type(self) -> str:
+        return self._response.headers.get("Content-Type", "application/json")
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    @property
+    def streamed(self) -> bool:
+        """The answer is a stream of server-sent events."""
+        return self.content_type.startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        """The whole body; its connection goes back to the pool."""
+        try:
+            body = await self._response.read()
         except UPSTREAM_ERRORS as exc:
-            raise UpstreamError.wrap(exc) from exc
-        yield chunk
+            raise _wrapped(exc) from exc
+        self._response.release()
+        return body
+
+    async def chunks(self, *, idle_limit: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives, chunk by chunk, unchanged; a silence longer than
+        `idle_limit` seconds breaks it off (`UpstreamError` with `timed_out`)."""
+        chunks = self._response.content.iter_any().__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(idle_limit):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamError(
+                    f"no data for {idle_limit:g} s: the stream stalled", timed_out=True
+                ) from None
+            except UPSTREAM_ERRORS as exc:
+                raise _wrapped(exc) from exc
+            yield chunk
+
+    def close(self) -> None:
+        """Done with it: an unread body's connection is dropped (so is a stream's upstream)."""
+        self._response.close()
 
 
 class _Reuse:
@@ -184,6 +215,10 @@ async def _on_reuse(
 
 _REUSE_TRACE = aiohttp.TraceConfig()
 _REUSE_TRACE.on_connection_reuseconn.append(_on_reuse)
+
+
+def _wrapped(exc: BaseException) -> UpstreamError:
+    return UpstreamError(describe(exc), timed_out=isinstance(exc, TimeoutError))
 
 
 def describe(exc: BaseException) -> str:

@@ -16,9 +16,9 @@ from enum import Enum
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gollama.auth import ApiKey, KeyRing, presented_secret, same_secret
+from gollama._asgi import request_id
+from gollama._auth import ApiKey, KeyRing, presented_secret, same_secret
 from gollama.errors import ApiError, HeadersTooLarge, Unauthorized
-from gollama.inbound import request_id
 
 
 class Access(Enum):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-
-class LlamaServerNotFound(RuntimeError):
-    pass
+from gollama.errors import LlamaServerNotFound
 
 
 def find_llama_server(explicit: str | None = None) -> str:

@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gollama.hub.prompts import PromptKey
+from gollama._tokens import Timings
 from gollama.hub.registry import Worker
-from gollama.tokens import Timings
+from gollama.hub.routing.prompts import PromptKey
 
 
 @dataclass(frozen=True, slots=True)

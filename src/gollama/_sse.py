@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from gollama._tokens import Timings, timings_of
 from gollama.errors import error_body, error_object
-from gollama.tokens import Timings, timings_of
 
 DONE = b"data: [DONE]"
 TAIL_BYTES = 4096

@@ -1,8 +1,8 @@
-"""Which worker gets the next request: small pure policies (see routing.py for what they see).
+"""The policies that learn nothing: round robin and least busy (see policy.py for what they see).
 
 The scheduler hands a policy the workers that can take the request now (healthy, serving the
 model, with a free slot); the policy picks one. Policies do no I/O and read no clock, so they
-are tested as plain functions. The cache-aware policy has its own module.
+are tested as plain functions.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from gollama.hub.cache_aware import CacheAware
 from gollama.hub.registry import Worker
-from gollama.hub.routing import Backlog, Candidates, Choice, Outcome, Policy, Prediction, Want
-from gollama.settings import PolicyName
+from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
 
 
 class SimplePolicy:
@@ -87,12 +85,3 @@ class LeastBusy(SimplePolicy):
             return None
         tied.sort(key=lambda w: w.seq)
         return Choice(tied[next(self._turn) % len(tied)])
-
-
-def make_policy(name: PolicyName) -> Policy:
-    policies: dict[str, type[RoundRobin] | type[LeastBusy] | type[CacheAware]] = {
-        RoundRobin.name: RoundRobin,
-        LeastBusy.name: LeastBusy,
-        CacheAware.name: CacheAware,
-    }
-    return policies[name]()
