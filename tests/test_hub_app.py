@@ -1,0 +1,185 @@
+"""The hub's app in-process (Starlette's test client, no network): its one endpoint table, the
+control plane (registration, heartbeats, goodbyes), /stats, /v1/models, /openapi.json and the
+front page. The same paths run against real processes in the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+from gollama._guard import Access
+from gollama.config import HubConfig
+from gollama.hub.app import ENDPOINTS, access, create_app, endpoint_at, openapi_document
+from gollama.hub.requests import Caps
+
+TOKEN = "worker-token-0123456789"
+REGISTRATION = {"url": "http://10.0.0.5:9001", "models": ["m"], "slots": 2, "name": "gpu-1"}
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    app = create_app(HubConfig(heartbeat_interval=60.0, worker_token=TOKEN))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+
+
+def test_every_row_of_the_table_is_routed_once() -> None:
+    paths = [endpoint.path for endpoint in ENDPOINTS]
+    assert len(paths) == len(set(paths))
+    app = create_app(HubConfig())
+    starlette_app: Any = app.app  # type: ignore[attr-defined]  # inside the guard
+    routes = starlette_app.routes
+    assert [r.path for r in routes] == paths
+    for route, endpoint in zip(routes, ENDPOINTS, strict=True):
+        assert isinstance(route, Mount if endpoint.mount else Route)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/chat/completions", Access.CLIENT),
+        ("/chat", Access.CLIENT),
+        ("/v1/models", Access.CLIENT),
+        ("/stats", Access.ADMIN),
+        ("/dashboard", Access.ADMIN),
+        ("/dashboard/static/dashboard.js", Access.ADMIN),
+        ("/connectWorker", Access.WORKER),
+        ("/health", Access.OPEN),
+        ("/", Access.OPEN),
+        ("/no/such/path", Access.OPEN),  # answered 404 by the router
+    ],
+)
+def test_access_comes_from_the_table(path: str, expected: Access) -> None:
+    assert access(path) is expected
+
+
+def test_inference_rows_are_those_a_client_posts() -> None:
+    inference = {e.path for e in ENDPOINTS if e.inference}
+    assert inference == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/chat"}
+    assert endpoint_at("/dashboard/static/x.css") is not None
+
+
+@pytest.mark.parametrize(
+    ("guarded", "secured"),
+    [
+        (set(), set()),
+        ({"client"}, {"/chat", "/v1/chat/completions", "/v1/models"}),
+        ({"admin", "worker"}, {"/stats", "/metrics", "/connectWorker", "/heartbeat"}),
+    ],
+)
+def test_the_schema_lists_the_table_and_this_hubs_credentials(
+    guarded: set[str], secured: set[str]
+) -> None:
+    schema = openapi_document(Caps(max_tokens=16, messages=8), guarded)
+    described = {e.path for e in ENDPOINTS if e.schema is not None}
+    assert set(schema["paths"]) == described
+    with_security = {
+        path for path, ops in schema["paths"].items() for op in ops.values() if "security" in op
+    }
+    assert secured <= with_security
+    assert all(access(path).value in guarded for path in with_security)
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    properties = chat["application/json"]["schema"]["properties"]
+    assert properties["max_tokens"]["maximum"] == 16
+    assert properties["messages"]["maxItems"] == 8
+
+
+def test_a_worker_registers_beats_and_leaves(client: TestClient) -> None:
+    reply = client.post("/connectWorker", json=REGISTRATION)
+    assert reply.status_code == 200
+    assert reply.json()["id"] == "gpu-1"
+    assert reply.json()["heartbeat_interval"] == 60.0
+    health = client.get("/health").json()
+    assert (health["status"], health["workers"]) == ("ok", 1)
+    models = client.get("/v1/models").json()["data"]
+    assert [(m["id"], m["workers"]) for m in models] == [("m", ["gpu-1"])]
+
+    beat = client.post("/heartbeat", json={**REGISTRATION, "id": "gpu-1", "healthy": False})
+    assert beat.json() == {"id": "gpu-1", "state": "unhealthy"}
+    assert client.get("/health").status_code == 503
+    assert client.get("/v1/models").json()["data"] == []  # healthy workers only
+    workers = client.get("/stats").json()["workers"]
+    assert [(w["id"], w["state"], w["slots"]) for w in workers] == [("gpu-1", "unhealthy", 2)]
+
+    assert client.post("/disconnectWorker", json={"id": "gpu-1"}).json()["removed"] is True
+    assert client.get("/stats").json()["workers"] == []
+
+
+def test_unknown_workers_are_told_to_register(client: TestClient) -> None:
+    reply = client.post("/heartbeat", json={**REGISTRATION, "id": "ghost"})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "unknown_worker"
+    assert client.post("/disconnectWorker", json={"id": "ghost"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"url": "ftp://x"}, "url"),
+        ({"models": []}, "models"),
+        ({"slots": 0}, "slots"),
+        ({"slots": True}, "slots"),
+        ({"healthy": "yes"}, "healthy"),
+        ({"name": "a b"}, "name"),
+        ({"direct": {"url": "nope"}}, "direct"),
+    ],
+)
+def test_bad_registrations_name_the_field(
+    client: TestClient, change: dict[str, Any], param: str
+) -> None:
+    reply = client.post("/connectWorker", json={**REGISTRATION, **change})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == param
+    assert client.get("/stats").json()["workers"] == []
+
+
+def test_the_control_plane_needs_the_worker_token() -> None:
+    with TestClient(create_app(HubConfig(worker_token=TOKEN))) as anonymous:
+        assert anonymous.post("/connectWorker", json=REGISTRATION).status_code == 401
+        assert anonymous.get("/health").status_code == 503  # open, and no worker yet
+
+
+def test_the_front_page_lists_the_table(client: TestClient) -> None:
+    listing = client.get("/").json()
+    assert listing["endpoints"]["openai"][0] == "/v1/chat/completions"
+    assert "/chat" in listing["endpoints"]["simple"]
+    assert "/health" in listing["endpoints"]["status"]
+    page = client.get("/", headers={"Accept": "text/html"}).text
+    for path in ("/dashboard", "/stats", "/metrics", "/health", "/v1/models", "/openapi.json"):
+        assert f'href="{path}"' in page
+
+
+def test_a_request_to_a_cluster_without_workers_fails_clearly(client: TestClient) -> None:
+    reply = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "no_worker_available"
+    assert reply.headers["x-request-id"]
+    totals = client.get("/stats").json()["requests"]
+    assert (totals["requests"], totals["rejected"]) == (1, 1)
+
+
+def test_the_guard_asks_each_path_for_its_own_credential() -> None:
+    key, admin = "sk-client-0123456789abcdef", "admin-key-0123456789abcdef"
+    config = HubConfig(api_keys=key, admin_key=admin, max_header_bytes=2048)
+    with TestClient(create_app(config)) as client:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        refused = client.post("/v1/chat/completions", json=chat)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert client.get("/stats", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+        assert client.get("/stats", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        assert client.get("/health").status_code == 503  # always open
+        big = {"X-Padding": "x" * 4096}
+        assert client.get("/health", headers=big).status_code == 431
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+        # the refused inference request counts in the request metrics
+        assert (
+            'gollama_requests_total{endpoint="/v1/chat/completions",model="",status="401"} 1.0'
+            in metrics
+        )

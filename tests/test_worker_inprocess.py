@@ -1,0 +1,177 @@
+"""The worker's forwarding and its link to the hub in-process: a fake llama-server and a fake
+hub (small aiohttp servers on free local ports) stand on the other side. The same paths run
+against a real llama-server and hub in the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gollama._processes import free_port
+from gollama._transport import Upstream
+from gollama.errors import HubUnavailable
+from gollama.worker.forward import Forwarder, ForwardResponse
+from gollama.worker.hub_link import HubLink
+from gollama.worker.llama import LlamaServer
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def llama_answer(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if request.headers.get("Authorization") != "Bearer llama-key":
+        return web.json_response({"error": {"code": 401, "message": "no key"}}, status=401)
+    if not body.get("stream"):
+        return web.json_response({"choices": [{"message": {"content": "hello"}}]})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b'data: {"choices":[{"delta":{"content":"he"}}]}\n\n')
+    if body.get("cut"):
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[tuple[httpx.AsyncClient, Forwarder, list[tuple[str, int]]]]:
+    """A forwarding app in front of the fake llama-server; yields a client, the forwarder and
+    what it counted."""
+    llama_app = web.Application()
+    llama_app.router.add_post("/v1/chat/completions", llama_answer)
+    runner, llama_url = await serve(llama_app)
+    upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
+    llama = LlamaServer(upstream, llama_url, {"Authorization": "Bearer llama-key"})
+    counted: list[tuple[str, int]] = []
+    unreachable: list[str] = []
+    forwarder = Forwarder(
+        upstream,
+        llama,
+        unreachable=unreachable.append,
+        forwarded=lambda endpoint, status, seconds: counted.append((endpoint, status)),
+    )
+
+    async def forward(request: Request) -> Response:
+        body = await request.body()
+        return ForwardResponse(forwarder, request.url.path, body, "rid-1", received=0.0)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])])
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            yield client, forwarder, counted
+    finally:
+        await upstream.close()
+        await runner.cleanup()
+
+
+async def test_a_whole_answer_is_forwarded_with_the_llama_key(worker: Any) -> None:
+    client, forwarder, counted = worker
+    reply = await client.post("/v1/chat/completions", json={"messages": []})
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == "hello"
+    assert reply.headers["x-request-id"] == "rid-1"
+    assert counted == [("/v1/chat/completions", 200)]
+    assert forwarder.in_flight == 0
+
+
+async def test_a_stream_is_relayed_unchanged(worker: Any) -> None:
+    client, _, counted = worker
+    reply = await client.post("/v1/chat/completions", json={"stream": True})
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    assert reply.content == b'data: {"choices":[{"delta":{"content":"he"}}]}\n\ndata: [DONE]\n\n'
+    assert counted == [("/v1/chat/completions", 200)]
+
+
+async def test_a_cut_stream_ends_with_an_error_event(worker: Any) -> None:
+    client, _, _ = worker
+    reply = await client.post("/v1/chat/completions", json={"stream": True, "cut": True})
+    last = reply.content.strip().split(b"\n\n")[-1]
+    assert b"[DONE]" not in reply.content
+    assert orjson.loads(last.removeprefix(b"data: "))["error"]["code"] == "llama_server_broke_off"
+
+
+async def test_an_unreachable_llama_server_gets_the_workers_own_code(worker: Any) -> None:
+    client, forwarder, counted = worker
+    forwarder.llama.url = f"http://127.0.0.1:{free_port()}"
+    reply = await client.post("/v1/chat/completions", json={})
+    assert reply.status_code == 502
+    assert reply.json()["error"]["code"] == "llama_server_unreachable"
+    assert counted == [("/v1/chat/completions", 502)]
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, Any]]], dict[str, int]]]:
+    """A fake hub that writes down each call; `answers` sets the status of the next ones."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    answers = {"/connectWorker": 200, "/heartbeat": 200}
+
+    async def handle(request: web.Request) -> web.Response:
+        calls.append((request.path, await request.json()))
+        status = answers.get(request.path, 200)
+        return web.json_response({"id": "w-1", "heartbeat_interval": 0.05}, status=status)
+
+    app = web.Application()
+    for path in ("/connectWorker", "/heartbeat", "/disconnectWorker"):
+        app.router.add_post(path, handle)
+    runner, url = await serve(app)
+    try:
+        yield url, calls, answers
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_link_registers_beats_and_registers_again_when_forgotten(hub: Any) -> None:
+    url, calls, answers = hub
+    upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
+    info = {"url": "http://10.0.0.5:9001", "models": ["m"], "slots": 1, "healthy": True}
+    link = HubLink(upstream, url, lambda: info, token="worker-token-0123456789")
+    try:
+        assert await link.register() == "w-1"
+        assert link.interval == 0.05  # as the hub asked
+        await link.sync()
+        assert [path for path, _ in calls] == ["/connectWorker", "/heartbeat"]
+        assert calls[1][1]["id"] == "w-1"
+        answers["/heartbeat"] = 404  # the hub restarted and forgot us
+        await link.sync()
+        assert [path for path, _ in calls][-2:] == ["/heartbeat", "/connectWorker"]
+        answers["/connectWorker"] = 503
+        link.worker_id = None
+        with pytest.raises(HubUnavailable, match="registration answered 503"):
+            await link.sync()
+        await link.goodbye()  # nothing registered: nothing said
+        assert calls[-1][0] == "/connectWorker"
+    finally:
+        await upstream.close()
+
+
+async def test_the_link_keeps_trying_an_unreachable_hub() -> None:
+    upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
+    link = HubLink(upstream, f"http://127.0.0.1:{free_port()}", lambda: {"url": "x"})
+    runner = asyncio.create_task(link.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert not runner.done()  # it backs off and tries again, forever
+        assert link.worker_id is None
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await upstream.close()
