@@ -1,7 +1,8 @@
 """The `gollama` command: one table of subcommands, the servers (hub, worker) and the tools.
 
 A tool's module is imported only when its command runs (or its help is asked for): starting a
-hub or a worker loads no tool.
+hub or a worker loads no tool; a server's own modules load only when it starts, not for its
+`--help`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gollama import __version__
 from gollama._logs import setup_logging
-from gollama._server import DrainHook, serve
 from gollama.config import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
@@ -28,6 +29,9 @@ from gollama.config import (
     worker_config,
 )
 from gollama.errors import KeyFileError, LlamaServerNotFound, SettingError
+
+if TYPE_CHECKING:
+    from gollama._server import DrainHook
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _serve_hub(args: argparse.Namespace) -> int:
+    from gollama._server import serve
     from gollama.hub.app import create_app
 
     config = hub_config(args, os.environ)
@@ -178,6 +183,7 @@ def _serve_hub(args: argparse.Namespace) -> int:
 
 def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from gollama._llama_binary import find_llama_server
+    from gollama._server import serve
     from gollama.worker.app import create_app
 
     config = worker_config(args, os.environ)
