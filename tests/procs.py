@@ -40,8 +40,8 @@ class Processes(LocalCluster):
         wait_until(lambda: http_status(again.url + "/health") in ready, f"{proc.name} up", again)
         return again
 
-    def hub(self, *args: str, name: str = "hub", port: int | None = None) -> Proc:
-        proc = super().hub(*args, name=name, port=port)
+    def hub(self, *args: str, name: str = "hub", port: int | None = None, host: str = HOST) -> Proc:
+        proc = super().hub(*args, name=name, port=port, host=host)
         wait_until(lambda: http_status(proc.url + "/health") in (200, 503), f"{name} up", proc)
         return proc
 
@@ -52,9 +52,10 @@ class Processes(LocalCluster):
         *args: str,
         llama: Proc | None = None,
         port: int | None = None,
+        host: str = HOST,
         wait: bool = True,
     ) -> Proc:
-        proc = super().worker(name, hub, *args, llama=llama, port=port)
+        proc = super().worker(name, hub, *args, llama=llama, port=port, host=host)
         hub_url = hub if isinstance(hub, str) else hub.url
         if wait:
 

@@ -52,6 +52,16 @@ def body(error: object) -> bytes:
         # llama-server is up and said why it failed: retried, the worker stays, its answer kept
         (500, body({"code": 500, "message": "kaput"}), "server_error", False, RelayedError),
         (500, body("kaput"), "server_error", False, RelayedError),
+        # a worker that takes work from its own machine only (no worker token)
+        (
+            403,
+            body({"code": "loopback_only", "message": "x"}),
+            "worker_error",
+            True,
+            UpstreamFailed,
+        ),
+        # an error body of an odd shape is no fault code
+        (500, body({"code": [1], "message": "x"}), "server_error", False, RelayedError),
         # the endpoint is missing on this llama-server
         (501, body({"code": 501, "message": "no embeddings"}), "unsupported", False, NotSupported),
     ],
@@ -76,7 +86,7 @@ def test_a_relayed_error_keeps_llama_servers_own_answer() -> None:
     assert failed.error.worker_id == "w1"
 
 
-@pytest.mark.parametrize("status", [200, 201, 400, 404, 413, 429, 499])
+@pytest.mark.parametrize("status", [200, 201, 400, 403, 404, 413, 429, 499])
 def test_answers_below_500_go_to_the_client_as_they_are(status: int) -> None:
     assert judge_answer("w1", status, "application/json", body({"message": "no"})) is None
 

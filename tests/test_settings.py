@@ -95,3 +95,24 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `(GOLLAMA_[A-Z_]+)` \|", readme, re.MULTILINE))
     assert documented == ALL_ENV
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, False),
+        (["--allow-open-registration"], {}, True),
+        ([], {"GOLLAMA_ALLOW_OPEN_REGISTRATION": "yes"}, True),
+        ([], {"GOLLAMA_ALLOW_OPEN_REGISTRATION": "off"}, False),
+        (["--allow-open-registration"], {"GOLLAMA_ALLOW_OPEN_REGISTRATION": "0"}, True),
+    ],
+)
+def test_switches_are_bare_flags_or_words(
+    argv: list[str], env: dict[str, str], expected: bool
+) -> None:
+    assert hub(argv, env).allow_open_registration is expected
+
+
+def test_a_switch_with_a_wrong_word_is_named() -> None:
+    with pytest.raises(SettingError, match="GOLLAMA_ALLOW_OPEN_REGISTRATION='maybe'"):
+        hub([], {"GOLLAMA_ALLOW_OPEN_REGISTRATION": "maybe"})

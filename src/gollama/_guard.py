@@ -5,10 +5,18 @@ Each path belongs to one `Access` class. Client keys guard the inference API, th
 the operator's views (metrics, stats, dashboard), the worker token the paths between hub and
 workers; each guard is on only when its secret is configured. Open paths (`/health`, `/`)
 stay open. Oversized headers are refused on every path.
+
+Protected mode: while no worker token is set, the paths between hub and workers answer only
+callers on this machine (from a loopback address, or from one of this machine's own addresses,
+as when a server listens on its LAN address), unless the operator opened them (`open_hint`
+names the setting that does). A stranger on the network can then neither register a worker
+with the hub, and so receive prompts, nor send work to a worker.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gollama._asgi import request_id
 from gollama._auth import ApiKey, KeyRing, presented_secret, same_secret
-from gollama.errors import ApiError, HeadersTooLarge, Unauthorized
+from gollama.errors import ApiError, Forbidden, HeadersTooLarge, Unauthorized
 
 
 class Access(Enum):
@@ -35,6 +43,10 @@ class Rules:
     keys: KeyRing | None = None
     admin_key: str | None = None
     worker_token: str | None = None
+    # Without a worker token: worker paths from any address (True), or from this machine only,
+    # refused with `open_hint`, what to set to change that.
+    open_without_token: bool = False
+    open_hint: str = ""
 
 
 # Hears of each refused request: (scope, status, seconds it took).
@@ -97,10 +109,40 @@ class Guard:
                 "the admin key is required for this path",
                 challenge='Basic realm="gollama admin", charset="UTF-8"',
             )
-        token = rules.worker_token if access is Access.WORKER else None
-        if token is not None and not same_secret(secret, token):
-            raise Unauthorized("the worker token is required for this path")
+        if access is not Access.WORKER:
+            return None
+        if rules.worker_token is not None:
+            if not same_secret(secret, rules.worker_token):
+                raise Unauthorized("the worker token is required for this path")
+        elif not rules.open_without_token and not from_this_machine(scope):
+            raise Forbidden(
+                f"{scope['path']} answers only this machine while no worker token is set: "
+                f"{rules.open_hint}"
+            )
         return None
+
+
+def from_this_machine(scope: Scope) -> bool:
+    """The request came from this machine: from a loopback address, from an address of its own
+    (one a socket here can bind to), or over a local socket (which has no address)."""
+    client = scope.get("client")
+    if not client:
+        return True
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return True
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -84,6 +84,18 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def boolean(text: str) -> bool:
+    """A switch: on as a bare flag, or from the environment as 1/true/yes/on or 0/false/no/off."""
+    word = text.strip().lower()
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
+
+
 def text(value: str) -> str:
     return value
 

@@ -15,15 +15,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gollama import __version__
 from gollama._logs import setup_logging
+from gollama._values import METAVARS, boolean, flag_type
 from gollama.config import (
     HUB_OPTIONS,
     WORKER_OPTIONS,
     Option,
-    add_options,
     hub_config,
     load_dotenv_file,
     worker_config,
@@ -138,6 +138,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve_worker(args, parser)
     except SettingError as exc:
         parser.error(str(exc))
+
+
+def add_options(parser: argparse.ArgumentParser, settings: Sequence[Option]) -> None:
+    """Declare the settings as flags; values stay None unless given, so env and defaults apply."""
+    for setting in settings:
+        default = setting.default
+        shown = f" (default: {_shown(default)})" if default not in (None, "", False) else ""
+        where = f" [env {setting.env}]" if setting.env else ""
+        if setting.parse is boolean:  # a bare flag turns it on
+            parser.add_argument(
+                setting.flag,
+                dest=setting.dest,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{setting.help}{where}",
+            )
+            continue
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest,
+            type=flag_type(setting.parse),
+            default=None,
+            metavar=setting.metavar or METAVARS.get(setting.parse, setting.dest.upper()),
+            help=f"{setting.help}{shown}{where}",
+        )
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def accept_single_dash(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:

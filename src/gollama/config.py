@@ -18,9 +18,8 @@ from typing import Any, Literal, TypeVar, get_args
 from gollama._auth import check_secret
 from gollama._logs import LogFormat, LogLevel
 from gollama._values import (
-    METAVARS,
+    boolean,
     existing_file,
-    flag_type,
     http_url,
     non_negative_int,
     one_of,
@@ -283,6 +282,14 @@ class HubConfig(ServerConfig):
         "browser login's password (default: those stay open)",
         metavar="SECRET",
     )
+    allow_open_registration: bool = option(
+        False,
+        "--allow-open-registration",
+        "GOLLAMA_ALLOW_OPEN_REGISTRATION",
+        boolean,
+        "without a worker token, accept worker registrations from any address, not only from "
+        "this machine (loopback); for closed networks only: whoever registers receives prompts",
+    )
     worker_ca: str | None = option(
         None,
         "--worker-ca",
@@ -400,6 +407,14 @@ class WorkerConfig(ServerConfig):
         "so does the hub with --data-path direct; prefer the environment to the flag",
         metavar="KEY",
     )
+    allow_open_access: bool = option(
+        False,
+        "--allow-open-access",
+        "GOLLAMA_ALLOW_OPEN_ACCESS",
+        boolean,
+        "without a worker token, take work (inference, /execute, /connect, /metrics) from any "
+        "address, not only from this machine (loopback); for closed networks only",
+    )
     hub_ca: str | None = option(
         None,
         "--hub-ca",
@@ -416,22 +431,6 @@ class WorkerConfig(ServerConfig):
 
 HUB_OPTIONS = options(HubConfig)
 WORKER_OPTIONS = options(WorkerConfig)
-
-
-def add_options(parser: argparse.ArgumentParser, settings: Sequence[Option]) -> None:
-    """Declare the settings as flags; values stay None unless given, so env and defaults apply."""
-    for setting in settings:
-        default = setting.default
-        shown = f" (default: {_shown(default)})" if default not in (None, "") else ""
-        where = f" [env {setting.env}]" if setting.env else ""
-        parser.add_argument(
-            setting.flag,
-            dest=setting.dest,
-            type=flag_type(setting.parse),
-            default=None,
-            metavar=setting.metavar or METAVARS.get(setting.parse, setting.dest.upper()),
-            help=f"{setting.help}{shown}{where}",
-        )
 
 
 def resolve(
@@ -488,7 +487,3 @@ def load_dotenv_file(path: str = ".env") -> None:
         from dotenv import load_dotenv
 
         load_dotenv(path, override=False)
-
-
-def _shown(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -4,6 +4,7 @@ Exception
  ├── ApiError                 an answer to the client: HTTP status, OpenAI error type, message
  │    ├── BadRequest          400: the request itself is wrong
  │    ├── Unauthorized        401: a missing or wrong key (WWW-Authenticate says which)
+ │    ├── Forbidden           403: not from this machine, where only this machine may call
  │    ├── ModelNotFound       404: no worker has ever served the named model
  │    ├── UnknownWorker       404: a heartbeat or goodbye from a worker the hub does not know
  │    ├── RequestTimeout      408: the body came too slowly (the connection is closed)
@@ -40,10 +41,12 @@ from starlette.responses import Response
 LLAMA_UNREACHABLE = "llama_server_unreachable"
 LLAMA_TIMEOUT = "llama_server_timeout"
 LLAMA_BROKE_OFF = "llama_server_broke_off"
+# A worker without a worker token refuses work that does not come from its own machine.
+LOOPBACK_ONLY = "loopback_only"
 
 # The status counted for a request whose client went away before its answer (nginx's 499).
 CLIENT_CLOSED = 499
-WORKER_FAULT_CODES = frozenset({LLAMA_UNREACHABLE, LLAMA_TIMEOUT, LLAMA_BROKE_OFF})
+WORKER_FAULT_CODES = frozenset({LLAMA_UNREACHABLE, LLAMA_TIMEOUT, LLAMA_BROKE_OFF, LOOPBACK_ONLY})
 
 
 class ApiError(Exception):
@@ -93,6 +96,14 @@ class Unauthorized(ApiError):
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         return super().response({**(headers or {}), "WWW-Authenticate": self.challenge})
+
+
+class Forbidden(ApiError):
+    """A caller from another machine on a path only this machine may call (protected mode)."""
+
+    status = 403
+    error_type = "permission_error"
+    code = LOOPBACK_ONLY
 
 
 class RequestTimeout(ApiError):

@@ -254,6 +254,9 @@ def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) ->
         keys=keys,
         admin_key=config.admin_key,
         worker_token=config.worker_token,
+        open_without_token=config.allow_open_registration,
+        open_hint="set GOLLAMA_WORKER_TOKEN (--worker-token) on the hub and its workers, or "
+        "--allow-open-registration (GOLLAMA_ALLOW_OPEN_REGISTRATION) on a closed network",
     )
     return Guard(app, rules, on_refused=_count_refused)
 

@@ -12,7 +12,9 @@ codes and structured error bodies, never of reply text):
                                                 every try fails, the last answer is relayed
     501                                         this llama-server lacks the endpoint (e.g. no
                                                 --embeddings): remembered, the job goes elsewhere
-    4xx                                         the client's error: relayed, never retried
+    403 loopback_only                           the worker takes work from its own machine only
+                                                (no worker token): taken out, like a fault
+    other 4xx                                   the client's error: relayed, never retried
 
 Once the first byte is on its way to the client, nothing is retried.
 """
@@ -104,18 +106,21 @@ class Failed:
 
 
 def judge_answer(worker_id: str, status: int, content_type: str, body: bytes) -> Failed | None:
-    """A worker's whole answer with a 5xx status, judged; None for any other status (the answer
-    goes to the client as it is)."""
-    if status < 500:
+    """A worker's whole error answer, judged; None for an answer that goes to the client as it
+    is (below 400, or a client error that is not the worker's own fault code)."""
+    if status < 400:
         return None
     error = _error_object(body)
+    code = error.get("code") if error else None
+    code = code if isinstance(code, str | int) else None
+    if status < 500 and code not in WORKER_FAULT_CODES:
+        return None
     message = structured_message({"error": error}) or f"HTTP {status}"
     if status == 501:
         unsupported = NotSupported(f"worker {worker_id}: {message}")
         return Failed(
             unsupported, "unsupported", take_out=False, count_failure=False, lacks_endpoint=True
         )
-    code = error.get("code") if error else None
     if status == 503 or error is None or code in WORKER_FAULT_CODES:
         failed = UpstreamFailed(f"worker {worker_id} answered {status}: {message}")
         return Failed(failed, "worker_error", take_out=True)
@@ -285,17 +290,15 @@ class Dispatcher(Watcher):
         except UpstreamError as exc:
             return judge_failure(worker.id, exc)
         try:
-            if reply.status >= 500:
-                body = await reply.read()
-                failed = judge_answer(worker.id, reply.status, reply.content_type, body)
-                assert failed is not None
-                return failed
             if job.stream and reply.status == 200:
                 first = await _first_chunk(reply)
                 return Answer(
                     lease, job.prompt, 200, reply.content_type, first, reply, self.read_timeout
                 )
             body = await reply.read()
+            failed = judge_answer(worker.id, reply.status, reply.content_type, body)
+            if failed is not None:
+                return failed
             return Answer(lease, job.prompt, reply.status, reply.content_type, body, None)
         except UpstreamError as exc:
             reply.close()

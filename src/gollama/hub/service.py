@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from gollama._asgi import BodyLimits
 from gollama._auth import bearer
+from gollama._posture import hub_posture, say
 from gollama._server import wait_until_idle
 from gollama._transport import Upstream
 from gollama.config import HubConfig
@@ -84,6 +85,7 @@ class Hub:
         history = History(accounting, scheduler)
         tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
         loop = asyncio.get_running_loop()
+        say("hub", hub_posture(config))
         log.info(
             "hub ready: policy %s, queue %d, retries %d",
             config.policy,

@@ -38,10 +38,11 @@ class Proc:
     log: Path
     port: int
     command: list[str]
+    host: str = HOST  # the address it listens on
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -87,8 +88,9 @@ class LocalCluster:
     llama_server: str = field(default_factory=find_llama_server)
     started: list[Proc] = field(default_factory=list)
 
-    def spawn(self, name: str, command: Sequence[str], port: int) -> Proc:
-        """Run `command` as `name`, logging to FOLDER/NAME.log (appended to, across restarts)."""
+    def spawn(self, name: str, command: Sequence[str], port: int, host: str = HOST) -> Proc:
+        """Run `command` as `name`, listening on `host`:`port`, logging to FOLDER/NAME.log
+        (appended to, across restarts)."""
         log = self.folder / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GOLLAMA_LLAMA_SERVER": self.llama_server}
         with log.open("ab") as out:
@@ -102,7 +104,7 @@ class LocalCluster:
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
-        proc = Proc(name, popen, log, port, list(command))
+        proc = Proc(name, popen, log, port, list(command), host)
         self.started.append(proc)
         return proc
 
@@ -116,9 +118,10 @@ class LocalCluster:
         command += ["-t", "1", "--alias", alias or model.stem, *args]
         return self.spawn(name, command, port)
 
-    def hub(self, *args: str, name: str = "hub", port: int | None = None) -> Proc:
-        port = port or free_port()
-        return self.spawn(name, [*GOLLAMA, "hub", "--host", HOST, "--port", str(port), *args], port)
+    def hub(self, *args: str, name: str = "hub", port: int | None = None, host: str = HOST) -> Proc:
+        port = port or free_port(host)
+        command = [*GOLLAMA, "hub", "--host", host, "--port", str(port), *args]
+        return self.spawn(name, command, port, host)
 
     def worker(
         self,
@@ -127,21 +130,22 @@ class LocalCluster:
         *args: str,
         llama: Proc | None = None,
         port: int | None = None,
+        host: str = HOST,
     ) -> Proc:
         """A worker named `name` registering with `hub` (its process or URL): in front of
         `llama`, or managed (`--model` in `args`)."""
-        port = port or free_port()
+        port = port or free_port(host)
         hub_url = hub if isinstance(hub, str) else hub.url
-        command = [*GOLLAMA, "worker", "--host", HOST, "--port", str(port), "--hub", hub_url]
+        command = [*GOLLAMA, "worker", "--host", host, "--port", str(port), "--hub", hub_url]
         command += ["--name", name, *args]
         if llama is not None:
             command += ["--llama-port", str(llama.port)]
-        return self.spawn(name, command, port)
+        return self.spawn(name, command, port, host)
 
     def replace(self, proc: Proc) -> Proc:
         """The same command started again on the same port, once `proc` has exited."""
         self.started.remove(proc)
-        return self.spawn(proc.name, proc.command, proc.port)
+        return self.spawn(proc.name, proc.command, proc.port, proc.host)
 
     def restart(self, proc: Proc) -> Proc:
         proc.stop()

@@ -42,14 +42,19 @@ def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None)
         exception_handlers=EXCEPTION_HANDLERS,
     )
     rules = Rules(
-        access=access, max_header_bytes=config.max_header_bytes, worker_token=config.worker_token
+        access=access,
+        max_header_bytes=config.max_header_bytes,
+        worker_token=config.worker_token,
+        open_without_token=config.allow_open_access,
+        open_hint="set GOLLAMA_WORKER_TOKEN (--worker-token) on the worker and its hub, or "
+        "--allow-open-access (GOLLAMA_ALLOW_OPEN_ACCESS) on a closed network",
     )
     return Guard(app, rules)
 
 
 def access(path: str) -> Access:
-    """With a worker token, everything but the health check needs it: only the hub may send
-    work here."""
+    """Everything but the health check is for the hub only: with a worker token it needs the
+    token, without one it answers this machine only (unless opened)."""
     return Access.OPEN if path in ("/", "/health") else Access.WORKER
 
 

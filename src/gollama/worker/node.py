@@ -4,6 +4,7 @@ to the hub, and the count of requests in flight."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from gollama._asgi import BodyLimits
 from gollama._auth import bearer
 from gollama._llama_binary import find_llama_server
+from gollama._posture import say, worker_posture
 from gollama._server import wait_until_idle
 from gollama._transport import Upstream
 from gollama.config import WorkerConfig
@@ -89,6 +91,13 @@ class WorkerNode:
             node._tasks.append(asyncio.create_task(node.managed.supervise(node.llama_unreachable)))
         node._tasks.append(asyncio.create_task(node._watch_llama()))
         node._tasks.append(asyncio.create_task(node.link.run()))
+        say("worker", worker_posture(config))
+        if not config.worker_token and not config.allow_open_access and not _local(config.hub_url):
+            log.warning(
+                "the hub at %s is on another machine: without a worker token this worker "
+                "refuses its requests; set GOLLAMA_WORKER_TOKEN on both",
+                config.hub_url,
+            )
         log.info(
             "worker at %s in front of %s",
             node.url,
@@ -191,3 +200,12 @@ class WorkerNode:
             await self.check_llama()
             up_once = self._known is not None
             await asyncio.sleep(CHECK_INTERVAL if up_once else STARTUP_CHECK_INTERVAL)
+
+
+def _local(url: str) -> bool:
+    """`url`'s host is this machine's loopback."""
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
