@@ -14,11 +14,23 @@ import aiohttp
 
 from gollama._processes import free_ports
 from gollama.tools.cluster import HOST, LocalCluster, Proc
+from gollama.tools.models import REAL_MODEL_ARGS, real_model
 from gollama.tools.testmodel import ModelShape, write_test_model
 
 __all__ = ["HOST", "LocalCluster", "Proc"]
 
 RESULTS = Path(__file__).parent / "results"
+# Debian's Chromium, headless and quiet on a machine without internet.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 async def wait_ok(session: aiohttp.ClientSession, url: str, check: str = "") -> None:
@@ -100,6 +112,23 @@ class Ports:
 
 TINY = ModelShape(d_model=64, layers=2)
 SLOW = ModelShape(d_model=512, layers=8)  # 85 MB
+# The real model (Gemma 3 270M base): real text, so its replies can be reused from the cache.
+REAL = "real"
+Model = ModelShape | str
+
+
+def real_model_path() -> Path:
+    """The real model's file, assembled into the cache folder the first time."""
+    return real_model()[0]
+
+
+def model_file(folder: Path, model: Model) -> tuple[Path, tuple[str, ...]]:
+    """The file of `model` (the real one, or a generated shape written into `folder`) and the
+    llama-server arguments it needs."""
+    if model == REAL:
+        return real_model_path(), tuple(REAL_MODEL_ARGS.split())
+    assert isinstance(model, ModelShape)
+    return write_test_model(folder / "model.gguf", model), ()
 
 
 async def start_cluster(
@@ -108,7 +137,7 @@ async def start_cluster(
     *,
     llamas: int = 2,
     slots: int = 4,
-    shape: ModelShape = TINY,
+    shape: Model = TINY,
     hub_args: tuple[str, ...] = (),
     llama_args: tuple[str, ...] = (),
     worker_args: tuple[str, ...] = (),
@@ -161,15 +190,16 @@ async def start_llamas(
     *,
     llamas: int,
     slots: int,
-    shape: ModelShape = TINY,
+    shape: Model = TINY,
     llama_args: tuple[str, ...] = (),
 ) -> list[int]:
     """llama-servers only (one thread each, no workers, no hub), for any router in front;
     returns their ports once every one answers /health."""
-    model = write_test_model(cluster.folder / "model.gguf", shape)
+    model, needs = model_file(cluster.folder, shape)
     ports = free_ports(llamas)
     for i, port in enumerate(ports):
-        cluster.llama(f"llama-{i}", model, "-np", str(slots), *llama_args, port=port, alias="tiny")
+        arguments = ("-np", str(slots), *needs, *llama_args)
+        cluster.llama(f"llama-{i}", model, *arguments, port=port, alias="tiny")
     try:
         for port in ports:
             await wait_ok(session, f"http://{HOST}:{port}/health")

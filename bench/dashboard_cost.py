@@ -30,21 +30,11 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from common import RESULTS, LocalCluster, load, start_cluster
+from common import CHROMIUM, CHROMIUM_ARGS, RESULTS, LocalCluster, load, start_cluster
 from playwright.async_api import Browser, async_playwright
 from rich.console import Console
 from rich.table import Table
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NO_DASHBOARD = "no dashboard"
 BROWSER = "dashboards open in Chromium"
 POLLERS = "/dashboard/data polled by a script"

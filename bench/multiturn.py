@@ -40,6 +40,7 @@ import aiohttp
 import orjson
 from common import (
     HOST,
+    REAL,
     RESULTS,
     SLOW,
     LocalCluster,
@@ -246,14 +247,14 @@ async def measure(
                     session,
                     llamas=LLAMAS,
                     slots=1,
-                    shape=SLOW,
+                    shape=args.model,
                     hub_args=("--policy", router.policy),
                     llama_args=metrics,
                 )
                 url, llama_ports = ports.hub_url, ports.llamas
             else:
                 llama_ports = await start_llamas(
-                    cluster, session, llamas=LLAMAS, slots=1, shape=SLOW, llama_args=metrics
+                    cluster, session, llamas=LLAMAS, slots=1, shape=args.model, llama_args=metrics
                 )
                 url = await start_sglang(cluster, llama_ports, router.policy)
             await warm_up(session, url)
@@ -465,6 +466,13 @@ async def run(args: argparse.Namespace, folder: Path, chosen: list[Router]) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        choices=("generated", REAL),
+        default="generated",
+        help="the generated 85 MB model (replies are random bytes), or the real model "
+        "(Gemma 3 270M base: replies are text, so they can be reused from the cache)",
+    )
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--doc-bytes", type=int, default=1000, help="system document size")
@@ -479,6 +487,8 @@ def main() -> None:
     )
     parser.add_argument("--sglang-policies", default="round_robin,cache_aware")
     args = parser.parse_args()
+    if args.model == "generated":
+        args.model = SLOW
     chosen = routers(args)
     with tempfile.TemporaryDirectory(prefix="gollama-bench-") as folder:
         for router in chosen:
@@ -488,7 +498,8 @@ def main() -> None:
     title = (
         f"{args.conversations} conversations x {args.turns} turns, {args.doc_bytes}-byte "
         f"documents, max_tokens {args.max_tokens}, on {LLAMAS} llama-servers x 1 slot x 1 "
-        f"thread (85 MB model), {os.cpu_count()} cores"
+        f"thread ({'85 MB generated model' if args.model == SLOW else 'Gemma 3 270M'}), "
+        f"{os.cpu_count()} cores"
     )
     turn_columns = ["configuration"]
     turn_columns += [f"turn {n} TTFT ms" for n in range(1, args.turns + 1)]

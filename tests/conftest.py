@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from gollama._llama_binary import find_llama_server
+from gollama.tools.models import real_model
 from gollama.tools.testmodel import ModelShape, write_test_model
 from tests.procs import Proc, Processes
 
@@ -66,3 +68,47 @@ def cluster(
         yield Cluster(hub, workers, llamas)
     finally:
         group.stop_all()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and quiet on a machine without internet: no background connections to Google.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    # No skip: `./run test` installs Debian's chromium, and its absence is a failure.
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium (./run test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real model (Gemma 3 270M base, from the `demo` extra), assembled for this run."""
+    path, _ = real_model(tmp_path_factory.mktemp("real-model"))
+    return path

@@ -86,6 +86,10 @@ async def dashboard_page(request: Request) -> Response:
     return HTMLResponse(dashboard.page())
 
 
+async def playground(request: Request) -> Response:
+    return HTMLResponse(dashboard.playground_page())
+
+
 async def dashboard_data(request: Request) -> Response:
     hub: Hub = request.state.hub
     return json_response({**control.stats_body(hub), "history": hub.history.columns()})
@@ -139,6 +143,22 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     # the operator's views
     Endpoint("/", index, OPEN, "GET", summary="this page"),
+    Endpoint(
+        "/playground",
+        playground,
+        OPEN,
+        "GET",
+        summary="try the cluster in the browser: a streamed chat",
+        group="try",
+    ),
+    Endpoint(
+        "/playground/static",
+        StaticFiles(directory=dashboard.PLAYGROUND),
+        OPEN,
+        "GET",
+        summary="the playground's script and style",
+        mount=True,
+    ),
     Endpoint("/dashboard", dashboard_page, ADMIN, "GET", summary="live dashboard", group="status"),
     Endpoint(
         "/dashboard/data",

@@ -19,6 +19,7 @@ from gollama.hub.accounting import Accounting, Flow
 from gollama.hub.queue import Scheduler
 
 STATIC = Path(__file__).parent / "static"
+PLAYGROUND = STATIC / "playground"
 SAMPLE_INTERVAL = 1.0
 HISTORY_SAMPLES = 900  # 15 minutes
 
@@ -87,6 +88,13 @@ def page() -> bytes:
     return (STATIC / "dashboard.html").read_bytes()
 
 
+def playground_page() -> bytes:
+    """The playground: a streamed chat against the cluster, in the browser (static files in
+    `static/playground`, which need no credential; the page asks for an API key when the hub
+    wants one)."""
+    return (PLAYGROUND / "playground.html").read_bytes()
+
+
 def index_page(version: str, links: list[tuple[str, str]]) -> str:
     """The hub's front page for browsers: what it is, and `links` (path, what it is)."""
     items = "".join(f'<li><a href="{href}">{href}</a>: {text}</li>' for href, text in links)
@@ -94,6 +102,7 @@ def index_page(version: str, links: list[tuple[str, str]]) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>GoLlama hub</title></head><body><h1>GoLlama hub {version}</h1>"
         "<p>One OpenAI-compatible endpoint in front of many llama.cpp servers: send requests "
-        "to <code>/v1/chat/completions</code>.</p>"
+        "to <code>/v1/chat/completions</code>, or try it in the "
+        '<a href="/playground">playground</a>.</p>'
         f"<ul>{items}</ul></body></html>"
     )

@@ -44,7 +44,7 @@ from gollama.errors import ToolError
 from gollama.tools.cluster import HOST, LocalCluster, Proc, healthy_workers, wait_for
 from gollama.tools.faultproxy import FaultProxy
 from gollama.tools.loadtest import LoadConfig, LoadTest, Result
-from gollama.tools.testmodel import cached_test_model
+from gollama.tools.models import cached_test_model
 
 FAULTS = (
     "kill_worker",

@@ -13,7 +13,6 @@ output row of `</s>` reads only dimension 0, with a large negative weight.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,16 +154,6 @@ def write_test_model(path: Path, shape: ModelShape = ModelShape()) -> Path:
     writer.close()
     partial.replace(path)
     return path
-
-
-def cached_test_model(shape: ModelShape = ModelShape()) -> tuple[Path, bool]:
-    """The generated test model of `shape` in the user's cache folder, written once; returns
-    its path and whether it was written now."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gollama"
-    path = cache / f"gollama-test-d{shape.d_model}-l{shape.layers}.gguf"
-    if path.exists():
-        return path, False
-    return write_test_model(path, shape), True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
