@@ -84,8 +84,10 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Per module: Playwright's sync API keeps an event loop running while it is open, which
+    # the asyncio tests of other modules cannot share.
     # No skip: `./run test` installs Debian's chromium, and its absence is a failure.
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium (./run test does)"
     with sync_playwright() as playwright:

@@ -16,6 +16,7 @@ import httpx
 import orjson
 from aiohttp import web
 
+from gollama._apis import ANTHROPIC, LLAMA, LLAMA_ENDPOINTS, RESPONSES, dialect_of
 from gollama._processes import free_port
 
 Behaviour = Literal[
@@ -61,9 +62,36 @@ def completion(worker: str) -> bytes:
     )
 
 
-def chunk(text: str) -> bytes:
+def chunk(text: str, path: str = "/v1/chat/completions") -> bytes:
+    """One event of a stream carrying `text`, as llama-server sends it on `path`."""
+    dialect = dialect_of(path)
+    if dialect is ANTHROPIC:
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": text},
+        }
+        return b"event: content_block_delta\ndata: " + orjson.dumps(delta) + b"\n\n"
+    if dialect is RESPONSES:
+        delta = {"type": "response.output_text.delta", "delta": text}
+        return b"event: response.output_text.delta\ndata: " + orjson.dumps(delta) + b"\n\n"
+    if dialect is LLAMA:
+        return b"data: " + orjson.dumps({"content": text, "stop": False}) + b"\n\n"
     event = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": text}}]}
     return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def stream_end(path: str) -> bytes:
+    """The event that ends a complete stream on `path`."""
+    dialect = dialect_of(path)
+    if dialect is ANTHROPIC:
+        return b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    if dialect is RESPONSES:
+        completed = {"type": "response.completed", "response": {"id": "resp_1", "output": []}}
+        return b"event: response.completed\ndata: " + orjson.dumps(completed) + b"\n\n"
+    if dialect is LLAMA:
+        return b'data: {"content":"","stop":true}\n\n'
+    return b"data: [DONE]\n\n"
 
 
 @dataclass
@@ -94,7 +122,15 @@ class FakeWorker:
             return web.json_response({"error": error}, status=502)
         if self.behaviour == "unsupported_501":
             return web.json_response(
-                {"error": {"code": 501, "message": "no embeddings"}}, status=501
+                {
+                    "error": {
+                        "code": 501,
+                        "message": "This server does not support embeddings. Start it with "
+                        "`--embeddings`",
+                        "type": "not_supported_error",
+                    }
+                },
+                status=501,
             )
         if self.behaviour == "bad_request_400":
             return web.json_response({"error": {"code": 400, "message": "too long"}}, status=400)
@@ -117,10 +153,10 @@ class FakeWorker:
                     await response.write(chunk("x" * 1000))
                 await response.write(b"data: [DONE]\n\n")
                 return response
-            await response.write(chunk("Hel"))
+            await response.write(chunk("Hel", request.path))
             if self.behaviour == "stall":
                 await asyncio.sleep(60)
-            await response.write(chunk("lo"))
+            await response.write(chunk("lo", request.path))
             if self.behaviour == "cut_stream":
                 assert request.transport is not None
                 request.transport.abort()
@@ -128,7 +164,7 @@ class FakeWorker:
             if self.behaviour == "error_event":
                 await response.write(b'data: {"error":{"code":500,"message":"decode failed"}}\n\n')
                 return response
-            await response.write(b"data: [DONE]\n\n")
+            await response.write(stream_end(request.path))
             return response
         return web.Response(body=completion(self.name), content_type="application/json")
 
@@ -163,8 +199,8 @@ async def serving(*fakes: FakeWorker) -> AsyncIterator[None]:
     for fake in fakes:
         app = web.Application()
         app.router.add_get("/health", fake.health)
-        app.router.add_post("/v1/chat/completions", fake.inference)
-        app.router.add_post("/v1/embeddings", fake.inference)
+        for path in LLAMA_ENDPOINTS:
+            app.router.add_post(path, fake.inference)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", fake.port).start()

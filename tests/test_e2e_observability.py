@@ -45,8 +45,12 @@ def test_metrics_after_real_traffic(cluster: Cluster) -> None:
         reply = chat(url, "stream me", 6, stream=True)
         assert reply.text.rstrip().endswith("data: [DONE]")
     assert httpx.post(url + "/v1/chat/completions", content=b"{", timeout=10).status_code == 400
+    # a model name of the client's own: served by the cluster's one model, labelled with it
     unknown = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
-    assert httpx.post(url + "/v1/chat/completions", json=unknown, timeout=10).status_code == 404
+    reply = httpx.post(url + "/v1/chat/completions", json={**unknown, "max_tokens": 3}, timeout=10)
+    assert reply.status_code == 200
+    gone = {"input": "x", "previous_response_id": "resp_nobody_kept"}
+    assert httpx.post(url + "/v1/responses", json=gone, timeout=10).status_code == 404
 
     after = scrape(url)
 
@@ -54,21 +58,23 @@ def test_metrics_after_real_traffic(cluster: Cluster) -> None:
         return total(after, name, **labels) - total(before, name, **labels)
 
     endpoint = "/v1/chat/completions"
-    assert grew("gollama_requests_total", endpoint=endpoint, model="tiny", status="200") == 6
+    assert grew("gollama_requests_total", endpoint=endpoint, model="tiny", status="200") == 7
+    assert grew("gollama_requests_total", endpoint=endpoint, model="no-such-model") == 0
     assert grew("gollama_requests_total", endpoint=endpoint, model="", status="400") == 1
-    assert grew("gollama_requests_total", endpoint=endpoint, model="", status="404") == 1
+    responses = "/v1/responses"
+    assert grew("gollama_requests_total", endpoint=responses, model="", status="404") == 1
     assert grew("gollama_request_duration_seconds_count", endpoint=endpoint) == 8
     assert grew("gollama_time_to_first_token_seconds_count", model="tiny") == 2
     assert grew("gollama_inter_token_seconds_count", model="tiny") == 2
-    assert grew("gollama_queue_wait_seconds_count") == 6
+    assert grew("gollama_queue_wait_seconds_count") == 7
     # The test model never stops early: exactly max_tokens per reply, as llama.cpp counts them.
-    assert grew("gollama_generated_tokens_total", model="tiny") == 4 * 5 + 2 * 6
-    assert grew("gollama_worker_generated_tokens_total") == 4 * 5 + 2 * 6
+    assert grew("gollama_generated_tokens_total", model="tiny") == 4 * 5 + 2 * 6 + 3
+    assert grew("gollama_worker_generated_tokens_total") == 4 * 5 + 2 * 6 + 3
     computed = grew("gollama_prompt_tokens_total", source="computed")
     cached = grew("gollama_prompt_tokens_total", source="cache")
     assert cached > 0
     assert computed + cached > prompt_tokens  # the streams' prompts come on top
-    assert grew("gollama_worker_jobs_total", outcome="completed") == 6
+    assert grew("gollama_worker_jobs_total", outcome="completed") == 7
 
     assert value(after, "gollama_workers", state="healthy") == 2
     assert value(after, "gollama_queue_depth") == 0

@@ -186,6 +186,12 @@ def test_requests_naming_a_model_go_only_to_its_workers(
         hub.url + "/chat", json={"message": "x", "model": "slow", "max_tokens": 2}, timeout=30
     ).json()
     assert simple["worker"] == "w-slow"
+    # with several models, a name none of them has is not guessed
+    unknown = httpx.post(
+        hub.url + "/v1/chat/completions", json={**CHAT, "model": "no-such-model"}, timeout=10
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
 
 
 def test_a_frozen_worker_goes_offline_and_comes_back(

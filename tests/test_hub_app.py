@@ -11,6 +11,7 @@ import pytest
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from gollama._apis import LLAMA_ENDPOINTS
 from gollama._guard import Access
 from gollama.config import HubConfig
 from gollama.hub.app import ENDPOINTS, access, create_app, endpoint_at, openapi_document
@@ -57,9 +58,9 @@ def test_access_comes_from_the_table(path: str, expected: Access) -> None:
     assert access(path) is expected
 
 
-def test_inference_rows_are_those_a_client_posts() -> None:
+def test_every_llama_server_inference_endpoint_has_a_row() -> None:
     inference = {e.path for e in ENDPOINTS if e.inference}
-    assert inference == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/chat"}
+    assert inference == set(LLAMA_ENDPOINTS) | {"/chat"}
     assert endpoint_at("/dashboard/static/x.css") is not None
 
 

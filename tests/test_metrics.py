@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gollama._apis import OPENAI
 from gollama._sse import StreamTail
-from gollama._tokens import Timings, body_timings, timings_of
+from gollama._tokens import Timings, body_timings, stream_timings, timings_of
 from gollama.hub.accounting import Accounting
 from gollama.hub.dashboard import HISTORY_SAMPLES, History
 from gollama.hub.metrics import exposition, hub_metrics
@@ -59,16 +60,16 @@ def test_stream_timings_come_from_the_event_before_done() -> None:
     last = {"choices": [{"finish_reason": "length"}], "timings": LLAMA_TIMINGS}
     tail.feed(b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n')
     tail.feed(b"data: " + json.dumps(last).encode() + b"\r\n\r\ndata: [DONE]\r\n\r\n")
-    assert tail.timings() == Timings(1, 66, 3, 0.3)
+    assert stream_timings(OPENAI, b"", tail.last_events()) == Timings(1, 66, 3, 0.3)
 
 
 def test_stream_without_timings() -> None:
     tail = StreamTail()
     tail.feed(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
-    assert tail.timings() is None
+    assert stream_timings(OPENAI, b"", tail.last_events()) is None
     cut = StreamTail()
     cut.feed(b'data: {"choices": [], "timings": {"prompt_n"')
-    assert cut.timings() is None
+    assert stream_timings(OPENAI, b"", cut.last_events()) is None
 
 
 def test_history_turns_totals_into_rates() -> None:

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from gollama.errors import RelayedError
 from gollama.hub.registry import (
     FORGET_AFTER,
     PROBE_BACKOFF_MAX,
@@ -14,6 +15,11 @@ from gollama.hub.registry import (
     Watcher,
     Worker,
     WorkerState,
+)
+
+# llama-server's own answer when it runs without --embeddings
+NO_EMBEDDINGS = RelayedError(
+    501, b'{"error":{"code":501,"message":"no --embeddings"}}', "application/json", "no", "a"
 )
 
 
@@ -129,7 +135,7 @@ def test_silent_workers_go_offline_then_are_forgotten(registry: Registry) -> Non
 
 def test_unsupported_endpoints_are_forgotten_when_llama_server_returns(registry: Registry) -> None:
     worker = registry.register(info(), 0)
-    registry.lacks(worker, "/v1/embeddings")
+    registry.lacks(worker, "/v1/embeddings", NO_EMBEDDINGS)
     assert not worker.serves("m", "/v1/embeddings")
     registry.heartbeat(worker.id, info(healthy=False), 1)
     registry.heartbeat(worker.id, info(), 2)
@@ -255,7 +261,7 @@ def test_quiet_changes_are_not_told(registry: Registry) -> None:
     registry.job_completed(worker, succeeded=True)
     registry.job_failed(worker)
     registry.probing(worker, True)
-    registry.lacks(worker, "/v1/embeddings")
+    registry.lacks(worker, "/v1/embeddings", NO_EMBEDDINGS)
     assert heard.events == []
     assert (worker.jobs_completed, worker.jobs_failed, worker.state) == (1, 1, WorkerState.HEALTHY)
     assert not worker.serves(None, "/v1/embeddings")

@@ -9,7 +9,7 @@ import pytest
 
 from gollama._asgi import parse_object, request_id
 from gollama.errors import BadRequest
-from gollama.hub.requests import chat_job, openai_job
+from tests.readers import chat_job, openai_job
 
 
 def job(endpoint: str, payload: dict[str, object], default_max_tokens: int = 100) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gollama.errors import NotSupported, RelayedError, UpstreamError, UpstreamFailed
+from gollama.errors import RelayedError, UpstreamError, UpstreamFailed
 from gollama.hub.retry import judge_answer, judge_failure, judge_lost
 
 
@@ -63,7 +63,7 @@ def body(error: object) -> bytes:
         # an error body of an odd shape is no fault code
         (500, body({"code": [1], "message": "x"}), "server_error", False, RelayedError),
         # the endpoint is missing on this llama-server
-        (501, body({"code": 501, "message": "no embeddings"}), "unsupported", False, NotSupported),
+        (501, body({"code": 501, "message": "no embeddings"}), "unsupported", False, RelayedError),
     ],
 )
 def test_server_errors_are_judged_by_status_and_structure(

@@ -6,13 +6,18 @@ import asyncio
 
 import pytest
 
-from gollama.errors import ModelNotFound, NotSupported, NoWorkerAvailable, QueueFull
+from gollama.errors import ModelNotFound, NoWorkerAvailable, QueueFull, RelayedError
 from gollama.hub.queue import AGING, PATIENCE_MIN, Lease, Scheduler, Want
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice
 from gollama.hub.routing.simple import LeastBusy, SimplePolicy
 
 CHAT = Want(None, "/v1/chat/completions")
+
+# llama-server's own answer when it runs without --embeddings
+NO_EMBEDDINGS = RelayedError(
+    501, b'{"error":{"code":501,"message":"no --embeddings"}}', "application/json", "no", "a"
+)
 
 
 def make(queue_size: int = 10, max_in_flight: int = 0) -> tuple[Registry, Scheduler]:
@@ -169,9 +174,10 @@ async def test_requests_no_worker_could_serve_fail_at_once() -> None:
         await scheduler.acquire(Want("other", "/v1/completions"))
     with pytest.raises(NoWorkerAvailable):
         await scheduler.acquire(Want(None, "/v1/completions", frozenset({"a"})))
-    registry.lacks(a, "/v1/embeddings")
-    with pytest.raises(NotSupported):
+    registry.lacks(a, "/v1/embeddings", NO_EMBEDDINGS)
+    with pytest.raises(RelayedError) as unsupported:
         await scheduler.acquire(Want(None, "/v1/embeddings"))
+    assert unsupported.value is NO_EMBEDDINGS  # llama-server's own answer, relayed unchanged
 
 
 async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:

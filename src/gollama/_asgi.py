@@ -1,7 +1,7 @@
 """What the hub and the worker share on their inbound side: reading a request (its body within
 limits, as a JSON object; its id), running an answer until the client disconnects, sending an
-answer's last bytes to a client that may not read, and OpenAI-style answers to requests that
-fail before any work starts."""
+answer's last bytes to a client that may not read, and the answers to requests that fail
+before any work starts, in the shape of the API of their path."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Send
 
+from gollama._apis import dialect_of
 from gollama._interrupt import Interrupt
 from gollama.errors import (
     ApiError,
@@ -26,7 +27,6 @@ from gollama.errors import (
     ClientDisconnected,
     Interrupted,
     RequestTimeout,
-    error_body,
     json_response,
 )
 
@@ -145,16 +145,19 @@ async def send_closing(send: Send, body: bytes) -> None:
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
+    """An error raised while a request is read, in the shape of the API of its path."""
     assert isinstance(exc, ApiError)
-    return exc.response({"X-Request-ID": request_id(request.headers.get("x-request-id"))})
+    headers = {"X-Request-ID": request_id(request.headers.get("x-request-id"))}
+    return exc.response(headers, dialect_of(request.url.path))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (unknown path, wrong method) in the OpenAI error format."""
+    """Starlette's own errors (unknown path, wrong method), in the shape of the path's API."""
     assert isinstance(exc, HTTPException)
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    return json_response(error_body(message, kind), exc.status_code, dict(exc.headers or {}))
+    body = dialect_of(request.url.path).error_body(message, kind, status=exc.status_code)
+    return json_response(body, exc.status_code, dict(exc.headers or {}))
 
 
 EXCEPTION_HANDLERS = {ApiError: api_error_handler, HTTPException: http_error_handler}

@@ -1,10 +1,11 @@
 """The door of the hub and of the worker: an ASGI middleware that checks every request's
 headers and credentials before any route sees it.
 
-Each path belongs to one `Access` class. Client keys guard the inference API, the admin key
+Each path belongs to one `Access` class. Client keys (as `Authorization: Bearer`, or as
+Anthropic's clients send them, `x-api-key`) guard the inference API, the admin key
 the operator's views (metrics, stats, dashboard), the worker token the paths between hub and
 workers; each guard is on only when its secret is configured. Open paths (`/health`, `/`)
-stay open. Oversized headers are refused on every path.
+stay open. Oversized headers are refused on every path. Every answer carries X-Request-ID.
 
 Protected mode: while no worker token is set, the paths between hub and workers answer only
 callers on this machine (from a loopback address, or from one of this machine's own addresses,
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gollama._apis import dialect_of
 from gollama._asgi import request_id
 from gollama._auth import ApiKey, KeyRing, presented_secret, same_secret
 from gollama.errors import ApiError, Forbidden, HeadersTooLarge, Unauthorized
@@ -64,17 +66,20 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        rid = request_id(_header(scope, b"x-request-id"))
         try:
             key = self._admit(scope)
         except ApiError as exc:
-            headers = {"X-Request-ID": request_id(_header(scope, b"x-request-id"))}
-            await exc.response(headers)(scope, receive, send)
+            headers = {"X-Request-ID": rid}
+            await exc.response(headers, dialect_of(scope["path"]))(scope, receive, send)
             if self.on_refused is not None:
                 self.on_refused(scope, exc.status, time.perf_counter() - started)
             return
+        send = _with_request_id(send, rid.encode())
         if key is None:
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})["client_key"] = key.name  # whose request it is
         try:
             await self.app(scope, receive, send)
         finally:
@@ -92,12 +97,14 @@ class Guard:
         access = rules.access(scope["path"])
         if access is Access.OPEN:
             return None
-        secret = presented_secret(_header(scope, b"authorization"))
+        # Bearer (OpenAI's clients, browsers' Basic login), or x-api-key (Anthropic's clients)
+        secret = presented_secret(_header(scope, b"authorization")) or _header(scope, b"x-api-key")
         if access is Access.CLIENT and rules.keys is not None:
             key = rules.keys.find(secret)
             if key is None:
                 raise Unauthorized(
-                    "a valid API key is required: send it as 'Authorization: Bearer KEY'"
+                    "a valid API key is required: send it as 'Authorization: Bearer KEY' "
+                    "(or 'x-api-key: KEY')"
                     if secret is None
                     else "the API key is not valid"
                 )
@@ -120,6 +127,19 @@ class Guard:
                 f"{rules.open_hint}"
             )
         return None
+
+
+def _with_request_id(send: Send, rid: bytes) -> Send:
+    """`send` that puts X-Request-ID on an answer that has none."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+        await send(message)
+
+    return sending
 
 
 def from_this_machine(scope: Scope) -> bool:

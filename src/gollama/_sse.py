@@ -1,117 +1,95 @@
-"""Server-sent events as relayed: bytes pass unchanged; we only watch how the stream ends.
+"""Server-sent events as relayed: bytes pass unchanged; we only watch how a stream ends, and,
+when the routing policy learns from replies, what text it carries.
 
-A stream is complete when its last event is `data: [DONE]`. A stream that breaks off must end
-with an explicit error event, never with `[DONE]`, so that a cut reply cannot pass for a
-complete one. `StreamTail` watches the end of a relayed stream to tell which case it is.
+`StreamTail` keeps the last few kilobytes of a stream, enough to read its last events; the
+API the stream belongs to (`_apis.Dialect`) says whether they mark a complete reply or an
+error. `ReplyText` collects the reply's text as it streams by.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from gollama._apis import Dialect, Event, reply_text
 
-import orjson
-
-from gollama._tokens import Timings, timings_of
-from gollama.errors import error_body, error_object
-
-DONE = b"data: [DONE]"
 TAIL_BYTES = 4096
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What an event that carries reply text contains, per API: events without it are not parsed.
+_TEXT_MARKS = {"anthropic": b"text_delta", "responses": b"output_text.delta"}
+
+
+def parse_event(raw: bytes) -> Event | None:
+    """One event's lines (`event:`, `data:`; comments and other fields ignored); None for an
+    event with no data (a ping)."""
+    name: str | None = None
+    data: list[bytes] = []
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[5:].strip())
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode(errors="replace")
+    if not data:
+        return None
+    return Event(name, b"\n".join(data))
 
 
 class StreamTail:
-    """The last few kilobytes of a stream, enough to see its last event."""
+    """The last few kilobytes of a stream, enough to see its last events."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_cut", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._cut = False  # the tail starts inside an event
 
     def feed(self, chunk: bytes) -> None:
         tail = self._tail + chunk
-        self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+        if len(tail) > TAIL_BYTES:
+            tail, self._cut = tail[-TAIL_BYTES:], True
+        self._tail = tail
 
-    def _events(self, count: int) -> list[bytes]:
-        """Up to `count` of the last events, the last one first."""
-        events = self._tail.replace(b"\r\n", b"\n").strip().rsplit(b"\n\n", count)
-        return [event.strip() for event in reversed(events[-count:])]
+    def last_events(self, count: int = 2) -> list[Event]:
+        """Up to `count` of the last events with data, the last one first."""
+        events = self._tail.replace(b"\r\n", b"\n").strip().split(b"\n\n")
+        found: list[Event] = []
+        for raw in reversed(events[1:] if self._cut else events):
+            event = parse_event(raw.strip())
+            if event is not None:
+                found.append(event)
+                if len(found) == count:
+                    break
+        return found
 
-    def _last_event(self) -> bytes:
-        return self._events(1)[0]
+    def last_event(self) -> Event | None:
+        events = self.last_events(1)
+        return events[0] if events else None
 
     @property
     def at_event_boundary(self) -> bool:
         """Nothing is relayed yet, or the last event is complete (a new event may follow)."""
         return not self._tail or self._tail.endswith((b"\n\n", b"\r\n\r\n"))
 
-    def closing_error_event(self, message: str, *, code: int | str) -> bytes:
-        """An error event to end this stream with, starting on an event boundary."""
-        event = error_event(message, code=code)
+    def closing_event(self, event: bytes) -> bytes:
+        """`event` to end this stream with, starting on an event boundary."""
         return event if self.at_event_boundary else b"\n\n" + event
 
-    @property
-    def done(self) -> bool:
-        """The stream's last event is `data: [DONE]`."""
-        return self._last_event() == DONE
 
-    def timings(self) -> Timings | None:
-        """llama.cpp's token counts, from the last event or the one before `[DONE]`."""
-        for event in self._events(2):
-            if event.startswith(b"data:") and b'"timings"' in event:
-                try:
-                    return timings_of(orjson.loads(event[5:]))
-                except orjson.JSONDecodeError:
-                    return None
-        return None
+class ReplyText:
+    """The text a stream's reply carries, in the API it speaks, joined."""
 
-    def last_error(self) -> dict[str, Any] | None:
-        """The error object of the stream's last event, if that event is an error event."""
-        last = self._last_event()
-        if not last.startswith(b"data:"):
-            return None
-        try:
-            return error_object(orjson.loads(last[5:]))
-        except orjson.JSONDecodeError:
-            return None
+    __slots__ = ("_dialect", "_mark", "_parts", "_pending")
 
-
-class StreamText:
-    """The text a chat completion stream carries: its `choices[0].delta.content`, joined."""
-
-    __slots__ = ("_parts", "_pending")
-
-    def __init__(self) -> None:
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._mark = _TEXT_MARKS.get(dialect.name, b'"content"')
         self._pending = b""
         self._parts: list[str] = []
 
     def feed(self, chunk: bytes) -> None:
         *events, self._pending = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-        for event in events:
-            if event.startswith(b"data:") and b'"content"' in event:
-                self._parts.append(chat_text(_loads(event[5:]), "delta"))
+        for raw in events:
+            if self._mark in raw:
+                event = parse_event(raw)
+                if event is not None:
+                    self._parts.append(reply_text(self._dialect, event))
 
     def text(self) -> str:
         return "".join(self._parts)
-
-
-def chat_text(payload: Any, field: str = "message") -> str:
-    """The text of a chat completion (`field` "message") or of a stream event ("delta")."""
-    try:
-        content = payload["choices"][0][field]["content"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    return content if isinstance(content, str) else ""
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def error_event(
-    message: str, *, code: int | str = 502, error_type: str = "upstream_error"
-) -> bytes:
-    body = error_body(message, error_type, code=code)
-    return b"data: " + orjson.dumps(body) + b"\n\n"

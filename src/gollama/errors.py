@@ -1,4 +1,5 @@
-"""Every exception of the package, and the OpenAI-style bodies of the ones clients see.
+"""Every exception of the package; the ones clients see are rendered in the shape of the API
+they answer (`_apis.Dialect`).
 
 Exception
  ├── ApiError                 an answer to the client: HTTP status, OpenAI error type, message
@@ -12,13 +13,13 @@ Exception
  │    ├── RateLimited         429: a key's own limit, in flight or per minute (Retry-After)
  │    ├── QueueFull           429: the admission queue is at its bound (Retry-After)
  │    ├── HeadersTooLarge     431: the headers are over the limit
- │    ├── NotSupported        501: no worker's llama-server has the endpoint
  │    ├── UpstreamFailed      502/504: every attempt on a worker failed
  │    ├── NoWorkerAvailable   503: no healthy worker can take the request (Retry-After)
  │    ├── ShuttingDown        503: the hub is draining (Retry-After)
  │    ├── QueueTimeout        503: no slot became free within the queue timeout (Retry-After)
  │    ├── DeadlineExceeded    504: the request ran past its total deadline
- │    └── RelayedError        a worker's own error answer, relayed as it came
+ │    └── RelayedError        a worker's own error answer, relayed as it came (a 501 when no
+ │                            worker's llama-server has the endpoint)
  ├── UpstreamError            the next hop could not be reached, broke off or fell silent
  ├── Interrupted              work stopped from outside by `Interrupt.fire`, with a reason
  ├── ClientDisconnected       the client went away before its answer was complete
@@ -35,6 +36,8 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
+
+from gollama._apis import OPENAI, Dialect
 
 # Error codes a worker uses for its own failures to reach its llama-server; anything else in
 # a worker's error answer came from llama-server itself.
@@ -63,19 +66,24 @@ class ApiError(Exception):
 
     content_type = "application/json"
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, code=self.code, param=self.param)
+    def payload(self, dialect: Dialect = OPENAI) -> bytes:
+        """The error's body in the shape of the API it answers."""
+        body = dialect.error_body(
+            self.message, self.error_type, status=self.status, code=self.code, param=self.param
+        )
+        return orjson.dumps(body)
 
-    def payload(self) -> bytes:
-        return orjson.dumps(self.body())
-
-    def response(self, headers: dict[str, str] | None = None) -> Response:
+    def response(
+        self, headers: dict[str, str] | None = None, dialect: Dialect = OPENAI
+    ) -> Response:
         all_headers = dict(headers or {})
         if self.retry_after is not None:
             all_headers["Retry-After"] = str(self.retry_after)
         if self.closes_connection:
             all_headers["Connection"] = "close"
-        return Response(self.payload(), self.status, all_headers, media_type=self.content_type)
+        return Response(
+            self.payload(dialect), self.status, all_headers, media_type=self.content_type
+        )
 
 
 class BadRequest(ApiError):
@@ -94,8 +102,10 @@ class Unauthorized(ApiError):
         super().__init__(message)
         self.challenge = challenge
 
-    def response(self, headers: dict[str, str] | None = None) -> Response:
-        return super().response({**(headers or {}), "WWW-Authenticate": self.challenge})
+    def response(
+        self, headers: dict[str, str] | None = None, dialect: Dialect = OPENAI
+    ) -> Response:
+        return super().response({**(headers or {}), "WWW-Authenticate": self.challenge}, dialect)
 
 
 class Forbidden(ApiError):
@@ -178,12 +188,6 @@ class QueueTimeout(ApiError):
     retry_after = 1
 
 
-class NotSupported(ApiError):
-    status = 501
-    error_type = "not_supported_error"
-    code = "not_supported"
-
-
 class UpstreamFailed(ApiError):
     status = 502
     error_type = "upstream_error"
@@ -206,8 +210,8 @@ class RelayedError(ApiError):
         self.content_type = content_type
         self.worker_id = worker_id
 
-    def payload(self) -> bytes:
-        return self.raw
+    def payload(self, dialect: Dialect = OPENAI) -> bytes:
+        return dialect.adopt(self.raw, self.status)
 
 
 class DeadlineExceeded(ApiError):
@@ -252,29 +256,7 @@ class ToolError(Exception):
     """A tool (the demo, a chaos run) could not run; the message says why."""
 
 
-def error_body(
-    message: str, error_type: str, *, code: str | int | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
 def json_response(
     content: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
-
-
-def error_object(body: object) -> dict[str, Any] | None:
-    """The error of an OpenAI or llama.cpp error body, `{"error": {...}}` or `{"error": "..."}`,
-    as a dict (a bare string becomes its "message"). Errors are recognised by structure and
-    status, never by reply text."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, str):
-        return {"message": error}
-    return error if isinstance(error, dict) else None
-
-
-def structured_message(body: object) -> str | None:
-    """The message of an error body, if it has one."""
-    message = (error_object(body) or {}).get("message")
-    return message if isinstance(message, str) else None

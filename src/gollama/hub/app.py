@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -27,9 +28,13 @@ from gollama._guard import Access, Guard, Rules
 from gollama._server import DrainHook, lifespan
 from gollama.config import HubConfig
 from gollama.errors import json_response
-from gollama.hub import control, dashboard, inference, openapi
+from gollama.hub import control, dashboard, inference, openapi, operations
 from gollama.hub.metrics import exposition
 from gollama.hub.requests import Caps
+from gollama.hub.requests import anthropic as anthropic_api
+from gollama.hub.requests import llama as llama_api
+from gollama.hub.requests import openai as openai_api
+from gollama.hub.requests import responses as responses_api
 from gollama.hub.service import Hub
 
 
@@ -97,31 +102,95 @@ async def dashboard_data(request: Request) -> Response:
 
 OPEN, CLIENT, ADMIN, WORKER = Access.OPEN, Access.CLIENT, Access.ADMIN, Access.WORKER
 
+
+def api(
+    path: str,
+    read: inference.JsonReader,
+    summary: str,
+    schema: Callable[[Caps], openapi.Operation],
+    group: str,
+    *aliases: str,
+) -> list[Endpoint]:
+    """Rows of an inference endpoint of llama-server's, and of the other paths it answers at
+    (routed and answered alike; not listed)."""
+    handle = inference.handler(path, read)
+    rows = [Endpoint(path, handle, CLIENT, summary=summary, group=group, schema=schema)]
+    for alias in aliases:
+        rows.append(Endpoint(alias, inference.handler(alias, read), CLIENT, summary=summary))
+    return rows
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
-    # the OpenAI-compatible API
-    Endpoint(
+    # OpenAI's APIs
+    *api(
         "/v1/chat/completions",
-        inference.openai("/v1/chat/completions"),
-        CLIENT,
-        summary="OpenAI chat completions, streamed or not",
-        group="openai",
-        schema=openapi.chat_completions,
+        openai_api.chat,
+        "OpenAI chat completions, streamed or not",
+        operations.chat_completions,
+        "openai",
+        "/chat/completions",
     ),
-    Endpoint(
+    *api(
         "/v1/completions",
-        inference.openai("/v1/completions"),
-        CLIENT,
-        summary="OpenAI text completions, streamed or not",
-        group="openai",
-        schema=openapi.completions,
+        openai_api.completions,
+        "OpenAI text completions, streamed or not",
+        operations.completions,
+        "openai",
+    ),
+    *api(
+        "/v1/embeddings",
+        openai_api.embeddings,
+        "OpenAI embeddings",
+        operations.embeddings,
+        "openai",
+    ),
+    *api(
+        "/v1/responses",
+        responses_api.responses,
+        "OpenAI Responses API (Codex, agent SDKs), streamed or not",
+        operations.responses,
+        "openai",
+        "/responses",
+    ),
+    *api(
+        "/v1/responses/input_tokens",
+        responses_api.input_tokens,
+        "input tokens a Responses API request takes",
+        operations.responses_input_tokens,
+        "openai",
+        "/responses/input_tokens",
+    ),
+    *api(
+        "/v1/chat/completions/input_tokens",
+        openai_api.chat_input_tokens,
+        "input tokens a chat completion request takes",
+        operations.chat_input_tokens,
+        "openai",
+        "/chat/completions/input_tokens",
     ),
     Endpoint(
-        "/v1/embeddings",
-        inference.openai("/v1/embeddings"),
+        "/v1/audio/transcriptions",
+        inference.raw_handler("/v1/audio/transcriptions", openai_api.transcriptions),
         CLIENT,
-        summary="OpenAI embeddings",
+        summary="OpenAI audio transcriptions (a multipart form)",
         group="openai",
-        schema=openapi.embeddings,
+        schema=operations.transcriptions,
+    ),
+    Endpoint(
+        "/audio/transcriptions",
+        inference.raw_handler("/audio/transcriptions", openai_api.transcriptions),
+        CLIENT,
+        summary="OpenAI audio transcriptions (a multipart form)",
+    ),
+    *api(
+        "/v1/rerank",
+        openai_api.rerank,
+        "rerank documents against a query",
+        operations.rerank,
+        "openai",
+        "/rerank",
+        "/reranking",
+        "/v1/reranking",
     ),
     Endpoint(
         "/v1/models",
@@ -132,14 +201,65 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         group="openai",
         schema=openapi.models,
     ),
+    Endpoint("/models", control.models, CLIENT, "GET", summary="models served (OpenAI API)"),
+    # Anthropic's API
+    *api(
+        "/v1/messages",
+        anthropic_api.messages,
+        "Anthropic Messages API (Claude Code, Anthropic SDKs), streamed or not",
+        operations.anthropic_messages,
+        "anthropic",
+    ),
+    *api(
+        "/v1/messages/count_tokens",
+        anthropic_api.count_tokens,
+        "input tokens an Anthropic Messages request takes",
+        operations.anthropic_count_tokens,
+        "anthropic",
+    ),
+    # llama.cpp's own API
+    *api(
+        "/completion",
+        llama_api.completion,
+        "llama.cpp completion, streamed or not",
+        operations.llama_completion,
+        "llama",
+        "/completions",
+    ),
+    *api(
+        "/infill",
+        llama_api.infill,
+        "code infill for editors (llama.vscode), streamed or not",
+        operations.infill,
+        "llama",
+    ),
+    *api(
+        "/embedding",
+        llama_api.embedding,
+        "llama.cpp embeddings",
+        operations.llama_embedding,
+        "llama",
+        "/embeddings",
+    ),
+    *api("/tokenize", openai_api.tokenize, "text to tokens", operations.tokenize, "llama"),
+    *api("/detokenize", openai_api.detokenize, "tokens to text", operations.detokenize, "llama"),
+    *api(
+        "/apply-template",
+        openai_api.apply_template,
+        "the prompt a chat makes with the model's template",
+        operations.apply_template,
+        "llama",
+    ),
     # the original simple API
     Endpoint(
         "/chat",
-        inference.chat,
+        inference.handler(
+            "/chat", openai_api.simple_chat, render=openai_api.render_chat, simple=True
+        ),
         CLIENT,
         summary="the original simple API",
         group="simple",
-        schema=openapi.simple_chat,
+        schema=operations.simple_chat,
     ),
     # the operator's views
     Endpoint("/", index, OPEN, "GET", summary="this page"),
@@ -278,7 +398,19 @@ def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) ->
         open_hint="set GOLLAMA_WORKER_TOKEN (--worker-token) on the hub and its workers, or "
         "--allow-open-registration (GOLLAMA_ALLOW_OPEN_REGISTRATION) on a closed network",
     )
-    return Guard(app, rules, on_refused=_count_refused)
+    guarded = Guard(app, rules, on_refused=_count_refused)
+    origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return guarded
+    # Browser apps on other origins: preflights are answered before the guard asks for a key.
+    return CORSMiddleware(
+        guarded,
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID", "X-GoLlama-Worker", "Retry-After"],
+        max_age=600,
+    )
 
 
 def _routes() -> list[BaseRoute]:

@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -107,23 +108,34 @@ def stats_body(hub: Hub) -> dict[str, Any]:
 
 
 async def models(request: Request) -> Response:
+    """The models healthy workers serve: llama-server's own entry of each (meta.n_ctx,
+    n_vocab, aliases, architecture ...), with the workers serving it and the hub's aliases."""
     hub: Hub = request.state.hub
-    served: dict[str, list[str]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    workers: dict[str, list[str]] = {}
     for worker in hub.registry:
-        if worker.state is WorkerState.HEALTHY:
-            for model in worker.models:
-                served.setdefault(model, []).append(worker.id)
+        if worker.state is not WorkerState.HEALTHY:
+            continue
+        named = worker.model_info or {name: {} for name in worker.models}
+        for model, entry in named.items():
+            entries.setdefault(model, entry)
+            workers.setdefault(model, []).append(worker.id)
     created = int(time.time() - (hub.now() - hub.started_at))
-    data = [
-        {
-            "id": model,
-            "object": "model",
-            "created": created,
-            "owned_by": "gollama",
-            "workers": workers,
-        }
-        for model, workers in sorted(served.items())
-    ]
+    data = []
+    for model, entry in sorted(entries.items()):
+        own = [a for a in entry.get("aliases", []) if isinstance(a, str)]
+        aliases = own + [a for a in hub.model_names.aliases_of(model) if a not in own]
+        data.append(
+            {
+                "object": "model",
+                "created": created,
+                "owned_by": "gollama",
+                **entry,
+                "id": model,
+                "aliases": aliases,
+                "workers": workers[model],
+            }
+        )
     return json_response({"object": "list", "data": data})
 
 
@@ -158,7 +170,24 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     if name is not None:
         name = _required_name(payload, "name")
     direct = _direct(payload.get("direct"))
-    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining, direct)
+    info = _model_info(payload.get("model_info"))
+    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining, direct, info)
+
+
+MODEL_INFO_BYTES = 256 * 1024  # llama-server's /v1/models entries a worker may report
+
+
+def _model_info(value: Any) -> dict[str, Any]:
+    """llama-server's /v1/models entries, by model id: {"id": {...}, ...}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in value.items()
+    ):
+        raise BadRequest("'model_info' must map model ids to objects", param="model_info")
+    if len(orjson.dumps(value)) > MODEL_INFO_BYTES:
+        raise BadRequest(f"'model_info' is over {MODEL_INFO_BYTES} bytes", param="model_info")
+    return value
 
 
 def _direct(value: Any) -> Direct | None:

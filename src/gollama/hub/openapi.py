@@ -16,7 +16,7 @@ from gollama.hub.requests import Caps
 Operation = dict[str, Any]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_ANY_OBJECT = {"type": "object", "additionalProperties": True}
+ANY_OBJECT = {"type": "object", "additionalProperties": True}
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9._:\\-]{1,100}$"}
 # The security schemes each access class may ask for, when the hub has that credential.
 _SCHEMES: dict[Access, list[dict[str, list[str]]]] = {
@@ -50,7 +50,7 @@ def document(
     }
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -68,14 +68,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         503: "no healthy worker, or no slot within the queue timeout",
         504: "the request or a worker timed out",
     }
-    return {str(s): _json(_ERROR, meaning[s]) for s in statuses}
+    return {str(s): json_content(_ERROR, meaning[s]) for s in statuses}
 
 
-_INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 501, 502, 503, 504)
+INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 501, 502, 503, 504)
 _CONTROL_ERRORS = _errors(400, 401, 408, 413, 431)
 _READ_ERRORS = _errors(401, 431)  # a GET that needs a key when one is configured
 
-_MESSAGE = {
+MESSAGE = {
     "type": "object",
     "required": ["role"],
     "properties": {
@@ -98,14 +98,14 @@ _MESSAGE = {
 }
 
 
-def _tokens(caps: Caps) -> dict[str, Any]:
+def tokens_field(caps: Caps) -> dict[str, Any]:
     tokens: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
     if caps.max_tokens:
         tokens["maximum"] = caps.max_tokens
     return tokens
 
 
-def _common(caps: Caps) -> dict[str, Any]:
+def common_fields(caps: Caps) -> dict[str, Any]:
     """Fields of the generating OpenAI endpoints; null means "not given", as in the OpenAI API."""
     return {
         "model": {
@@ -113,12 +113,20 @@ def _common(caps: Caps) -> dict[str, Any]:
             "description": "only workers serving this model are used",
         },
         "stream": {"type": ["boolean", "null"]},
-        "max_tokens": _tokens(caps),
+        "max_tokens": tokens_field(caps),
     }
 
 
-def _inference(summary: str, body: dict[str, Any], streams: bool) -> Operation:
-    ok: dict[str, Any] = {"application/json": {"schema": _ANY_OBJECT}}
+def inference(
+    summary: str,
+    body: dict[str, Any],
+    streams: bool,
+    *,
+    errors: dict[str, Any] | None = None,
+    media: str = "application/json",
+    answer: dict[str, Any] | None = None,
+) -> Operation:
+    ok: dict[str, Any] = {"application/json": {"schema": answer or ANY_OBJECT}}
     if streams:
         # One server-sent event: `data` is a JSON chunk, an error object or `[DONE]`.
         ok["text/event-stream"] = {
@@ -130,80 +138,32 @@ def _inference(summary: str, body: dict[str, Any], streams: bool) -> Operation:
         }
     return {
         "summary": summary,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "requestBody": {"required": True, "content": {media: {"schema": body}}},
         "responses": {
             "200": {"description": "the model's answer", "content": ok},
-            **_INFERENCE_ERRORS,
+            **(errors or INFERENCE_ERRORS),
         },
     }
 
 
-def chat_completions(caps: Caps) -> Operation:
-    messages: dict[str, Any] = {"type": "array", "minItems": 1, "items": _MESSAGE}
-    if caps.messages:
-        messages["maxItems"] = caps.messages
-    body = {
-        "type": "object",
-        "required": ["messages"],
-        "properties": {**_common(caps), "messages": messages},
-        "additionalProperties": True,
-    }
-    return _inference("OpenAI chat completions, streamed or not", body, streams=True)
-
-
-def completions(caps: Caps) -> Operation:
-    body = {
-        "type": "object",
-        "required": ["prompt"],
-        "properties": {**_common(caps), "prompt": {}},
-        "additionalProperties": True,
-    }
-    return _inference("OpenAI text completions, streamed or not", body, streams=True)
-
-
-def embeddings(caps: Caps) -> Operation:
-    body = {
-        "type": "object",
-        "required": ["input"],
-        "properties": {"model": {"type": "string"}, "input": {}},
-        "additionalProperties": True,
-    }
-    return _inference(
-        "OpenAI embeddings (workers whose llama-server runs with --embeddings)", body, False
-    )
-
-
-def simple_chat(caps: Caps) -> Operation:
+def body_object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A request body with these fields (others pass through to llama-server)."""
     return {
-        "summary": "The original simple API: one message in, one reply out",
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["message"],
-                        "properties": {
-                            "message": {"type": "string", "minLength": 1},
-                            "max_tokens": _tokens(caps),
-                            "model": {"type": ["string", "null"]},
-                        },
-                        "additionalProperties": False,
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": _json({"$ref": "#/components/schemas/SimpleChatReply"}, "the reply"),
-            **_INFERENCE_ERRORS,
-        },
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+        "additionalProperties": True,
     }
+
+
+STRING = {"type": "string"}
+NAMED_MODEL = {"model": {"type": ["string", "null"]}}
 
 
 def models(caps: Caps) -> Operation:
     return {
         "summary": "Models served by healthy workers",
-        "responses": {"200": _json(_ANY_OBJECT, "the model list"), **_READ_ERRORS},
+        "responses": {"200": json_content(ANY_OBJECT, "the model list"), **_READ_ERRORS},
     }
 
 
@@ -211,8 +171,8 @@ def health(caps: Caps) -> Operation:
     return {
         "summary": "200 while at least one worker is healthy, else 503",
         "responses": {
-            "200": _json({"$ref": "#/components/schemas/Health"}, "healthy"),
-            "503": _json({"$ref": "#/components/schemas/Health"}, "no healthy worker"),
+            "200": json_content({"$ref": "#/components/schemas/Health"}, "healthy"),
+            "503": json_content({"$ref": "#/components/schemas/Health"}, "no healthy worker"),
         },
     }
 
@@ -220,7 +180,7 @@ def health(caps: Caps) -> Operation:
 def stats(caps: Caps) -> Operation:
     return {
         "summary": "Workers, queue and request totals",
-        "responses": {"200": _json(_ANY_OBJECT, "statistics"), **_READ_ERRORS},
+        "responses": {"200": json_content(ANY_OBJECT, "statistics"), **_READ_ERRORS},
     }
 
 
@@ -240,7 +200,7 @@ def metrics(caps: Caps) -> Operation:
 def dashboard_data(caps: Caps) -> Operation:
     return {
         "summary": "What the dashboard shows: /stats plus per-second history",
-        "responses": {"200": _json(_ANY_OBJECT, "statistics and history"), **_READ_ERRORS},
+        "responses": {"200": json_content(ANY_OBJECT, "statistics and history"), **_READ_ERRORS},
     }
 
 
@@ -268,7 +228,7 @@ def connect_worker(caps: Caps) -> Operation:
     return _control(
         "A worker registers (again); answers its id and heartbeat interval",
         {"$ref": "#/components/schemas/Registration"},
-        _json(registered, "registered"),
+        json_content(registered, "registered"),
     )
 
 
@@ -282,7 +242,7 @@ def heartbeat(caps: Caps) -> Operation:
     return _control(
         "A registered worker's heartbeat; 404 tells it to register again",
         body,
-        _json(_ANY_OBJECT, "the worker's state"),
+        json_content(ANY_OBJECT, "the worker's state"),
         unknown_worker=True,
     )
 
@@ -291,7 +251,7 @@ def disconnect_worker(caps: Caps) -> Operation:
     return _control(
         "A worker leaves (a clean shutdown)",
         {"type": "object", "required": ["id"], "properties": {"id": _NAME}},
-        _json(_ANY_OBJECT, "removed"),
+        json_content(ANY_OBJECT, "removed"),
         unknown_worker=True,
     )
 
@@ -323,6 +283,11 @@ _COMPONENTS: dict[str, Any] = {
                 "in_flight": {"type": "integer", "minimum": 0},
                 "draining": {"type": "boolean"},
                 "name": _NAME,
+                "model_info": {
+                    "type": "object",
+                    "description": "llama-server's own /v1/models entry of each model, by id",
+                    "additionalProperties": {"type": "object"},
+                },
                 "direct": {
                     "type": ["object", "null"],
                     "description": "the direct data path: the hub sends inference straight to "
@@ -349,6 +314,18 @@ _COMPONENTS: dict[str, Any] = {
                         "code": {"type": ["string", "integer", "null"]},
                     },
                 }
+            },
+        },
+        "AnthropicError": {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"type": "string", "enum": ["error"]},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
             },
         },
         "SimpleChatReply": {

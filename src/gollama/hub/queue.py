@@ -14,10 +14,13 @@ from the hub in flight, so llama-server never queues internally and this queue i
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not.
-- A request no registered worker could serve fails at once (`ModelNotFound`, `NotSupported`,
-  `NoWorkerAvailable`); one that a worker could serve once healthy again waits for it. The
-  caller bounds every wait with a timeout: nothing waits forever.
+- A request no registered worker could serve fails at once (`ModelNotFound`; llama-server's own
+  501 when none of them has the endpoint; `NoWorkerAvailable`); one that a worker could serve
+  once healthy again waits for it. The caller bounds every wait with a timeout: nothing waits
+  forever.
 - Cancel-safe: a waiter cancelled at the moment it was handed a slot gives the slot back.
+- Light requests (tokenize, count tokens: llama-server answers them without a slot) never
+  wait: they go at once to the least busy healthy worker that fits (`acquire_light`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from collections import OrderedDict
 
 from gollama.errors import (
     ModelNotFound,
-    NotSupported,
     NoWorkerAvailable,
     QueueFull,
+    RelayedError,
     ShuttingDown,
 )
 from gollama.hub.registry import Registry, Watcher, Worker
@@ -46,21 +49,31 @@ AGING = 0.25  # each second a waiter has waited counts as this many seconds less
 
 
 class Lease:
-    """One slot on one worker, held by one request until `release()` (safe to call twice)."""
+    """One slot on one worker, held by one request until `release()` (safe to call twice); a
+    light lease (`slot` false) holds no slot, only the choice of worker."""
 
-    __slots__ = ("_scheduler", "prediction", "released", "taken_at", "worker")
+    __slots__ = ("_scheduler", "prediction", "released", "slot", "taken_at", "worker")
 
-    def __init__(self, scheduler: Scheduler, worker: Worker, prediction: Prediction | None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        worker: Worker,
+        prediction: Prediction | None,
+        *,
+        slot: bool = True,
+    ) -> None:
         self._scheduler = scheduler
         self.worker = worker
         self.prediction = prediction  # what the policy expected of this placement
+        self.slot = slot
         self.taken_at = time.perf_counter()
         self.released = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self._scheduler._give_back(self.worker)
+            if self.slot:
+                self._scheduler._give_back(self.worker)
 
 
 class _Waiter:
@@ -96,6 +109,7 @@ class Scheduler(Watcher):
         self._seen_changes = -1  # the registry's `changes` the open list was built for
         self._total_slots = 0  # of the workers registered when the open list was built
         self._held_out: dict[Worker, int] = {}  # waiters holding out for each busy worker
+        self._light_turn = 0  # light requests go round the least busy workers
 
     @property
     def waiting(self) -> int:
@@ -136,6 +150,27 @@ class Scheduler(Watcher):
             self._stop_holding_out(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
+
+    def acquire_light(self, want: Want, *, retry: bool = False) -> Lease:
+        """A worker for a request that takes no generation slot (tokenize, count tokens): a
+        healthy one that fits, the least busy, at once; it never waits in the queue."""
+        if self.closed and not retry:
+            raise ShuttingDown("the hub is shutting down; try again shortly")
+        self._check_servable(want)
+        fitting = [w for w in self.registry if w.available and want.fits(w)]
+        if not fitting:
+            raise NoWorkerAvailable(
+                f"no healthy worker can take this request now ({self.describe_capacity(want)})"
+            )
+        lightest = min(fitting, key=lambda w: (w.in_flight / w.slots, w.in_flight))
+        tied = [
+            w
+            for w in fitting
+            if (w.in_flight / w.slots, w.in_flight)
+            == (lightest.in_flight / lightest.slots, lightest.in_flight)
+        ]
+        self._light_turn += 1
+        return Lease(self, tied[self._light_turn % len(tied)], None, slot=False)
 
     def close(self) -> None:
         """Admit no new request: waiters get `ShuttingDown` now, newcomers at once. Retries of
@@ -184,10 +219,7 @@ class Scheduler(Watcher):
             return
         serving = [w for w in self.registry if w.serves(want.model, None)]
         if serving and all(want.endpoint in w.unsupported for w in serving):
-            raise NotSupported(
-                f"no worker's llama-server supports {want.endpoint} "
-                "(for /v1/embeddings, start llama-server with --embeddings)"
-            )
+            raise serving[0].unsupported[want.endpoint]  # llama-server's own 501, unchanged
         target = f"the model {want.model!r}" if want.model else "this request"
         raise NoWorkerAvailable(f"no worker is left to serve {target}")
 
@@ -292,7 +324,7 @@ class Scheduler(Watcher):
                 continue
             try:
                 self._check_servable(waiter.want)
-            except (ModelNotFound, NotSupported, NoWorkerAvailable) as exc:
+            except (ModelNotFound, RelayedError, NoWorkerAvailable) as exc:
                 del self._waiters[waiter]
                 waiter.future.set_exception(exc)
 

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from gollama._tokens import Timings, TokenCounts
+from gollama.errors import RelayedError
 
 OFFLINE_AFTER_INTERVALS = 3
 FORGET_AFTER = 600.0
@@ -57,6 +58,8 @@ class Registration:
     in_flight: int = 0
     draining: bool = False
     direct: Direct | None = None  # where the hub sends inference straight to llama-server
+    # llama-server's own /v1/models entry of each model, by id
+    model_info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,11 @@ class Worker:
     offline: bool = False
     draining: bool = False
     probing: bool = False  # a health probe is out
-    unsupported: set[str] = field(default_factory=set)
+    # endpoint -> llama-server's own answer saying it does not serve it (a 501)
+    unsupported: dict[str, RelayedError] = field(default_factory=dict)
     tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
     direct: Direct | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def state(self) -> WorkerState:
@@ -292,9 +297,10 @@ class Registry:
         if take_out is not None:
             self.mark_failed(worker, take_out, now)
 
-    def lacks(self, worker: Worker, endpoint: str) -> None:
-        """The worker's llama-server does not serve `endpoint` (until it restarts)."""
-        worker.unsupported.add(endpoint)
+    def lacks(self, worker: Worker, endpoint: str, answer: RelayedError) -> None:
+        """The worker's llama-server does not serve `endpoint` (until it restarts): `answer`,
+        its own 501, is what a client gets when no worker serves it."""
+        worker.unsupported[endpoint] = answer
 
     def tokens_counted(self, worker: Worker, timings: Timings) -> None:
         worker.tokens.add(timings)
@@ -330,6 +336,18 @@ class Registry:
             self._capacity_changed(worker)
         return went_offline, forgotten
 
+    def vocabulary(self, model: str | None) -> int | None:
+        """The fewest tokens a vocabulary of `model` has (any model when None), from what the
+        llama-servers serving it said (`meta.n_vocab`); None when none said."""
+        sizes = [
+            entry["meta"]["n_vocab"]
+            for worker in self._workers.values()
+            if worker.serves(model, None)
+            for entry in worker.model_info.values()
+            if isinstance(entry.get("meta"), dict) and isinstance(entry["meta"].get("n_vocab"), int)
+        ]
+        return min(sizes) if sizes else None
+
     def known_models(self) -> frozenset[str]:
         if self._models is None:
             self._models = frozenset(m for worker in self._workers.values() for m in worker.models)
@@ -346,6 +364,7 @@ class Registry:
         worker.reported_in_flight = info.in_flight
         worker.draining = info.draining
         worker.direct = info.direct
+        worker.model_info = info.model_info
         worker.last_heartbeat = now
         worker.offline = False
 

@@ -5,7 +5,8 @@
 away: a disconnect cancels everything and frees the slot.
 
 A stream's bytes pass unchanged. A stream that breaks off after it started cannot be retried;
-it ends with an explicit error event and never with `[DONE]` (`judge_stream_end`).
+it ends with an explicit error event in its API's shape, never with the event that marks a
+complete reply (`judge_stream_end`). Errors go out in the shape of the request's API.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gollama._apis import whole_reply_text
 from gollama._asgi import CLOSING_SEND_TIMEOUT, send_closing, until_disconnect
-from gollama._sse import SSE_HEADERS, StreamTail, StreamText, chat_text
-from gollama._tokens import Timings, body_timings, timings_of
+from gollama._sse import SSE_HEADERS, ReplyText, StreamTail, parse_event
+from gollama._tokens import Timings, answer_timings, body_timings, stream_timings
 from gollama.errors import (
     CLIENT_CLOSED,
     WORKER_FAULT_CODES,
@@ -68,10 +70,11 @@ def judge_stream_end(
     broke: str | None = None,
     out_of_time: ApiError | None = None,
 ) -> StreamEnd:
-    """Judge a stream that stopped: `done` (its last event is `[DONE]`), the error object of its
-    last event, why the worker's stream `broke`, or the error of a request `out_of_time`.
+    """Judge a stream that stopped: `done` (its last event marks a complete reply: `[DONE]`,
+    `message_stop`, ...), the error object of its last event, why the worker's stream `broke`,
+    or the error of a request `out_of_time`.
 
-    A `[DONE]` that was relayed makes the reply complete, whatever broke after it. A stream
+    A complete reply that was relayed is complete, whatever broke after it. A stream
     that ended with its own error event needs no other; one cut short gets a closing error
     event, 502 when the worker failed, else the out-of-time error's code.
     """
@@ -174,7 +177,7 @@ class JobResponse(Response):
             headers.append((b"x-gollama-worker", error.worker_id.encode()))
         if error.retry_after is not None:
             headers.append((b"retry-after", str(error.retry_after).encode()))
-        await _send_json(send, error.status, error.payload(), headers)
+        await _send_json(send, error.status, error.payload(self.job.dialect), headers)
 
     async def _send_whole(self, send: Send, answer: Answer) -> None:
         body = answer.body
@@ -185,6 +188,8 @@ class JobResponse(Response):
                 self.dispatcher.finish(answer, failure=exc.message, worker_failed=True)
                 await self._send_error(send, exc)
                 return
+        if answer.status >= 400:  # llama-server's own error answer, in the request's API
+            body = self.job.dialect.adopt(body, answer.status)
         timings, reply = self._whole_reply(answer)
         # the answer is complete: free the slot first
         self.dispatcher.finish(answer, timings=timings, reply=reply)
@@ -204,7 +209,9 @@ class JobResponse(Response):
         headers = self._answer_headers(answer)
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
         tail = StreamTail()
-        text = StreamText() if self._learns else None
+        dialect = job.dialect
+        text = ReplyText(dialect) if self._learns else None
+        final = FinalEvent() if job.keep is not None else None
         broke: str | None = None
         out_of_time: ApiError | None = None
         model = self.accounting.model_label(job.model, answer.worker)
@@ -216,27 +223,32 @@ class JobResponse(Response):
                 tail.feed(answer.body)
                 if text is not None:
                     text.feed(answer.body)
+                if final is not None:
+                    final.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
                 async for chunk in answer.rest():
                     last_at = time.perf_counter()
                     tail.feed(chunk)
                     if text is not None:
                         text.feed(chunk)
+                    if final is not None:
+                        final.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             broke = str(exc)
         except TimeoutError:
             out_of_time = self._out_of_time()
+        last = tail.last_events()
         end = judge_stream_end(
             answer.worker.id,
-            done=tail.done,
-            last_error=tail.last_error(),
+            done=dialect.complete(last[0] if last else None),
+            last_error=dialect.error_in(last[0] if last else None),
             broke=broke,
             out_of_time=out_of_time,
         )
         # The slot is freed before the last bytes go out: a client that does not read cannot
         # hold it past the deadline.
-        timings = tail.timings()
+        timings = stream_timings(dialect, answer.body, last)
         self.dispatcher.finish(
             answer,
             failure=end.failure,
@@ -249,12 +261,16 @@ class JobResponse(Response):
         self.accounting.stream_done(model, last_at - first_at, timings)
         closing = b""
         if end.failure is None:
+            if final is not None and job.keep is not None:
+                final.keep(job.keep)
             self._settle(200, answer.worker)
         else:
             self.accounting.stream_cut(model)
             self._settle(200, answer.worker, f"stream cut: {end.failure}", failed=True)
             if end.closing_code is not None:
-                closing = tail.closing_error_event(end.failure, code=end.closing_code)
+                code = end.closing_code
+                event = dialect.error_event(end.failure, code=code, status=code)
+                closing = tail.closing_event(event)
         await send_closing(send, closing)
 
     def _settle(
@@ -277,21 +293,25 @@ class JobResponse(Response):
 
     @property
     def _learns(self) -> bool:
-        """The policy learns from reply texts, and this is a chat completion it keyed."""
-        return self.job.prompt is not None and self.job.endpoint == "/v1/chat/completions"
+        """The policy learns from reply texts, and this is a message list it keyed."""
+        return self.job.prompt is not None and self.job.extends
 
     def _whole_reply(self, answer: Answer) -> tuple[Timings | None, str | None]:
-        """llama.cpp's timings of a whole answer, and its text when the policy learns from it
-        (parsed once)."""
+        """llama.cpp's token counts of a whole answer, and its text when the policy learns
+        from it (parsed once); the job's `keep` hears the answer."""
+        job = self.job
         if answer.status != 200:
             return None, None
-        if not self._learns:
+        if not self._learns and job.keep is None:
             return body_timings(answer.body), None
         try:
             payload = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             return None, None
-        return timings_of(payload), chat_text(payload)
+        if job.keep is not None:
+            job.keep(payload)
+        text = whole_reply_text(job.dialect, payload) if self._learns else None
+        return answer_timings(payload), text
 
     def _count_tokens(self, worker: Worker, timings: Timings | None) -> None:
         if timings is not None:
@@ -304,6 +324,29 @@ class JobResponse(Response):
             (b"x-request-id", self.job.request_id.encode()),
             (b"x-gollama-worker", answer.worker.id.encode()),
         ]
+
+
+class FinalEvent:
+    """The last event of a stream, whole, however long (a Responses API stream's
+    `response.completed` carries the whole response): kept from the last event boundary."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = b""
+
+    def feed(self, chunk: bytes) -> None:
+        event = self._event + chunk
+        cut = event.replace(b"\r\n", b"\n").rstrip(b"\n").rfind(b"\n\n")
+        self._event = event if cut < 0 else event.replace(b"\r\n", b"\n")[cut + 2 :]
+
+    def keep(self, keep: Callable[[Any], None]) -> None:
+        """Hand the final event's response (or its data) to `keep`."""
+        event = parse_event(self._event.replace(b"\r\n", b"\n").strip())
+        payload = event.json() if event is not None else None
+        if isinstance(payload, dict):
+            response = payload.get("response")
+            keep(response if isinstance(response, dict) else payload)
 
 
 async def _send_json(

@@ -11,7 +11,8 @@ codes and structured error bodies, never of reply text):
                                                 job is retried elsewhere, the worker stays; if
                                                 every try fails, the last answer is relayed
     501                                         this llama-server lacks the endpoint (e.g. no
-                                                --embeddings): remembered, the job goes elsewhere
+                                                --embeddings): remembered, the job goes elsewhere;
+                                                if none has it, its answer is relayed
     403 loopback_only                           the worker takes work from its own machine only
                                                 (no worker token): taken out, like a fault
     other 4xx                                   the client's error: relayed, never retried
@@ -24,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from gollama._apis import OPENAI, Dialect, error_object, structured_message
 from gollama._auth import bearer
 from gollama._interrupt import Interrupt
 from gollama._tokens import Timings
@@ -40,14 +42,11 @@ from gollama.errors import (
     ApiError,
     DeadlineExceeded,
     Interrupted,
-    NotSupported,
     NoWorkerAvailable,
     QueueTimeout,
     RelayedError,
     UpstreamError,
     UpstreamFailed,
-    error_object,
-    structured_message,
 )
 from gollama.hub.accounting import Accounting
 from gollama.hub.queue import Lease, Scheduler
@@ -62,11 +61,20 @@ log = logging.getLogger(__name__)
 class Job:
     endpoint: str  # the llama.cpp endpoint, e.g. /v1/chat/completions
     body: bytes  # the request body as it goes to the worker
-    model: str | None
+    model: str | None  # the served model it goes to (None: any)
     stream: bool
     request_id: str
     deadline: float  # loop time by which the whole request must end
     prompt: PromptKey | None = None  # for cache-aware routing
+    dialect: Dialect = OPENAI  # the API it speaks: its errors and how its streams end
+    light: bool = False  # needs no generation slot (tokenize, count tokens): never queued
+    content_type: str = "application/json"
+    extends: bool = False  # its reply extends its prompt (a message list): worth learning
+    keep: Keep | None = None  # hears the complete answer (the Responses API keeps it)
+
+
+# Hears the parsed complete answer of a job: a whole body, or a stream's final response.
+Keep = Callable[[Any], None]
 
 
 @dataclass
@@ -116,8 +124,10 @@ def judge_answer(worker_id: str, status: int, content_type: str, body: bytes) ->
     if status < 500 and code not in WORKER_FAULT_CODES:
         return None
     message = structured_message({"error": error}) or f"HTTP {status}"
-    if status == 501:
-        unsupported = NotSupported(f"worker {worker_id}: {message}")
+    if status == 501:  # if no other worker has it, the client gets this answer as it came
+        unsupported = RelayedError(
+            status, body, content_type, f"worker {worker_id}: {message}", worker_id
+        )
         return Failed(
             unsupported, "unsupported", take_out=False, count_failure=False, lacks_endpoint=True
         )
@@ -188,8 +198,11 @@ class Dispatcher(Watcher):
             want = Want(job.model, job.endpoint, frozenset(tried), job.prompt)
             wait = min(self.queue_timeout, remaining)
             try:
-                async with asyncio.timeout(wait):
-                    lease = await self.scheduler.acquire(want, retry=attempt > 0)
+                if job.light:  # no slot needed: straight to a healthy worker
+                    lease = self.scheduler.acquire_light(want, retry=attempt > 0)
+                else:
+                    async with asyncio.timeout(wait):
+                        lease = await self.scheduler.acquire(want, retry=attempt > 0)
             except NoWorkerAvailable as exc:
                 raise last_error or exc from None
             except TimeoutError:
@@ -202,10 +215,10 @@ class Dispatcher(Watcher):
                     f"({self.scheduler.describe_capacity(want)}); try again later"
                 ) from None
             tried.append(lease.worker.id)
-            if failed is None:
-                self.accounting.queue_waited(time.perf_counter() - started)
-            else:
+            if failed is not None:
                 self.accounting.retried(failed.reason)
+            elif not job.light:
+                self.accounting.queue_waited(time.perf_counter() - started)
             try:
                 outcome = await self._attempt(job, lease)
             except BaseException:
@@ -278,7 +291,7 @@ class Dispatcher(Watcher):
     async def _exchange(self, job: Job, lease: Lease) -> Answer | Failed:
         """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
         worker = lease.worker
-        headers = {"Content-Type": "application/json", "X-Request-ID": job.request_id}
+        headers = {"Content-Type": job.content_type, "X-Request-ID": job.request_id}
         upstream, url = self.upstream, worker.url
         if worker.direct is not None:
             upstream, url = self.direct, worker.direct.url
@@ -310,8 +323,8 @@ class Dispatcher(Watcher):
     def _attempt_failed(self, lease: Lease, job: Job, failed: Failed) -> None:
         worker = lease.worker
         log.warning("[%s] attempt on %s failed: %s", job.request_id, worker.id, failed.error)
-        if failed.lacks_endpoint:
-            self.registry.lacks(worker, job.endpoint)
+        if failed.lacks_endpoint and isinstance(failed.error, RelayedError):
+            self.registry.lacks(worker, job.endpoint, failed.error)
         if failed.count_failure:
             take_out = failed.error.message if failed.take_out else None
             self.registry.job_failed(worker, take_out=take_out, now=_now())

@@ -18,12 +18,14 @@ from gollama.hub.accounting import Accounting
 from gollama.hub.dashboard import History
 from gollama.hub.health import HealthMonitor
 from gollama.hub.metrics import hub_metrics
+from gollama.hub.models import ModelNames
 from gollama.hub.queue import Scheduler
 from gollama.hub.registry import Registry
 from gollama.hub.relay import CutShort
 from gollama.hub.requests import Caps
 from gollama.hub.retry import Dispatcher
 from gollama.hub.routing import make_policy
+from gollama.hub.stored_responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Hub:
     dispatcher: Dispatcher
     accounting: Accounting
     history: History
+    model_names: ModelNames
+    responses: ResponseStore
     started_at: float
     _tasks: list[asyncio.Task[None]]
     # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
@@ -83,6 +87,8 @@ class Hub:
         )
         health = HealthMonitor(registry, upstream)
         history = History(accounting, scheduler)
+        model_names = ModelNames.parse(config.model_aliases, config.default_model)
+        responses = ResponseStore(ttl=config.responses_ttl, max_bytes=config.responses_max_bytes)
         tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
         loop = asyncio.get_running_loop()
         say("hub", hub_posture(config))
@@ -101,6 +107,8 @@ class Hub:
             dispatcher,
             accounting,
             history,
+            model_names,
+            responses,
             loop.time(),
             tasks,
         )

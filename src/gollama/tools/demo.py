@@ -28,10 +28,11 @@ import aiohttp
 import orjson
 from rich.console import Console
 
+from gollama._apis import structured_message
 from gollama._llama_binary import find_llama_server
 from gollama._processes import port_is_free
 from gollama._values import flag_type, int_at_least, positive_seconds
-from gollama.errors import LlamaServerNotFound, ToolError, structured_message
+from gollama.errors import LlamaServerNotFound, ToolError
 from gollama.tools.cluster import HOST, LocalCluster, healthy_workers, wait_for
 from gollama.tools.models import (
     REAL_MODEL_ARGS,

@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
+from gollama._apis import structured_message
 from gollama._transport import Reply, Upstream
-from gollama.errors import UpstreamError, structured_message
+from gollama.errors import UpstreamError
 
 DONE = b"[DONE]"
 CONNECT_TIMEOUT = 5.0

@@ -63,7 +63,10 @@ async def forward(request: Request) -> Response:
     node: WorkerNode = request.state.node
     received, rid = _arrived(request)
     body = await read_body(request, node.body_limits)
-    return ForwardResponse(node.forwarder, request.url.path, body, rid, received=received)
+    content_type = request.headers.get("content-type", "application/json")
+    return ForwardResponse(
+        node.forwarder, request.url.path, body, rid, received=received, content_type=content_type
+    )
 
 
 async def execute(request: Request) -> Response:

@@ -1,12 +1,14 @@
 """Forwarding inference requests to the worker's own llama-server, and nothing else.
 
-Only the llama.cpp inference endpoints below are forwarded, by exact path, to the one
-llama-server this worker fronts: the worker is not an open proxy. Administrative llama.cpp
-endpoints (slot save/restore, model loading, LoRA, props changes) are not reachable through it.
+Only the llama.cpp inference endpoints (`_apis.LLAMA_ENDPOINTS`) are forwarded, by exact path,
+to the one llama-server this worker fronts: the worker is not an open proxy. Administrative
+llama.cpp endpoints (slot save/restore, model loading, LoRA, props changes) are not reachable
+through it.
 
 Streams (text/event-stream) are relayed chunk by chunk, unchanged; if llama-server breaks off
-mid-stream the worker ends the stream with an error event. Other answers are read whole and
-sent with their length, so a cut answer becomes a clear 502 rather than truncated JSON.
+mid-stream the worker ends the stream with an error event in the shape of the stream's API.
+Other answers are read whole and sent with their length, so a cut answer becomes a clear 502
+rather than truncated JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gollama._apis import LLAMA_ENDPOINTS, dialect_of
 from gollama._asgi import send_closing, until_disconnect
 from gollama._sse import SSE_HEADERS, StreamTail
 from gollama._transport import Reply, Upstream
@@ -29,36 +32,13 @@ from gollama.errors import (
     LLAMA_UNREACHABLE,
     ClientDisconnected,
     UpstreamError,
-    error_body,
 )
 from gollama.worker.llama import LlamaServer
 
 log = logging.getLogger(__name__)
 
-INFERENCE_ENDPOINTS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/completions",
-        "/completions",
-        "/completion",
-        "/v1/embeddings",
-        "/embeddings",
-        "/embedding",
-        "/v1/rerank",
-        "/rerank",
-        "/v1/reranking",
-        "/reranking",
-        "/v1/responses",
-        "/responses",
-        "/v1/messages",
-        "/v1/messages/count_tokens",
-        "/infill",
-        "/tokenize",
-        "/detokenize",
-        "/apply-template",
-    }
-)
+# The paths forwarded: llama-server's inference endpoints, each answered in its API's shape.
+INFERENCE_ENDPOINTS = frozenset(LLAMA_ENDPOINTS)
 
 
 class Forwarder:
@@ -85,12 +65,22 @@ class ForwardResponse(Response):
     """Sends one request to llama-server and relays its answer, counting it as in flight."""
 
     def __init__(
-        self, forwarder: Forwarder, endpoint: str, body: bytes, request_id: str, *, received: float
+        self,
+        forwarder: Forwarder,
+        endpoint: str,
+        body: bytes,
+        request_id: str,
+        *,
+        received: float,
+        content_type: str = "application/json",
     ) -> None:
-        """`received`: when the request arrived (`time.perf_counter()`)."""
+        """`received`: when the request arrived (`time.perf_counter()`); `content_type`: the
+        body's (multipart for an audio transcription)."""
         self.forwarder = forwarder
         self.endpoint = endpoint
+        self.dialect = dialect_of(endpoint)
         self.payload = body
+        self.content_type = content_type
         self.request_id = request_id
         self.received = received
         self.status = CLIENT_CLOSED  # until an answer starts
@@ -112,7 +102,7 @@ class ForwardResponse(Response):
     async def _run(self, send: Send) -> None:
         llama = self.forwarder.llama
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": self.content_type,
             "X-Request-ID": self.request_id,
             **llama.headers,
         }
@@ -162,12 +152,15 @@ class ForwardResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             log.warning("llama-server stream broke off: %s", exc)
-            closing = tail.closing_error_event(f"llama-server: {exc}", code=LLAMA_BROKE_OFF)
+            event = self.dialect.error_event(f"llama-server: {exc}", code=LLAMA_BROKE_OFF)
+            closing = tail.closing_event(event)
         await send_closing(send, closing)
 
     async def _send_error(self, send: Send, message: str, status: int, code: str) -> None:
         log.warning("%s", message)
-        body = orjson.dumps(error_body(message, "upstream_error", code=code))
+        body = orjson.dumps(
+            self.dialect.error_body(message, "upstream_error", status=status, code=code)
+        )
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gollama._apis import structured_message
 from gollama._auth import bearer
 from gollama._transport import Upstream
-from gollama.errors import HubUnavailable, UpstreamError, structured_message
+from gollama.errors import HubUnavailable, UpstreamError
 
 log = logging.getLogger(__name__)
 

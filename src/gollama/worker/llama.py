@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gollama._apis import structured_message
 from gollama._transport import Upstream
-from gollama.errors import UpstreamError, structured_message
+from gollama.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ class LlamaStatus:
     models: tuple[str, ...] = ()
     slots: int = 0
     reason: str | None = None
+    # llama-server's own /v1/models entries (meta.n_ctx, n_vocab, aliases, architecture ...)
+    model_info: dict[str, Any] = field(default_factory=dict)
 
 
 class LlamaServer:
@@ -71,7 +74,7 @@ class LlamaServer:
         models = _model_names(listing) if code == 200 else ()
         if not models:
             return LlamaStatus(False, reason=f"llama-server /v1/models lists no model ({code})")
-        return LlamaStatus(True, models, slots)
+        return LlamaStatus(True, models, slots, model_info=_model_info(listing))
 
     def lost(self, reason: str) -> None:
         """A forwarded request could not reach llama-server: assume it is down until checked."""
@@ -89,6 +92,16 @@ def _model_names(listing: Any) -> tuple[str, ...]:
             if isinstance(name, str) and name and name not in names:
                 names.append(name)
     return tuple(names)
+
+
+def _model_info(listing: Any) -> dict[str, Any]:
+    """llama-server's entry for each model it lists, by id."""
+    entries = listing.get("data", []) if isinstance(listing, dict) else []
+    return {
+        entry["id"]: entry
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+    }
 
 
 def _why(body: Any) -> str:

@@ -21,7 +21,7 @@ from gollama.config import WorkerConfig
 from gollama.errors import HubUnavailable
 from gollama.worker.forward import Forwarder
 from gollama.worker.hub_link import HubLink, advertised_url
-from gollama.worker.llama import LlamaServer
+from gollama.worker.llama import LlamaServer, LlamaStatus
 from gollama.worker.managed import ManagedLlama
 from gollama.worker.metrics import NodeState, WorkerMetrics
 
@@ -70,7 +70,7 @@ class WorkerNode:
             forwarded=self.metrics.forwarded,
         )
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
-        self._known: tuple[tuple[str, ...], int] | None = None  # models and slots once seen
+        self._known: LlamaStatus | None = None  # models and slots, once seen healthy
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -151,13 +151,14 @@ class WorkerNode:
 
     def describe(self) -> dict[str, Any] | None:
         """What the hub is told at registration and in every heartbeat."""
-        if self._known is None:
+        known = self._known
+        if known is None:
             return None
-        models, slots = self._known
         info: dict[str, Any] = {
             "url": self.url,
-            "models": list(models),
-            "slots": slots,
+            "models": list(known.models),
+            "model_info": known.model_info,
+            "slots": known.slots,
             "healthy": self.llama.status.healthy,
             "in_flight": self.in_flight,
             "draining": self.draining,
@@ -184,7 +185,7 @@ class WorkerNode:
         was_healthy = self.llama.status.healthy
         status = await self.llama.check()
         if status.healthy:
-            self._known = (status.models, status.slots)
+            self._known = status
         if status.healthy != was_healthy:
             self.link.nudge()
         return status.healthy

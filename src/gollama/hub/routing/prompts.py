@@ -42,12 +42,46 @@ class PromptKey:
         return PromptKey(tuple(links), tuple(ends))
 
 
-def chat_key(model: str | None, messages: Sequence[Any]) -> PromptKey:
-    """The key of a chat prompt (messages already checked to be objects with a string role)."""
-    links: list[int] = [hash(("chat", model or ""))]
+def chat_key(
+    model: str | None, messages: Sequence[Any], system: Any = None, kind: str = "chat"
+) -> PromptKey:
+    """The key of a chat prompt (messages already checked to be objects with a string role),
+    after a `system` prompt given apart (Anthropic's); `kind` keeps APIs whose prompts differ
+    apart."""
+    links: list[int] = [hash((kind, model or ""))]
     ends: list[int] = [0]
+    if system:
+        _add_message(links, ends, "system", content_text(system))
     for message in messages:
-        _add_message(links, ends, message["role"], _text(message.get("content")))
+        _add_message(links, ends, message["role"], content_text(message.get("content")))
+    return PromptKey(tuple(links[1:]), tuple(ends[1:]))
+
+
+def responses_key(model: str | None, instructions: Any, items: Sequence[Any]) -> PromptKey:
+    """The key of a Responses API prompt: its instructions, then its input items, each a
+    message (a role and its text) or another item (a tool call, its output) as its JSON."""
+    messages = []
+    for item in items:
+        if not isinstance(item, dict):
+            messages.append({"role": "user", "content": item})
+        elif isinstance(item.get("role"), str):
+            messages.append({"role": item["role"], "content": item.get("content")})
+        else:
+            messages.append({"role": str(item.get("type")), "content": item})
+    return chat_key(model, messages, instructions, kind="responses")
+
+
+def infill_key(model: str | None, extra: Sequence[Any], prefix: str) -> PromptKey:
+    """The key of an infill prompt: its extra context chunks (other files an editor sends),
+    then the code before the cursor. An editor's successive completions share both; the code
+    after the cursor comes later in llama.cpp's prompt and is left out."""
+    links: list[int] = [hash(("infill", model or ""))]
+    ends: list[int] = [0]
+    for chunk in extra:
+        if isinstance(chunk, dict):
+            named = f"{chunk.get('filename') or ''}\n{content_text(chunk.get('text'))}"
+            _add_message(links, ends, "extra", named)
+    _add_message(links, ends, "prefix", prefix)
     return PromptKey(tuple(links[1:]), tuple(ends[1:]))
 
 
@@ -55,12 +89,14 @@ def text_key(model: str | None, prompt: Any) -> PromptKey:
     """The key of a raw completion prompt: a string, or anything else as its JSON text."""
     links: list[int] = [hash(("text", model or ""))]
     ends: list[int] = [0]
-    _add_message(links, ends, "", _text(prompt))
+    _add_message(
+        links, ends, "", prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+    )
     return PromptKey(tuple(links[1:]), tuple(ends[1:]))
 
 
 def _add_message(links: list[int], ends: list[int], role: str, content: str) -> None:
-    previous, covered = links[-1], ends[-1]
+    previous, covered = (links[-1], ends[-1]) if links else (0, 0)
     blocks = range(0, len(content), BLOCK) if content else range(1)
     for start in blocks:
         block = content[start : start + BLOCK]
@@ -71,9 +107,18 @@ def _add_message(links: list[int], ends: list[int], role: str, content: str) -> 
     ends[-1] += TEMPLATE_CHARS
 
 
-def _text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """A message's content as text: a string as it is, a list of parts as their texts (a part
+    without text as its JSON), anything else as its JSON."""
     if isinstance(content, str):
         return content
     if content is None:
         return ""
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else orjson.dumps(part).decode()
+            for part in content
+        )
     return orjson.dumps(content).decode()

