@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import importlib.util
+import itertools
 import os
 import random
 import string
@@ -44,6 +45,7 @@ from common import (
     RESULTS,
     SLOW,
     LocalCluster,
+    Model,
     start_cluster,
     start_llamas,
     wait_chat,
@@ -89,6 +91,7 @@ class Turn:
     computed: int = 0  # timings.prompt_n
     empty: bool = False  # no text at all: ttft is the time of the last event
     error: str | None = None
+    worker: str = ""  # the GoLlama worker that served it (its X-GoLlama-Worker header)
 
 
 @dataclass
@@ -99,8 +102,10 @@ class Outcome:
     per_server: list[int]  # requests each llama-server served, from its /metrics
     metrics_share: float  # cached share from the llama-servers' /metrics
     cpu: tuple[float, float]  # CPU seconds the machine used during the workload, and others
+    routing_cpu: float  # CPU seconds of the router's processes (GoLlama: hub and workers)
     routing: Any = None  # the hub's routing statistics, where it has them
     missing_timings: int = 0
+    moves: int = 0  # turns served elsewhere than the conversation's previous turn (GoLlama)
 
 
 class Failed(Exception):
@@ -118,19 +123,44 @@ def words(rng: random.Random, size: int) -> str:
     return " ".join(out)[:size]
 
 
-def workload(args: argparse.Namespace) -> list[Conversation]:
-    """The same conversations for every configuration: a distinct document each, seeded."""
-    conversations = []
-    for i in range(args.conversations):
-        rng = random.Random(f"{args.seed}-{i}")
-        conversations.append(
-            Conversation(
-                document=f"Document {i}. " + words(rng, args.doc_bytes),
-                questions=[f"Question {t + 1}: {words(rng, 40)}?" for t in range(args.turns)],
-                pauses=[rng.uniform(0, args.think) for _ in range(args.turns)],
-            )
+@dataclass(frozen=True)
+class Workload:
+    """A family member: how many conversations of how many turns, on documents of what size,
+    sent by how many clients at once."""
+
+    conversations: int = 12
+    turns: int = 4
+    doc_bytes: int = 1000
+    clients: int = 0  # conversations under way at once; 0: all of them
+    shared_bytes: int = 0  # a system prompt every conversation starts with, before its document
+    one_shots: int = 0  # cold one-turn requests, each with its own document, mixed in
+    max_tokens: int = 16
+    think: float = 1.0  # most seconds a client waits before a turn
+    seed: int = 1
+    model: Model = SLOW
+
+    def conversations_to_send(self) -> list[Conversation]:
+        """The same conversations for every router, seeded: a distinct document each, after
+        the shared prompt; the one-shots spread evenly among them."""
+        shared = words(random.Random(f"{self.seed}-shared"), self.shared_bytes)
+        chats = [self._conversation(i, shared, self.turns) for i in range(self.conversations)]
+        singles = [self._conversation(self.conversations + i, "", 1) for i in range(self.one_shots)]
+        mixed: list[Conversation] = []
+        every = (len(chats) + 1) / (len(singles) + 1)
+        for placed, conversation in enumerate(chats, 1):
+            mixed.append(conversation)
+            while singles and placed >= every * (self.one_shots - len(singles) + 1):
+                mixed.append(singles.pop(0))
+        return mixed + singles
+
+    def _conversation(self, i: int, shared: str, turns: int) -> Conversation:
+        rng = random.Random(f"{self.seed}-{i}")
+        prefix = f"{shared}\n\n" if shared else ""
+        return Conversation(
+            document=f"{prefix}Document {i}. " + words(rng, self.doc_bytes),
+            questions=[f"Question {t + 1}: {words(rng, 40)}?" for t in range(turns)],
+            pauses=[rng.uniform(0, self.think) for _ in range(turns)],
         )
-    return conversations
 
 
 async def chat(
@@ -145,6 +175,7 @@ async def chat(
     async with session.post(url + CHAT, data=orjson.dumps(body), headers=JSON) as reply:
         if reply.status != 200:
             raise Failed(f"HTTP {reply.status}")
+        worker = reply.headers.get("X-GoLlama-Worker", "")
         async for raw in reply.content:
             line = raw.strip()
             if not line.startswith(b"data:"):
@@ -166,6 +197,7 @@ async def chat(
             raise Failed("stream ended without [DONE]")
     turn = Turn(0, ttft=first if first is not None else time.perf_counter() - started)
     turn.empty = first is None
+    turn.worker = worker
     if timings is not None:
         turn.cached, turn.computed = int(timings["cache_n"]), int(timings["prompt_n"])
     else:
@@ -230,11 +262,28 @@ async def start_sglang(cluster: LocalCluster, llama_ports: list[int], policy: st
     return f"http://{HOST}:{port}"
 
 
+async def clients(
+    session: aiohttp.ClientSession, url: str, load: Workload, conversations: list[Conversation]
+) -> list[list[Turn]]:
+    """Each client takes the next conversation when it has finished its last one."""
+    queue = list(reversed(conversations))
+    results: list[list[Turn]] = []
+
+    async def client() -> None:
+        while queue:
+            results.append(await converse(session, url, queue.pop(), load.max_tokens))
+
+    await asyncio.gather(*(client() for _ in range(load.clients or len(conversations))))
+    return results
+
+
 async def measure(
-    router: Router, args: argparse.Namespace, folder: Path, conversations: list[Conversation]
+    router: Router, load: Workload, folder: Path, read_timeout: float = 300.0
 ) -> Outcome:
+    """`load` sent through `router`, in front of fresh llama-servers."""
+    conversations = load.conversations_to_send()
     cluster = LocalCluster(folder)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=args.read_timeout)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
     # llama-server often closes a kept-alive connection right after a streamed reply: a fresh
     # connection for every request, whichever the router.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -247,26 +296,27 @@ async def measure(
                     session,
                     llamas=LLAMAS,
                     slots=1,
-                    shape=args.model,
+                    shape=load.model,
                     hub_args=("--policy", router.policy),
                     llama_args=metrics,
                 )
                 url, llama_ports = ports.hub_url, ports.llamas
             else:
                 llama_ports = await start_llamas(
-                    cluster, session, llamas=LLAMAS, slots=1, shape=args.model, llama_args=metrics
+                    cluster, session, llamas=LLAMAS, slots=1, shape=load.model, llama_args=metrics
                 )
                 url = await start_sglang(cluster, llama_ports, router.policy)
             await warm_up(session, url)
             before = [await counters(session, p) for p in llama_ports]
             pids = [os.getpid(), *(proc.pid for proc in cluster.started)]
+            routing_pids = [p.pid for p in cluster.started if not p.name.startswith("llama-")]
             cpu_before = cpu_seconds(pids)
+            routing_before = cpu_seconds(routing_pids)[1]
             started = time.perf_counter()
-            results = await asyncio.gather(
-                *(converse(session, url, c, args.max_tokens) for c in conversations)
-            )
+            results = await clients(session, url, load, conversations)
             wall = time.perf_counter() - started
             cpu_after = cpu_seconds(pids)
+            routing_cpu = cpu_seconds(routing_pids)[1] - routing_before
             after = [await counters(session, p) for p in llama_ports]
             routing = None
             if router.kind == "GoLlama":
@@ -292,15 +342,22 @@ async def measure(
         turns=turns,
         wall=wall,
         per_server=[
-            round(delta("tokens_predicted_total", i) / args.max_tokens) for i in range(LLAMAS)
+            round(delta("tokens_predicted_total", i) / load.max_tokens) for i in range(LLAMAS)
         ],
         metrics_share=cached / (cached + computed) if cached + computed else 0.0,
+        routing_cpu=routing_cpu,
         cpu=(
             cpu_after[0] - cpu_before[0],
             (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1]),
         ),
         routing=routing,
         missing_timings=sum(1 for t in turns if t.cached < 0),
+        moves=sum(
+            1
+            for conversation in results
+            for before, turn in itertools.pairwise(conversation)
+            if before.worker and turn.worker and before.worker != turn.worker
+        ),
     )
 
 
@@ -454,11 +511,22 @@ def routers(args: argparse.Namespace) -> list[Router]:
 
 
 async def run(args: argparse.Namespace, folder: Path, chosen: list[Router]) -> list[Outcome]:
-    conversations = workload(args)
+    load = Workload(
+        conversations=args.conversations,
+        turns=args.turns,
+        doc_bytes=args.doc_bytes,
+        clients=args.clients,
+        shared_bytes=args.shared_bytes,
+        one_shots=args.one_shots,
+        max_tokens=args.max_tokens,
+        think=args.think,
+        seed=args.seed,
+        model=SLOW if args.model == "generated" else REAL,
+    )
     outcomes = []
     for router in chosen:
         started = time.perf_counter()
-        outcome = await measure(router, args, folder / router.slug, conversations)
+        outcome = await measure(router, load, folder / router.slug, args.read_timeout)
         print(f"{router.label}: done in {time.perf_counter() - started:.0f} s", flush=True)
         outcomes.append(outcome)
     return outcomes
@@ -476,6 +544,13 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--doc-bytes", type=int, default=1000, help="system document size")
+    parser.add_argument(
+        "--clients", type=int, default=0, help="conversations at once (default: all of them)"
+    )
+    parser.add_argument(
+        "--shared-bytes", type=int, default=0, help="a system prompt all conversations share"
+    )
+    parser.add_argument("--one-shots", type=int, default=0, help="cold one-turn requests mixed in")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--think", type=float, default=1.0, help="most seconds before a turn")
     parser.add_argument("--seed", type=int, default=1)
@@ -487,8 +562,6 @@ def main() -> None:
     )
     parser.add_argument("--sglang-policies", default="round_robin,cache_aware")
     args = parser.parse_args()
-    if args.model == "generated":
-        args.model = SLOW
     chosen = routers(args)
     with tempfile.TemporaryDirectory(prefix="gollama-bench-") as folder:
         for router in chosen:
@@ -498,7 +571,7 @@ def main() -> None:
     title = (
         f"{args.conversations} conversations x {args.turns} turns, {args.doc_bytes}-byte "
         f"documents, max_tokens {args.max_tokens}, on {LLAMAS} llama-servers x 1 slot x 1 "
-        f"thread ({'85 MB generated model' if args.model == SLOW else 'Gemma 3 270M'}), "
+        f"thread ({'85 MB generated model' if args.model == 'generated' else 'Gemma 3 270M'}), "
         f"{os.cpu_count()} cores"
     )
     turn_columns = ["configuration"]
@@ -533,8 +606,11 @@ def main() -> None:
             f"{outcome.metrics_share:.1%}; requests without `timings` "
             f"{outcome.missing_timings}; replies without text "
             f"{sum(1 for t in outcome.turns if t.empty)}; CPU busy {outcome.cpu[0]:.0f} s, of "
-            f"which {outcome.cpu[1]:.0f} s by processes this benchmark did not start"
+            f"which {outcome.cpu[1]:.0f} s by processes this benchmark did not start, "
+            f"{outcome.routing_cpu:.1f} s by the router's processes"
         )
+        if outcome.router.kind == "GoLlama":
+            notes.append(f"  - conversations moved to another worker: {outcome.moves} times")
         busy, others = outcome.cpu
         if others > 0.1 * busy:
             notes.append(f"  - disturbed: other processes used {others / busy:.0%} of the CPU")

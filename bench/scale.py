@@ -39,7 +39,7 @@ from rich.table import Table
 
 from gollama._tokens import Timings
 from gollama.hub.queue import Lease, Scheduler
-from gollama.hub.registry import Registration, Registry, Worker
+from gollama.hub.registry import Registration, Registry
 from gollama.hub.routing import make_policy
 from gollama.hub.routing.cache_aware import CacheAware
 from gollama.hub.routing.policy import Backlog, Choice, Outcome, Want
@@ -122,10 +122,10 @@ class TimedScheduler(Scheduler):
         finally:
             self._count(want, started)
 
-    def _lease(self, want: Want, worker: Worker) -> Lease:
+    def _lease(self, want: Want, choice: Choice) -> Lease:
         started = time.perf_counter()
         try:
-            return super()._lease(want, worker)
+            return super()._lease(want, choice)
         finally:
             self._count(want, started)
 

@@ -33,7 +33,12 @@ Behaviour = Literal[
     "firehose",  # a long fast stream, to fill a client's buffers
     "stall",  # a stream that falls silent after its first event; a whole answer never comes
     "raw",  # a stream of fixed bytes: broken UTF-8, events split across chunks
+    "linger",  # a complete stream with timings whose connection stays open a while after it
 ]
+
+# The timings llama-server puts in the last event of a stream (prompt_n: tokens computed,
+# cache_n: tokens taken from its cache).
+TIMINGS = {"cache_n": 0, "prompt_n": 9, "prompt_ms": 90.0, "predicted_n": 2, "predicted_ms": 40.0}
 
 
 # Model output as llama-server may send it: bytes that are not valid UTF-8, events split at
@@ -163,6 +168,11 @@ class FakeWorker:
                 return response
             if self.behaviour == "error_event":
                 await response.write(b'data: {"error":{"code":500,"message":"decode failed"}}\n\n')
+                return response
+            if self.behaviour == "linger":
+                await response.write(b"data: " + orjson.dumps({"choices": [], "timings": TIMINGS}))
+                await response.write(b"\n\n" + stream_end(request.path))
+                await asyncio.sleep(3)
                 return response
             await response.write(stream_end(request.path))
             return response

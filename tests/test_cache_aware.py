@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from gollama._tokens import Timings
 from gollama.hub.registry import Registration, Registry, Worker
@@ -13,6 +16,13 @@ from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Wan
 from gollama.hub.routing.prompts import PromptKey, chat_key
 
 DOC = "The quick brown fox jumps over the lazy dog. " * 60  # ~2,700 characters
+
+
+@pytest.fixture(autouse=True)
+def nothing_runs() -> Iterator[None]:
+    RUNNING.clear()
+    yield
+    RUNNING.clear()
 
 
 def workers(count: int, slots: int = 1) -> list[Worker]:
@@ -36,18 +46,36 @@ def conversation(doc: str, *turns: str) -> list[dict[str, Any]]:
     return messages
 
 
+@dataclass(frozen=True)
+class Running:
+    """A request on a worker: when it started and the slot time predicted for it."""
+
+    started: float
+    work: float
+
+
+RUNNING: dict[Worker, list[Running]] = {}
+
+
+def busy(worker: Worker, work: float, started: float = 0.0) -> None:
+    """One more request runs on `worker` (seen by `choose` at time 0)."""
+    worker.in_flight += 1
+    RUNNING.setdefault(worker, []).append(Running(started, work))
+
+
 def choose(
     policy: CacheAware,
     want: Want,
     pool: Sequence[Worker],
-    ahead: dict[Worker, int] | None = None,
+    ahead: dict[Worker, list[float]] | None = None,
     *,
     patient: bool = True,
     crowd: float = 0.0,
 ) -> Choice:
     open_workers = [w for w in pool if w.in_flight < w.slots]
     candidates = Candidates(open_workers, {w: i for i, w in enumerate(open_workers)}, want)
-    choice = policy.choose(want, candidates, Backlog(ahead or {}, crowd), patient=patient)
+    backlog = Backlog(ahead or {}, crowd, 0.0, RUNNING)
+    choice = policy.choose(want, candidates, backlog, patient=patient)
     assert choice is not None
     return choice
 
@@ -68,7 +96,10 @@ def serve(
     assert prediction is not None
     total = want.prompt.chars  # one token per character, like the byte-vocabulary test model
     reused = prediction.cached_chars if cached is None else cached
-    timings = Timings(total - reused, reused, 8, prompt_ms=(total - reused) / 2.0)
+    # prefill at 2,000 tokens a second, 8 tokens generated in `seconds` less the prefill
+    prompt_ms = (total - reused) / 2.0
+    decode_ms = max(1.0, seconds * 1000 - prompt_ms)
+    timings = Timings(total - reused, reused, 8, prompt_ms=prompt_ms, predicted_ms=decode_ms)
     policy.observe(worker, Outcome(want.prompt, prediction, timings, reply, seconds))
     return prediction.cached_chars
 
@@ -121,7 +152,9 @@ def test_cold_requests_spread_evenly() -> None:
 
 def test_cold_requests_go_to_the_least_busy_worker() -> None:
     pool = workers(3, slots=4)
-    pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 3, 1, 2
+    for worker, count in zip(pool, (3, 1, 2), strict=True):
+        for _ in range(count):
+            busy(worker, 1.0)
     policy = CacheAware()
     assert choose(policy, chat(conversation("fresh", "hi")), pool).worker is pool[1]
 
@@ -130,12 +163,13 @@ def test_a_request_waits_for_its_busy_worker_when_that_is_cheaper() -> None:
     pool = workers(2)
     policy = CacheAware()
     want = chat(conversation(DOC, "q1"))
-    serve(policy, want, pool[0], seconds=0.2)  # a request holds the slot 0.2 s
+    serve(policy, want, pool[0], seconds=0.2)
     serve(policy, chat(conversation("other", "x")), pool[1], seconds=0.2)
-    pool[0].in_flight = 1  # busy now; computing the whole document elsewhere takes longer
+    busy(pool[0], 0.2)  # its request has 0.2 s left; the whole document elsewhere takes longer
     choice = choose(policy, chat(conversation(DOC, "q2")), pool)
     assert choice.worker is pool[0] and choice.wait
-    assert 0 < choice.expected_wait < 1
+    assert choice.expected_wait == pytest.approx(0.2)
+    assert choice.patience > 1  # computing the document elsewhere: worth waiting that long
 
 
 def test_affinity_never_piles_work_on_one_worker_while_another_idles() -> None:
@@ -144,11 +178,46 @@ def test_affinity_never_piles_work_on_one_worker_while_another_idles() -> None:
     # A request holds a slot 1 s; computing the document elsewhere takes 1.35 s.
     serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=1.0)
     serve(policy, chat(conversation("other", "x")), pool[1], seconds=1.0)
-    pool[0].in_flight = 1
+    busy(pool[0], 1.0)
     want = chat(conversation(DOC, "q2"))
     assert choose(policy, want, pool).wait  # waiting for one request is worth it
-    # With three requests already waiting for it, the idle worker is cheaper.
-    choice = choose(policy, want, pool, {pool[0]: 3})
+    # With three requests of a second each already waiting for it, the idle worker is cheaper.
+    choice = choose(policy, want, pool, {pool[0]: [1.0, 1.0, 1.0]})
+    assert choice.worker is pool[1] and not choice.wait
+
+
+def test_a_busy_holder_about_to_free_is_waited_for() -> None:
+    """Its request has run 5.9 of its 6 predicted seconds: the wait is what is left, not a
+    mean slot time, so the conversation stays where it is cached."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=6.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=6.0)
+    busy(pool[0], 6.0, started=-5.9)
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert choice.worker is pool[0] and choice.wait
+    assert choice.expected_wait == pytest.approx(0.1)
+
+
+def test_a_long_cold_job_on_the_holder_sends_a_newcomer_elsewhere() -> None:
+    """The holder just began a long cold job: waiting for it costs more than the prompt."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=0.5)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=0.5)
+    busy(pool[0], 30.0, started=-0.1)
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert choice.worker is pool[1] and not choice.wait
+
+
+def test_a_job_past_its_predicted_time_is_given_a_share_of_its_overrun() -> None:
+    """A prediction that was too short does not make the holder look about to free forever."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=0.5)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=0.5)
+    busy(pool[0], 0.5, started=-40.0)  # predicted 0.5 s, running for 40 s
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
     assert choice.worker is pool[1] and not choice.wait
 
 
@@ -157,11 +226,12 @@ def test_when_many_requests_queue_recomputing_a_held_prompt_costs_more() -> None
     policy = CacheAware()
     serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=1.0)
     serve(policy, chat(conversation("other", "x")), pool[1], seconds=1.0)
-    pool[0].in_flight = 1
+    busy(pool[0], 1.0)
     want = chat(conversation(DOC, "q2"))
-    assert not choose(policy, want, pool, {pool[0]: 3}).wait
+    ahead = {pool[0]: [1.0, 1.0, 1.0]}
+    assert not choose(policy, want, pool, ahead).wait
     # Eight requests wait per slot: the compute spent elsewhere would delay all of them.
-    choice = choose(policy, want, pool, {pool[0]: 3}, crowd=8.0)
+    choice = choose(policy, want, pool, ahead, crowd=8.0)
     assert choice.worker is pool[0] and choice.wait
 
 
@@ -169,7 +239,7 @@ def test_an_impatient_request_takes_a_free_worker() -> None:
     pool = workers(2)
     policy = CacheAware()
     serve(policy, chat(conversation(DOC, "q1")), pool[0])
-    pool[0].in_flight = 1
+    busy(pool[0], 0.1)
     choice = choose(policy, chat(conversation(DOC, "q2")), pool, patient=False)
     assert choice.worker is pool[1] and not choice.wait
 
@@ -215,16 +285,34 @@ def test_a_miss_corrects_the_index_and_learns_the_servers_real_capacity() -> Non
     assert a not in policy.index.matches(latest.prompt or PromptKey((), ()))
 
 
-def test_speeds_are_learned_from_timings() -> None:
+def test_speeds_are_learned_from_timings_apart() -> None:
     (worker,) = workers(1)
     policy = CacheAware()
-    serve(policy, chat(conversation(DOC, "q")), worker, seconds=0.3)
+    want = chat(conversation(DOC, "q"))
+    serve(policy, want, worker, seconds=2.0)  # cold: the whole prompt computed
     speeds = policy.index.caches[worker].speeds
     assert speeds.prefill_tps == 2000.0  # prompt_ms is tokens / 2 in `serve`
     assert speeds.tokens_per_char == 1.0
-    assert speeds.service_s == 0.3
+    assert speeds.reply_tokens == 8
+    decode = speeds.decode_tps
+    assert decode is not None
+    # a warm turn (its prompt from the cache) changes neither speed: each is learned apart
+    serve(policy, chat(conversation(DOC, "q", "q2")), worker, seconds=(8 / decode))
+    assert speeds.prefill_tps == 2000.0
+    assert speeds.decode_tps == pytest.approx(decode, rel=0.01)
     described = policy.describe()["workers"]["w1"]
     assert described["prefill_tokens_per_s"] == 2000.0
+    assert described["reply_tokens"] == 8
+
+
+def test_a_prompt_computed_beside_another_counts_as_computed_alone() -> None:
+    """llama.cpp computes its busy slots together: a prompt that shared a two-slot worker with
+    another request was computed slower than the worker computes one alone."""
+    (worker,) = workers(1, slots=2)
+    policy = CacheAware()
+    worker.in_flight = 2  # placed while another request ran: half the compute was taken
+    serve(policy, chat(conversation(DOC, "q")), worker, seconds=2.0)
+    assert policy.index.caches[worker].speeds.prefill_tps == 3000.0  # 2,000 measured x 1.5
 
 
 def test_a_worker_that_leaves_is_forgotten() -> None:

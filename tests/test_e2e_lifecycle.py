@@ -57,25 +57,25 @@ def assert_stopped_gracefully(proc: Proc) -> None:
 def test_sigterm_drains_a_worker(procs: Processes, models: dict[str, Path]) -> None:
     hub = procs.hub()
     llama = procs.llama("llama", models["slow"], "-np", "2")
-    leaving = procs.worker("leaving", hub, llama=llama)
-    stream = Stream(hub.url)
+    workers = {name: procs.worker(name, hub, llama=llama) for name in ("w1", "w2")}
+    stream = Stream(hub.url, max_tokens=600)  # seconds of work: it outlasts what follows
     stream.start()
     assert stream.first_bytes.wait(30)
-    assert stream.worker == "leaving"
-    procs.worker("staying", hub, llama=llama)
+    leaving = workers[stream.worker]
+    staying = next(name for name in workers if name != stream.worker)
 
     leaving.signal(signal.SIGTERM)
-    wait_until(lambda: worker_state(hub, "leaving") == "draining", "leaving draining", leaving)
+    wait_until(lambda: worker_state(hub, leaving.name) == "draining", "leaving draining", leaving)
     for _ in range(3):  # new work goes elsewhere while the drained worker finishes
         reply = httpx.post(hub.url + "/v1/chat/completions", json=SHORT, timeout=30)
         assert reply.status_code == 200
-        assert reply.headers["x-gollama-worker"] == "staying"
+        assert reply.headers["x-gollama-worker"] == staying
 
     body = stream.finish()
     assert body.rstrip().endswith(b"data: [DONE]")  # ran to its end, not cut
     assert_stopped_gracefully(leaving)
-    assert worker_state(hub, "leaving") is None  # it said goodbye
-    assert worker_state(hub, "staying") == "healthy"
+    assert worker_state(hub, leaving.name) is None  # it said goodbye
+    assert worker_state(hub, staying) == "healthy"
 
 
 def test_sigterm_stops_a_hub_cleanly(procs: Processes, models: dict[str, Path]) -> None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.fakes import RAW_STREAM, FakeWorker, serving
-from tests.procs import Proc, Processes, stats
+from tests.procs import Proc, Processes, logged, stats
 from tests.prom import scrape, total
 
 pytestmark = pytest.mark.e2e
@@ -395,3 +395,34 @@ async def test_request_totals_add_up(procs: Processes) -> None:
         "retries": 0,
         "rejected": 1,
     }
+
+
+async def test_a_client_that_leaves_right_after_the_end_of_a_stream_was_served(
+    procs: Processes,
+) -> None:
+    """Many clients close as soon as they read `data: [DONE]`, while the worker's connection
+    is still open: the reply was complete, so it counts as 200 and the policy learns from it."""
+    hub = hub_for_fakes(procs, "--policy", "cache_aware")
+    lingering = FakeWorker("lingering", "linger")
+    async with serving(lingering):
+        lingering.register(hub.url)
+        body = {**CHAT, "stream": True}
+        async with (
+            httpx.AsyncClient(base_url=hub.url, timeout=10) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as reply,
+        ):
+            assert reply.status_code == 200
+            async for line in reply.aiter_lines():
+                if line == "data: [DONE]":
+                    break  # and close the connection at once: the fake still holds it open
+        async with asyncio.timeout(5):
+            while stats(hub)["requests"]["requests"] != 1 or not logged(hub, "completions 200")():
+                await asyncio.sleep(0.05)
+        requests = stats(hub)["requests"]
+        assert (requests["completed"], requests["cancelled"]) == (1, 0)
+        assert total(scrape(hub.url), "gollama_requests_total", status="200") == 1
+        assert total(scrape(hub.url), "gollama_requests_total", status="499") == 0
+        routing = stats(hub)["routing"]
+        assert routing["prediction"]["predictions"] == 1  # it learned from the timings
+        assert routing["workers"]["lingering"]["reply_tokens"] == 2
+        assert routing["links_held"] > 0

@@ -321,11 +321,27 @@ async def test_a_waiter_takes_any_worker_once_its_patience_ran_out() -> None:
     held = await scheduler.acquire(want)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    lease = await asyncio.wait_for(scheduler.acquire(want), 5)
+    waiter = asyncio.create_task(scheduler.acquire(want))
+    await settle()
+    assert isinstance(scheduler.policy, PrefersA)
+    scheduler.policy.expected_wait = 1.0  # its job overran: a is no longer about to free
+    lease = await asyncio.wait_for(waiter, 5)
     waited = loop.time() - started
     assert lease.worker is b
     assert PATIENCE_MIN <= waited < PATIENCE_MIN + 1.0
     held.release()
+
+
+async def test_past_its_patience_a_waiter_still_waits_for_a_worker_about_to_free() -> None:
+    scheduler, a, _ = sticky(Registry(heartbeat_interval=2.0), expected_wait=0.01)
+    want = Want("sticky", "/v1/chat/completions")
+    held = await scheduler.acquire(want)
+    waiter = asyncio.create_task(scheduler.acquire(want))
+    await asyncio.sleep(PATIENCE_MIN + 0.5)  # patience 0.28 s, then looked at again and again
+    assert not waiter.done()
+    held.release()
+    lease = await asyncio.wait_for(waiter, 1)
+    assert lease.worker is a
 
 
 class Work(SimplePolicy):
@@ -388,8 +404,8 @@ async def test_a_waiter_that_leaves_no_longer_counts_as_load_on_its_worker() -> 
     held = await scheduler.acquire(want)
     waiter = asyncio.create_task(scheduler.acquire(want))
     await settle()
-    assert scheduler._backlog(scheduler._held_out, 0).ahead == {a: 1}
+    assert scheduler.held_out() == {a: [0.0]}
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
-    assert scheduler._backlog(scheduler._held_out, 0).ahead == {}  # newcomers see a unclaimed
+    assert scheduler.held_out() == {}  # newcomers see a unclaimed
     held.release()

@@ -26,6 +26,7 @@ class Timings:
     prompt_cached: int
     generated: int
     prompt_ms: float = 0.0  # time spent computing the prompt (0: not reported)
+    predicted_ms: float = 0.0  # time spent generating (0: not reported)
 
 
 @dataclass(slots=True)
@@ -57,10 +58,15 @@ def timings_of(payload: Any) -> Timings | None:
     if None in counts:
         return None
     computed, cached, generated = (n or 0 for n in counts)
-    prompt_ms = timings.get("prompt_ms")
-    if not isinstance(prompt_ms, int | float) or isinstance(prompt_ms, bool) or prompt_ms < 0:
-        prompt_ms = 0.0
-    return Timings(computed, cached, generated, float(prompt_ms))
+    return Timings(
+        computed, cached, generated, _ms(timings.get("prompt_ms")), _ms(timings.get("predicted_ms"))
+    )
+
+
+def _ms(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return 0.0
+    return float(value)
 
 
 def usage_of(payload: Any) -> Timings | None:

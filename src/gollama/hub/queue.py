@@ -8,9 +8,11 @@ from the hub in flight, so llama-server never queues internally and this queue i
   (another model, or only excluded workers) is passed over, never blocking those behind it.
 - The policy may prefer a busy worker for a waiter (cache_aware: the worker holding its prompt).
   The waiter then lets others take the free slots meanwhile and counts as load on the worker it
-  waits for, so those behind it see that worker's queue. It waits at most a few times the wait
-  the policy estimated; after that it takes any free worker. A free slot is never left idle
-  while waiters could use it: once a few waiters have held out, the next one takes it.
+  waits for (with the slot time the policy predicted for it), so those behind it see that
+  worker's queue. It waits at most a few times the wait the policy estimated, or as long as the
+  policy says going elsewhere would cost, if that is longer; after that it takes any free
+  worker. A free slot is never left idle while waiters could use it: once a few waiters have
+  held out, the next one takes it.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not.
@@ -43,6 +45,7 @@ __all__ = ["Lease", "Scheduler", "Want"]
 
 PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
 PATIENCE_MIN = 0.25  # seconds, on top
+ABOUT_TO_FREE = 0.25  # seconds: past its patience, a waiter still waits for a worker this close
 MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 WINDOW = 8  # waiters that could take a free slot, compared for the least work per pass
 AGING = 0.25  # each second a waiter has waited counts as this many seconds less work
@@ -52,7 +55,16 @@ class Lease:
     """One slot on one worker, held by one request until `release()` (safe to call twice); a
     light lease (`slot` false) holds no slot, only the choice of worker."""
 
-    __slots__ = ("_scheduler", "prediction", "released", "slot", "taken_at", "worker")
+    __slots__ = (
+        "_scheduler",
+        "prediction",
+        "released",
+        "slot",
+        "started",
+        "taken_at",
+        "work",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -61,11 +73,14 @@ class Lease:
         prediction: Prediction | None,
         *,
         slot: bool = True,
+        work: float = 0.0,
     ) -> None:
         self._scheduler = scheduler
         self.worker = worker
         self.prediction = prediction  # what the policy expected of this placement
         self.slot = slot
+        self.work = work  # the seconds the policy predicted it holds the slot
+        self.started = asyncio.get_running_loop().time()
         self.taken_at = time.perf_counter()
         self.released = False
 
@@ -73,7 +88,7 @@ class Lease:
         if not self.released:
             self.released = True
             if self.slot:
-                self._scheduler._give_back(self.worker)
+                self._scheduler._give_back(self)
 
 
 class _Waiter:
@@ -108,7 +123,10 @@ class Scheduler(Watcher):
         self._positions: dict[Worker, int] = {}
         self._seen_changes = -1  # the registry's `changes` the open list was built for
         self._total_slots = 0  # of the workers registered when the open list was built
-        self._held_out: dict[Worker, int] = {}  # waiters holding out for each busy worker
+        # Waiters holding out for each busy worker, with the seconds each would hold its slot.
+        self._held_out: dict[Worker, dict[_Waiter, float]] = {}
+        # The leases on each worker, for policies that count what its requests have left.
+        self._running: dict[Worker, dict[Lease, None]] = {}
         self._light_turn = 0  # light requests go round the least busy workers
 
     @property
@@ -126,9 +144,11 @@ class Scheduler(Watcher):
         self._check_servable(want)
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use or wants: taking it jumps nobody's turn.
-        choice = self._choose(want, self._backlog(self._held_out, len(self._waiters)), patient=True)
+        choice = self._choose(
+            want, self._backlog(self.held_out(), len(self._waiters)), patient=True
+        )
         if choice is not None and not choice.wait:
-            return self._lease(want, choice.worker)
+            return self._lease(want, choice)
         if len(self._waiters) >= self.queue_size and not retry:
             raise QueueFull(f"the queue is full ({self.queue_size} requests waiting)")
 
@@ -172,6 +192,11 @@ class Scheduler(Watcher):
         self._light_turn += 1
         return Lease(self, tied[self._light_turn % len(tied)], None, slot=False)
 
+    def held_out(self) -> dict[Worker, list[float]]:
+        """The waiters holding out for each busy worker, as the slot time predicted for each:
+        a newcomer comes after all of them."""
+        return {worker: list(waiters.values()) for worker, waiters in self._held_out.items()}
+
     def close(self) -> None:
         """Admit no new request: waiters get `ShuttingDown` now, newcomers at once. Retries of
         requests admitted before still go through."""
@@ -204,9 +229,15 @@ class Scheduler(Watcher):
         healthy = sum(1 for w in fitting if w.available)
         return f"{len(fitting)} worker(s) could serve it, {healthy} healthy"
 
-    def _give_back(self, worker: Worker) -> None:
+    def _give_back(self, lease: Lease) -> None:
+        worker = lease.worker
         worker.in_flight -= 1
         self.in_flight -= 1
+        running = self._running.get(worker)
+        if running is not None:
+            running.pop(lease, None)
+            if not running:
+                del self._running[worker]
         self._refresh(worker)
         self._dispatch()
 
@@ -223,8 +254,10 @@ class Scheduler(Watcher):
         target = f"the model {want.model!r}" if want.model else "this request"
         raise NoWorkerAvailable(f"no worker is left to serve {target}")
 
-    def _backlog(self, ahead: dict[Worker, int], waiting: int) -> Backlog:
-        return Backlog(ahead, waiting / self._total_slots if self._total_slots else 0.0)
+    def _backlog(self, ahead: dict[Worker, list[float]], waiting: int) -> Backlog:
+        crowd = waiting / self._total_slots if self._total_slots else 0.0
+        now = asyncio.get_running_loop().time()
+        return Backlog(ahead, crowd, now, self._running)
 
     def _choose(self, want: Want, backlog: Backlog, *, patient: bool) -> Choice | None:
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
@@ -234,11 +267,14 @@ class Scheduler(Watcher):
         candidates = Candidates(self._open, self._positions, want)
         return self.policy.choose(want, candidates, backlog, patient=patient)
 
-    def _lease(self, want: Want, worker: Worker) -> Lease:
+    def _lease(self, want: Want, choice: Choice) -> Lease:
+        worker = choice.worker
         worker.in_flight += 1  # reserved before any await: no one else can take this slot
         self.in_flight += 1
         self._refresh(worker)
-        return Lease(self, worker, self.policy.placed(want, worker))
+        lease = Lease(self, worker, self.policy.placed(want, worker), work=choice.work)
+        self._running.setdefault(worker, {})[lease] = None
+        return lease
 
     def _dispatch(self) -> None:
         """Give free slots to waiters, one at a time, while workers are open."""
@@ -250,11 +286,11 @@ class Scheduler(Watcher):
             picked = self._pick_waiter()
             if picked is None:
                 return
-            waiter, worker = picked
+            waiter, choice = picked
             del self._waiters[waiter]
-            waiter.future.set_result(self._lease(waiter.want, worker))
+            waiter.future.set_result(self._lease(waiter.want, choice))
 
-    def _pick_waiter(self) -> tuple[_Waiter, Worker] | None:
+    def _pick_waiter(self) -> tuple[_Waiter, Choice] | None:
         """The waiter to serve now, and where; notes who holds out for whom.
 
         In queue order, each waiter's policy chooses. Waiters that would rather wait for a busy
@@ -264,58 +300,72 @@ class Scheduler(Watcher):
         ones, and a long one is passed over only by jobs that came after it by less than the
         work they save / `AGING`. Policies that estimate no work keep the plain queue order.
         """
-        ahead: dict[Worker, int] = {}
+        ahead: dict[Worker, list[float]] = {}
         backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
-        now = asyncio.get_running_loop().time()
+        now = backlog.now
         declined = looked = 0
-        best: tuple[_Waiter, Worker] | None = None
+        best: tuple[_Waiter, Choice] | None = None
         best_key = float("inf")
         for waiter in self._waiters:  # not copied: the queue may be long
             if waiter.future.done():
                 continue
-            patient = declined < MAX_DECLINED and (
-                waiter.patience_until is None or now < waiter.patience_until
-            )
+            patient = declined < MAX_DECLINED
             choice = self._choose(waiter.want, backlog, patient=patient)
+            if choice is not None and choice.wait and not self._still_patient(waiter, choice, now):
+                choice = self._choose(waiter.want, backlog, patient=False)
             if choice is None:
                 continue
             if choice.wait:
-                ahead[choice.worker] = ahead.get(choice.worker, 0) + 1
+                ahead.setdefault(choice.worker, []).append(choice.work)
                 self._hold_out(waiter, choice, now)
                 declined += 1
                 continue
             self._stop_holding_out(waiter)
             if choice.work <= 0 and best is None:
-                best = (waiter, choice.worker)  # nothing after it can have less work
+                best = (waiter, choice)  # nothing after it can have less work
                 break
             key = choice.work - AGING * (now - waiter.since)
             if key < best_key:
-                best, best_key = (waiter, choice.worker), key
+                best, best_key = (waiter, choice), key
             looked += 1
             if looked >= WINDOW:
                 break
         return best
 
+    @staticmethod
+    def _still_patient(waiter: _Waiter, choice: Choice, now: float) -> bool:
+        """Whether the waiter may go on holding out as `choice` says: within its patience, or
+        past it for a worker about to free (the policy counts a job past its predicted time
+        as having a growing share of its overrun left, so this ends)."""
+        until = waiter.patience_until
+        return until is None or now < until or choice.expected_wait <= ABOUT_TO_FREE
+
     def _hold_out(self, waiter: _Waiter, choice: Choice, now: float) -> None:
         """The waiter holds out for a busy worker: it counts as load on it, for newcomers too;
-        past its patience (set the first time), any worker will do."""
+        past its patience (set the first time: a few times the wait it was estimated, or what
+        the policy says going elsewhere costs, if longer), any worker will do, unless the one
+        it waits for is about to free: then it looks again shortly."""
         if waiter.target is not choice.worker:
             self._stop_holding_out(waiter)
             waiter.target = choice.worker
-            self._held_out[choice.worker] = self._held_out.get(choice.worker, 0) + 1
+        self._held_out.setdefault(choice.worker, {})[waiter] = choice.work
+        loop = asyncio.get_running_loop()
         if waiter.patience_until is None:
-            waiter.patience_until = now + PATIENCE_FACTOR * choice.expected_wait + PATIENCE_MIN
-            loop = asyncio.get_running_loop()
+            patience = max(PATIENCE_FACTOR * choice.expected_wait, choice.patience)
+            waiter.patience_until = now + patience + PATIENCE_MIN
             waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
+        elif now >= waiter.patience_until:
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            waiter.timer = loop.call_at(now + ABOUT_TO_FREE, self._dispatch)
 
     def _stop_holding_out(self, waiter: _Waiter) -> None:
         target = waiter.target
         if target is not None:
             waiter.target = None
-            left = self._held_out[target] - 1
-            if left:
-                self._held_out[target] = left
-            else:
+            held = self._held_out[target]
+            held.pop(waiter, None)
+            if not held:
                 del self._held_out[target]
 
     def _fail_unservable(self) -> None:

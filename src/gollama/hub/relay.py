@@ -122,6 +122,7 @@ class JobResponse(Response):
         self.settled = False  # the outcome is counted; only the last bytes may still be going
         self._deadline: asyncio.Timeout | None = None  # the deadline of the phase under way
         self._cut_short: str | None = None  # why the deadline was brought forward
+        self._stream: Relayed | None = None  # the stream being relayed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.open_responses.add(self)
@@ -163,7 +164,13 @@ class JobResponse(Response):
             else:
                 await self._send_stream(send, answer)
         except BaseException:
-            self.dispatcher.abandon(answer)
+            stream = self._stream
+            if stream is not None and not self.settled and stream.complete():
+                # The client left after the whole reply was relayed (many close as soon as
+                # they read the end): a success, and the policy learns from it.
+                self._end_stream(stream)
+            else:
+                self.dispatcher.abandon(answer)
             raise
 
     async def _send_error(self, send: Send, error: ApiError) -> None:
@@ -208,37 +215,32 @@ class JobResponse(Response):
         job = self.job
         headers = self._answer_headers(answer)
         headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-        tail = StreamTail()
-        dialect = job.dialect
-        text = ReplyText(dialect) if self._learns else None
-        final = FinalEvent() if job.keep is not None else None
+        stream = self._stream = Relayed(answer, job, self._learns)
+        stream.model = self.accounting.model_label(job.model, answer.worker)
+        self.accounting.first_token(stream.model, stream.first_at - self.received)
         broke: str | None = None
         out_of_time: ApiError | None = None
-        model = self.accounting.model_label(job.model, answer.worker)
-        first_at = last_at = time.perf_counter()
-        self.accounting.first_token(model, first_at - self.received)
         try:
             async with asyncio.timeout_at(job.deadline) as self._deadline:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
-                tail.feed(answer.body)
-                if text is not None:
-                    text.feed(answer.body)
-                if final is not None:
-                    final.feed(answer.body)
+                stream.feed(answer.body)
                 await send({"type": "http.response.body", "body": answer.body, "more_body": True})
                 async for chunk in answer.rest():
-                    last_at = time.perf_counter()
-                    tail.feed(chunk)
-                    if text is not None:
-                        text.feed(chunk)
-                    if final is not None:
-                        final.feed(chunk)
+                    stream.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             broke = str(exc)
         except TimeoutError:
             out_of_time = self._out_of_time()
-        last = tail.last_events()
+        await send_closing(send, self._end_stream(stream, broke, out_of_time))
+
+    def _end_stream(
+        self, stream: Relayed, broke: str | None = None, out_of_time: ApiError | None = None
+    ) -> bytes:
+        """Judge how the stream ended, free its slot, learn from it and count it; returns the
+        closing bytes to send (an error event when it was cut)."""
+        job, answer, dialect = self.job, stream.answer, self.job.dialect
+        last = stream.tail.last_events()
         end = judge_stream_end(
             answer.worker.id,
             done=dialect.complete(last[0] if last else None),
@@ -255,23 +257,21 @@ class JobResponse(Response):
             worker_failed=end.worker_failed,
             take_out=end.take_out,
             timings=timings,
-            reply=text.text() if text is not None else None,
+            reply=stream.text.text() if stream.text is not None else None,
         )
         self._count_tokens(answer.worker, timings)
-        self.accounting.stream_done(model, last_at - first_at, timings)
-        closing = b""
+        self.accounting.stream_done(stream.model, stream.last_at - stream.first_at, timings)
         if end.failure is None:
-            if final is not None and job.keep is not None:
-                final.keep(job.keep)
+            if stream.final is not None and job.keep is not None:
+                stream.final.keep(job.keep)
             self._settle(200, answer.worker)
-        else:
-            self.accounting.stream_cut(model)
-            self._settle(200, answer.worker, f"stream cut: {end.failure}", failed=True)
-            if end.closing_code is not None:
-                code = end.closing_code
-                event = dialect.error_event(end.failure, code=code, status=code)
-                closing = tail.closing_event(event)
-        await send_closing(send, closing)
+            return b""
+        self.accounting.stream_cut(stream.model)
+        self._settle(200, answer.worker, f"stream cut: {end.failure}", failed=True)
+        if end.closing_code is None:
+            return b""
+        code = end.closing_code
+        return stream.tail.closing_event(dialect.error_event(end.failure, code=code, status=code))
 
     def _settle(
         self, status: int, worker: Worker | None, note: str = "", *, failed: bool = False
@@ -324,6 +324,34 @@ class JobResponse(Response):
             (b"x-request-id", self.job.request_id.encode()),
             (b"x-gollama-worker", answer.worker.id.encode()),
         ]
+
+
+class Relayed:
+    """What the relay keeps of a stream as it passes: its tail (to judge its end), its reply
+    text (when the policy learns from it), its final event (when the job keeps it)."""
+
+    __slots__ = ("answer", "dialect", "final", "first_at", "last_at", "model", "tail", "text")
+
+    def __init__(self, answer: Answer, job: Job, learns: bool) -> None:
+        self.answer = answer
+        self.dialect = job.dialect
+        self.tail = StreamTail()
+        self.text = ReplyText(job.dialect) if learns else None
+        self.final = FinalEvent() if job.keep is not None else None
+        self.model = ""
+        self.first_at = self.last_at = time.perf_counter()
+
+    def feed(self, chunk: bytes) -> None:
+        self.last_at = time.perf_counter()
+        self.tail.feed(chunk)
+        if self.text is not None:
+            self.text.feed(chunk)
+        if self.final is not None:
+            self.final.feed(chunk)
+
+    def complete(self) -> bool:
+        """The event that ends a complete reply was relayed."""
+        return self.dialect.complete(self.tail.last_event())
 
 
 class FinalEvent:

@@ -71,6 +71,7 @@ class Job:
     content_type: str = "application/json"
     extends: bool = False  # its reply extends its prompt (a message list): worth learning
     keep: Keep | None = None  # hears the complete answer (the Responses API keeps it)
+    max_tokens: int | None = None  # its token limit, when it sets one
 
 
 # Hears the parsed complete answer of a job: a whole body, or a stream's final response.
@@ -195,7 +196,7 @@ class Dispatcher(Watcher):
             remaining = job.deadline - loop.time()
             if remaining <= 0:
                 raise last_error or DeadlineExceeded("the request ran out of time")
-            want = Want(job.model, job.endpoint, frozenset(tried), job.prompt)
+            want = Want(job.model, job.endpoint, frozenset(tried), job.prompt, job.max_tokens)
             wait = min(self.queue_timeout, remaining)
             try:
                 if job.light:  # no slot needed: straight to a healthy worker

@@ -93,7 +93,21 @@ def job(
         content_type,
         extends and prompt is not None,
         keep,
+        _limit(payload),
     )
+
+
+# Where each API says how many tokens a reply may have.
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens")
+
+
+def _limit(payload: dict[str, Any]) -> int | None:
+    """The request's token limit, if it set one (after the hub's default was applied)."""
+    for field in LIMIT_FIELDS:
+        value = payload.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def served_model(ctx: Context, payload: dict[str, Any]) -> str | None:

@@ -1,22 +1,35 @@
 """The cache-aware policy: send each prompt where it is cheapest to serve, counting the cache.
 
-For each worker worth considering, the estimated cost of serving the request there is
+For each worker worth considering, the estimated cost (seconds until this request's first
+token) of serving the request there is
 
-    wait     requests ahead of it beyond the worker's free slots x seconds a request holds a
-             slot there / slots (0 when a slot is free for it)
+    wait     when its first slot frees: each request on it has its predicted slot time left
+             (what the policy predicted when it placed it, minus how long it has run; one that
+             overran, a quarter of its overrun more), and the requests already waiting for it
+             take the slots as they free, in order
     prefill  prompt tokens the worker does not hold / its measured prompt speed, slowed by the
              share of its slots already busy (they share its compute), and weighted by
              1 + requests waiting per slot in the hub's queue: when requests queue, compute
              spent on a prompt some server already holds delays every one of them
+    move     going to a worker that holds less of the prompt than its best holder costs the
+             prompt it recomputes once more (`MOVE`): the conversation then lives in two
+             places, and the copy it leaves ages out for nothing
 
-and the request goes to the cheapest (among free workers, costs within a factor of 2 count as
+and the request goes to the cheapest. Among free workers, costs within a factor of 2 count as
 tied and go to the least busy, then round, so noise in the measured speeds does not send every
-cold request to one worker). When that is a busy worker holding the prompt, the
-request waits for it (it keeps its place in the hub's queue), unless it has waited well past the
-estimate. Requests waiting for a worker count as load on it, so affinity never piles work on one
-worker while others idle: once the wait costs more than computing the prompt elsewhere, the
-request goes elsewhere. A cold request costs the same everywhere but for load, so cold requests
-spread over the least busy workers.
+cold request to one worker. When the cheapest is a busy worker holding the prompt, the request
+waits for it (it keeps its place in the hub's queue); the hub asks again when the wait is up,
+with what is left by then, so a holder about to free is still waited for and one stuck on a
+long job is given up. Requests waiting for a worker count as load on it, so affinity never
+piles work on one worker while others idle.
+
+A request's predicted slot time (`Choice.work`) is its prefill there plus its reply: its token
+limit, or the replies the worker has been giving, at the worker's measured generation speed.
+Prompt and generation speeds are learned apart, from llama.cpp's own timings, so neither a
+cold nor a warm mix skews them; a prompt computed beside others counts as computed alone
+(sped up by the share busy when it started), so a burst does not make a worker look slow.
+Until a worker's own speeds are measured, those of the cluster are used; until then,
+`FALLBACK`.
 
 Workers considered: those holding part of the prompt (from the prefix index) and a random
 sample of the open ones, so a decision costs the same with ten workers or a thousand.
@@ -24,21 +37,42 @@ sample of the open ones, so a decision costs the same with ten workers or a thou
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gollama.hub.registry import Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
-from gollama.hub.routing.prefix_index import PrefixIndex, Speeds
+from gollama.hub.routing.prefix_index import PrefixIndex, Speeds, busy_share
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
 NEAR_TIE = 2.0  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
 NEAR_TIE_S = 0.001
+MOVE = 1.0  # a move off the prompt's best holder costs its recomputed prompt this much again
+OVERRUN = 0.25  # a request past its predicted time: this share of its overrun is left
 DEFAULT_MAX_LINKS = 20_000  # per worker; a link is ~200 bytes of index
-# Until a worker's own speeds are measured, those of the cluster are used; until then, these.
-FALLBACK = Speeds(prefill_tps=1000.0, tokens_per_char=0.3, service_s=1.0)
-_UNMEASURED = Speeds()
+
+
+@dataclass(frozen=True)
+class Fallback:
+    prefill_tps: float = 1000.0
+    decode_tps: float = 50.0
+    tokens_per_char: float = 0.3
+    reply_tokens: float = 64.0
+
+
+FALLBACK = Fallback()
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    worker: Worker
+    cost: float  # seconds until its first token, as the policy weighs them
+    wait: float  # of which waiting for a slot
+    work: float  # the seconds it will hold the slot
 
 
 class CacheAware:
@@ -64,23 +98,34 @@ class CacheAware:
         for worker in matched:
             if worker in candidates or (patient and worker.available and want.fits(worker)):
                 pool.append(worker)
-        costs = [
-            (worker, *self._cost(worker, chars, matched.get(worker, 0), backlog)) for worker in pool
-        ]
-        if not costs:
+        if not pool:
             return None
-        lowest = min(cost for _, cost, _, _ in costs)
-        worker, _, wait, work = next(c for c in costs if c[1] == lowest)
-        if wait > 0 or worker not in candidates:  # waiting for a busy worker is cheapest
-            return Choice(worker, wait=True, expected_wait=wait, work=work)
+        best_held = max(matched.values(), default=0)
+        estimates = [
+            self._estimate(worker, want, chars, matched.get(worker, 0), best_held, backlog)
+            for worker in pool
+        ]
+        lowest = min(estimates, key=lambda e: e.cost)
+        if lowest.wait > 0 or lowest.worker not in candidates:  # waiting is cheapest
+            # worth waiting for as long as going to the best open worker would cost
+            elsewhere = [e.cost for e in estimates if e.wait == 0 and e.worker in candidates]
+            return Choice(
+                lowest.worker,
+                wait=True,
+                expected_wait=lowest.wait,
+                work=lowest.work,
+                patience=min(elsewhere, default=0.0),
+            )
         # Among free workers, near ties (measured speeds are noisy) go to the least busy, and
         # then round the pool, which starts at a new place each time.
-        tied = lowest * NEAR_TIE + NEAR_TIE_S
-        worker, _, _, work = min(
-            (c for c in costs if c[1] <= tied and c[2] == 0 and c[0] in candidates),
-            key=lambda c: (c[0].in_flight + backlog.ahead.get(c[0], 0)) / c[0].slots,
+        tied = lowest.cost * NEAR_TIE + NEAR_TIE_S
+        chosen = min(
+            (e for e in estimates if e.cost <= tied and e.wait == 0 and e.worker in candidates),
+            key=lambda e: (
+                (e.worker.in_flight + len(backlog.ahead.get(e.worker, ()))) / e.worker.slots
+            ),
         )
-        return Choice(worker, work=work)
+        return Choice(chosen.worker, work=chosen.work)
 
     def placed(self, want: Want, worker: Worker) -> Prediction | None:
         if want.prompt is None:
@@ -104,31 +149,60 @@ class CacheAware:
                     "links": len(cache.links),
                     "capacity_chars": cache.capacity if cache.capacity < 1 << 62 else None,
                     "prefill_tokens_per_s": _rounded(cache.speeds.prefill_tps),
+                    "decode_tokens_per_s": _rounded(cache.speeds.decode_tps),
                     "tokens_per_char": _rounded(cache.speeds.tokens_per_char, 3),
-                    "slot_seconds": _rounded(cache.speeds.service_s, 3),
+                    "reply_tokens": _rounded(cache.speeds.reply_tokens),
                 }
                 for worker, cache in self.index.caches.items()
             },
         }
 
-    def _cost(
-        self, worker: Worker, chars: int, cached: int, backlog: Backlog
-    ) -> tuple[float, float, float]:
-        """Estimated seconds: (the cost of serving the prompt there, of which waiting, and the
-        prefill it needs there)."""
+    def _estimate(
+        self,
+        worker: Worker,
+        want: Want,
+        chars: int,
+        cached: int,
+        best_held: int,
+        backlog: Backlog,
+    ) -> Estimate:
         cache = self.index.caches.get(worker)
-        own = cache.speeds if cache is not None else _UNMEASURED
-        overall = self.overall
-        service = own.service_s or overall.service_s or FALLBACK.service_s or 1.0
-        speed = own.prefill_tps or overall.prefill_tps or FALLBACK.prefill_tps or 1.0
-        per_char = own.tokens_per_char or overall.tokens_per_char or FALLBACK.tokens_per_char or 1.0
-        busy = worker.in_flight + backlog.ahead.get(worker, 0)
-        queue = busy + 1 - worker.slots
-        wait = queue * service / worker.slots if queue > 0 else 0.0
-        share_busy = min(busy, worker.slots - 1) / worker.slots
-        prefill = (chars - cached) * per_char / speed
+        own = cache.speeds if cache is not None else None
+        prefill_tps = self._speed(own, "prefill_tps")
+        per_char = self._speed(own, "tokens_per_char")
+        prefill = (chars - cached) * per_char / prefill_tps
+        replies = self._speed(own, "reply_tokens")
+        reply = want.max_tokens if want.max_tokens is not None else replies
+        work = prefill + reply / self._speed(own, "decode_tps")
+        ahead = backlog.ahead.get(worker, ())
+        busy = worker.in_flight + len(ahead)
+        wait = _first_free_slot(worker, backlog, ahead) if busy >= worker.slots else 0.0
+        share_busy = busy_share(worker, busy)
         weighted = prefill * (1 + share_busy) * (1 + backlog.crowd)
-        return wait + weighted + 1e-6 * share_busy, wait, prefill
+        moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
+        cost = wait + weighted + moved + 1e-6 * share_busy
+        return Estimate(worker, cost, wait, work)
+
+    def _speed(self, own: Speeds | None, name: str) -> float:
+        """A worker's measured value, else the cluster's, else the fallback."""
+        value = getattr(own, name) if own is not None else None
+        if not value:
+            value = getattr(self.overall, name) or getattr(FALLBACK, name)
+        return float(value)
+
+
+def _first_free_slot(worker: Worker, backlog: Backlog, ahead: Sequence[float]) -> float:
+    """Seconds until a slot of `worker` frees for one more request, after those `ahead`."""
+    now = backlog.now
+    frees = []
+    for running in backlog.running.get(worker, ()):
+        left = running.work - (now - running.started)
+        frees.append(left if left >= 0 else -OVERRUN * left)
+    frees += [0.0] * max(0, worker.slots - len(frees))
+    heapq.heapify(frees)
+    for work in ahead:
+        heapq.heapreplace(frees, frees[0] + work)
+    return max(0.0, frees[0])
 
 
 def _rounded(value: float | None, digits: int = 1) -> float | None:

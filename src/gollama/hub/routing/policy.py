@@ -9,8 +9,8 @@ policy hears how it went (`Outcome`), which is how the cache-aware policy learns
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gollama._tokens import Timings
@@ -26,6 +26,7 @@ class Want:
     endpoint: str
     exclude: frozenset[str] = frozenset()
     prompt: PromptKey | None = None
+    max_tokens: int | None = None  # its token limit, when it sets one
 
     def fits(self, worker: Worker) -> bool:
         return worker.serves(self.model, self.endpoint) and worker.id not in self.exclude
@@ -66,34 +67,52 @@ class Candidates:
         return list(picked)
 
 
+class Running(Protocol):
+    """A request on a worker: when it took its slot, and the seconds it was predicted to hold
+    it (`Choice.work`)."""
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def work(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """The hub's queue, as a policy sees it."""
+    """The hub's queue and what runs, as a policy sees it, at `now` (loop time)."""
 
-    ahead: Mapping[Worker, int]  # requests already waiting for each worker in particular
+    # the predicted seconds of each request already waiting for each worker in particular
+    ahead: Mapping[Worker, Sequence[float]]
     crowd: float = 0.0  # requests waiting per slot of the cluster
+    now: float = 0.0
+    running: Mapping[Worker, Iterable[Running]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     """The worker for a request; with `wait`, a busy one worth waiting for (`expected_wait`
     seconds, as the policy estimates it) rather than taking an open one now. `work` estimates
-    the seconds of compute the request needs there: among waiters, less work goes first."""
+    the seconds the request will hold a slot there: among waiters, less work goes first, and
+    the wait for a busy worker counts what its requests have left."""
 
     worker: Worker
     wait: bool = False
     expected_wait: float = 0.0
     work: float = 0.0
+    patience: float = 0.0  # with `wait`: seconds worth holding out (what going elsewhere costs)
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """What a policy expected of a placement: prompt characters the worker holds, and the
-    cache clock of the deepest of them before this placement refreshed it."""
+    cache clock of the deepest of them before this placement refreshed it; and the share of
+    the worker's compute other requests took when it started."""
 
     cached_chars: int
     stamp: int
     clock: int
+    busy_share: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

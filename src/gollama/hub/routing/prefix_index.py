@@ -11,8 +11,10 @@ really reused. A predicted hit that turns out a miss shows the server holds less
 characters computed since the link's stamp: capacity shrinks to that, and every link as old or
 older is dropped. A hit at a distance beyond the capacity grows it back.
 
-The index also keeps, per worker, what the cost model needs: its prompt speed (tokens per
-second of prefill), tokens per prompt character, and the seconds a request holds a slot.
+The index also keeps, per worker, what the cost model needs, each measured apart so that a
+mix of cold and warm requests skews none: its prompt speed (prompt tokens computed per second
+of prefill, as if the prompt had the worker to itself), its generation speed (tokens generated
+per second of decoding), tokens per prompt character, and how many tokens a reply has.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MIN_CAPACITY = 4096  # characters: never believe a server holds less than this
 HIT_SHARE = 0.5  # a prompt counts as a cache hit when this share of it was reused
 SMOOTHING = 0.2  # weight of a new measurement in a running average
 MIN_PREFILL_TOKENS = 64  # prompt speed is measured only on prompts computed at least this long
+MIN_DECODE_TOKENS = 4  # generation speed only on replies at least this long
 
 
 @dataclass
@@ -38,12 +41,12 @@ class Speeds:
     """Running averages measured from one worker's replies (None until measured)."""
 
     prefill_tps: float | None = None  # prompt tokens computed per second
+    decode_tps: float | None = None  # tokens generated per second
     tokens_per_char: float | None = None
-    service_s: float | None = None  # seconds a request holds a slot
+    reply_tokens: float | None = None  # tokens a reply has
 
     def learn(self, outcome: Outcome) -> None:
         timings = outcome.timings
-        self.service_s = _average(self.service_s, outcome.seconds)
         if timings is None:
             return
         prompt_chars = outcome.prompt.chars if outcome.prompt is not None else 0
@@ -51,8 +54,21 @@ class Speeds:
         if prompt_chars and prompt_tokens:
             self.tokens_per_char = _average(self.tokens_per_char, prompt_tokens / prompt_chars)
         if timings.prompt_computed >= MIN_PREFILL_TOKENS and timings.prompt_ms > 0:
-            speed = timings.prompt_computed / (timings.prompt_ms / 1000)
+            # a prompt computed beside others went slower than the worker can: learn its
+            # speed alone (the estimate slows it down again by the share busy then)
+            shared = 1 + (outcome.prediction.busy_share if outcome.prediction else 0.0)
+            speed = timings.prompt_computed / (timings.prompt_ms / 1000) * shared
             self.prefill_tps = _average(self.prefill_tps, speed)
+        if timings.generated >= MIN_DECODE_TOKENS and timings.predicted_ms > 0:
+            speed = timings.generated / (timings.predicted_ms / 1000)
+            self.decode_tps = _average(self.decode_tps, speed)
+        self.reply_tokens = _average(self.reply_tokens, timings.generated)
+
+
+def busy_share(worker: Worker, busy: int) -> float:
+    """The share of `worker`'s compute that `busy` requests running on it take from one more:
+    its prompt is computed about this much slower (llama.cpp batches all its slots)."""
+    return max(0, min(busy, worker.slots - 1)) / worker.slots
 
 
 @dataclass
@@ -121,7 +137,9 @@ class PrefixIndex:
             if found is not None:
                 cached, stamp = end, found
                 break
-        prediction = Prediction(cached, stamp, cache.clock)
+        prediction = Prediction(
+            cached, stamp, cache.clock, busy_share(worker, worker.in_flight - 1)
+        )
         cache.clock += prompt.chars - cached
         self._hold(worker, cache, prompt.links)
         return prediction
