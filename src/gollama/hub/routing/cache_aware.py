@@ -42,7 +42,7 @@ import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gollama.hub.registry import Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
@@ -67,12 +67,21 @@ class Fallback:
 FALLBACK = Fallback()
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     worker: Worker
+    open: bool  # it can take the request now
     cost: float  # seconds until its first token, as the policy weighs them
     wait: float  # of which waiting for a slot
     work: float  # the seconds it will hold the slot
+
+
+class Rates(NamedTuple):
+    """The speeds an estimate uses."""
+
+    prefill_tps: float
+    tokens_per_char: float
+    reply_tokens: float
+    decode_tps: float
 
 
 class CacheAware:
@@ -101,14 +110,24 @@ class CacheAware:
         if not pool:
             return None
         best_held = max(matched.values(), default=0)
+        cluster = self._cluster_rates()
         estimates = [
-            self._estimate(worker, want, chars, matched.get(worker, 0), best_held, backlog)
+            self._estimate(
+                worker,
+                worker in candidates,
+                want,
+                chars,
+                matched.get(worker, 0),
+                best_held,
+                backlog,
+                cluster,
+            )
             for worker in pool
         ]
         lowest = min(estimates, key=lambda e: e.cost)
-        if lowest.wait > 0 or lowest.worker not in candidates:  # waiting is cheapest
+        if lowest.wait > 0 or not lowest.open:  # waiting is cheapest
             # worth waiting for as long as going to the best open worker would cost
-            elsewhere = [e.cost for e in estimates if e.wait == 0 and e.worker in candidates]
+            elsewhere = [e.cost for e in estimates if e.wait == 0 and e.open]
             return Choice(
                 lowest.worker,
                 wait=True,
@@ -120,7 +139,7 @@ class CacheAware:
         # then round the pool, which starts at a new place each time.
         tied = lowest.cost * NEAR_TIE + NEAR_TIE_S
         chosen = min(
-            (e for e in estimates if e.cost <= tied and e.wait == 0 and e.worker in candidates),
+            (e for e in estimates if e.cost <= tied and e.wait == 0 and e.open),
             key=lambda e: (
                 (e.worker.in_flight + len(backlog.ahead.get(e.worker, ()))) / e.worker.slots
             ),
@@ -160,20 +179,26 @@ class CacheAware:
     def _estimate(
         self,
         worker: Worker,
+        is_open: bool,
         want: Want,
         chars: int,
         cached: int,
         best_held: int,
         backlog: Backlog,
+        cluster: Rates,
     ) -> Estimate:
         cache = self.index.caches.get(worker)
-        own = cache.speeds if cache is not None else None
-        prefill_tps = self._speed(own, "prefill_tps")
-        per_char = self._speed(own, "tokens_per_char")
+        if cache is None:
+            prefill_tps, per_char, replies, decode_tps = cluster
+        else:  # the worker's own, where measured
+            own = cache.speeds
+            prefill_tps = own.prefill_tps or cluster.prefill_tps
+            per_char = own.tokens_per_char or cluster.tokens_per_char
+            replies = own.reply_tokens or cluster.reply_tokens
+            decode_tps = own.decode_tps or cluster.decode_tps
         prefill = (chars - cached) * per_char / prefill_tps
-        replies = self._speed(own, "reply_tokens")
         reply = want.max_tokens if want.max_tokens is not None else replies
-        work = prefill + reply / self._speed(own, "decode_tps")
+        work = prefill + reply / decode_tps
         ahead = backlog.ahead.get(worker, ())
         busy = worker.in_flight + len(ahead)
         wait = _first_free_slot(worker, backlog, ahead) if busy >= worker.slots else 0.0
@@ -181,14 +206,18 @@ class CacheAware:
         weighted = prefill * (1 + share_busy) * (1 + backlog.crowd)
         moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
         cost = wait + weighted + moved + 1e-6 * share_busy
-        return Estimate(worker, cost, wait, work)
+        return Estimate(worker, is_open, cost, wait, work)
 
-    def _speed(self, own: Speeds | None, name: str) -> float:
-        """A worker's measured value, else the cluster's, else the fallback."""
-        value = getattr(own, name) if own is not None else None
-        if not value:
-            value = getattr(self.overall, name) or getattr(FALLBACK, name)
-        return float(value)
+    def _cluster_rates(self) -> Rates:
+        """The speeds measured over the cluster, else the fallback, for workers not measured
+        yet."""
+        overall = self.overall
+        return Rates(
+            overall.prefill_tps or FALLBACK.prefill_tps,
+            overall.tokens_per_char or FALLBACK.tokens_per_char,
+            overall.reply_tokens or FALLBACK.reply_tokens,
+            overall.decode_tps or FALLBACK.decode_tps,
+        )
 
 
 def _first_free_slot(worker: Worker, backlog: Backlog, ahead: Sequence[float]) -> float:
