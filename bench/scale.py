@@ -2,12 +2,13 @@
 queued requests, for each policy, measured side by side in one run.
 
     uv run python bench/scale.py [--workers 10,100,1000] [--queued 0,1000,5000]
-                                 [--decisions 3000] [--slots 4]
+                                 [--decisions 3000] [--slots 4] [--tenants 100]
 
 No network and no llama-server: the hub's own Registry, Scheduler and policies, driven the way
 the dispatcher drives them. The workload is chat conversations (a 2,000-character system
 document of their own, then turns), so the cache-aware index fills up as on a real hub; each
-finished request reports llama.cpp-like timings that match the index's prediction.
+finished request reports llama.cpp-like timings that match the index's prediction. The
+conversations belong to `--tenants` API keys, so the queue orders its waiters by fair share.
 
 Two kinds of decision are timed:
 - `queued` 0: a request arrives while half the slots are busy: the scheduler's work for it (the
@@ -32,12 +33,14 @@ import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from common import RESULTS
 from rich.console import Console
 from rich.table import Table
 
 from gollama._tokens import Timings
+from gollama.hub.fair_share import Share
 from gollama.hub.queue import Lease, Scheduler
 from gollama.hub.registry import Registration, Registry
 from gollama.hub.routing import make_policy
@@ -69,19 +72,22 @@ class Row:
 class Workload:
     """Requests of many conversations, each a growing list of messages."""
 
-    def __init__(self, conversations: int, rng: random.Random) -> None:
+    def __init__(self, conversations: int, rng: random.Random, tenants: int) -> None:
         self.rng = rng
         self.conversations = [
             [{"role": "system", "content": _document(n, rng)}] for n in range(conversations)
         ]
+        # each conversation belongs to one of `tenants` API keys, for the fair share
+        self.shares = [Share(f"key-{n % tenants}") for n in range(conversations)]
 
     def requests(self) -> Iterator[Want]:
         while True:
-            messages = self.rng.choice(self.conversations)
+            n = self.rng.randrange(len(self.conversations))
+            messages = self.conversations[n]
             if len(messages) > 12:  # a finished conversation starts over
                 del messages[1:]
             messages.append({"role": "user", "content": f"question {len(messages)}"})
-            yield Want("m", ENDPOINT, prompt=chat_key("m", messages))
+            yield Want("m", ENDPOINT, prompt=chat_key("m", messages), share=self.shares[n])
             messages.append({"role": "assistant", "content": f"answer {len(messages)}"})
 
 
@@ -122,10 +128,10 @@ class TimedScheduler(Scheduler):
         finally:
             self._count(want, started)
 
-    def _lease(self, want: Want, choice: Choice) -> Lease:
+    def _lease(self, want: Want, choice: Choice, waiter: Any = None) -> Lease:
         started = time.perf_counter()
         try:
-            return super()._lease(want, choice)
+            return super()._lease(want, choice, waiter)
         finally:
             self._count(want, started)
 
@@ -294,7 +300,7 @@ async def measure(args: argparse.Namespace) -> tuple[list[Row], float]:
     for workers in args.workers:
         for policy in POLICIES:
             rng = random.Random(workers)
-            requests = Workload(max(200, workers * 10), rng).requests()
+            requests = Workload(max(200, workers * 10), rng, args.tenants).requests()
             scheduler = cluster(policy, workers, args.slots)
             # Warm up: the index fills, the speeds are learned.
             await free_decisions(scheduler, requests, workers * 20, 0.0)
@@ -352,8 +358,8 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
         "bytes / link",
     ]
     title = (
-        f"scheduler decisions, {args.slots} slots per worker, {args.decisions} per row, "
-        f"{os.cpu_count()} cores"
+        f"scheduler decisions, {args.slots} slots per worker, requests from {args.tenants} API "
+        f"keys (fair share), {args.decisions} per row, {os.cpu_count()} cores"
     )
     table = Table(title=title)
     for header in headers:
@@ -439,6 +445,9 @@ def main() -> None:
     parser.add_argument("--queued", type=_numbers, default=[0, 1000, 5000])
     parser.add_argument("--decisions", type=int, default=3000)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument(
+        "--tenants", type=int, default=100, help="API keys the requests come from (fair share)"
+    )
     args = parser.parse_args()
     rows, turn = asyncio.run(measure(args))
     table, markdown = render(rows, args, turn)

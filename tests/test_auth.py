@@ -11,6 +11,7 @@ from gollama._auth import ApiKey, KeyRing, presented_secret
 from gollama.cli import build_parser
 from gollama.config import hub_config, worker_config
 from gollama.errors import KeyFileError, RateLimited, SettingError
+from gollama.hub.fair_share import Priority
 
 SECRET = "sk-unit-0123456789abcdef"
 
@@ -21,9 +22,10 @@ def test_keys_from_the_list_and_the_file(tmp_path: Path) -> None:
         "# comment\n\n"
         "sk-file-0123456789abcdef name=alice concurrent=2 rpm=30  # trailing comment\n"
         "sk-file-fedcba9876543210\n"
+        "sk-file-batch-0123456789 name=nightly weight=0.5 priority=batch\n"
     )
     ring = KeyRing.load(f" {SECRET} ,", str(keys_file), concurrent=5, per_minute=0)
-    assert ring is not None and len(ring) == 3
+    assert ring is not None and len(ring) == 4
     alice = ring.find("sk-file-0123456789abcdef")
     assert alice is not None and (alice.name, alice.concurrent, alice.per_minute) == (
         "alice",
@@ -32,6 +34,9 @@ def test_keys_from_the_list_and_the_file(tmp_path: Path) -> None:
     )
     plain = ring.find("sk-file-fedcba9876543210")
     assert plain is not None and (plain.concurrent, plain.per_minute) == (5, 0)
+    assert (plain.weight, plain.priority) == (1.0, Priority.INTERACTIVE)
+    nightly = ring.find("sk-file-batch-0123456789")
+    assert nightly is not None and (nightly.weight, nightly.priority) == (0.5, Priority.BATCH)
     assert ring.find(SECRET[:-1]) is None
     assert ring.find(None) is None
     assert KeyRing.load("", None, concurrent=0, per_minute=0) is None
@@ -44,6 +49,10 @@ def test_keys_from_the_list_and_the_file(tmp_path: Path) -> None:
         (f"{SECRET} colour=blue", "not name="),
         (f"{SECRET} rpm=many", "whole numbers"),
         (f"{SECRET} concurrent=-1", "0 or more"),
+        (f"{SECRET} weight=0", "weight must be a number above 0"),
+        (f"{SECRET} weight=heavy", "weight must be a number above 0"),
+        (f"{SECRET} weight=nan", "weight must be a number above 0"),
+        (f"{SECRET} priority=urgent", "not a priority class \\(interactive, batch\\)"),
         (f"{SECRET}\n{SECRET}", "given twice"),
     ],
 )

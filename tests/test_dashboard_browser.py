@@ -45,6 +45,11 @@ def test_dashboard_shows_workers_and_live_numbers(cluster: Cluster, page: Page) 
     expect(page.locator("#tokens-generated")).not_to_have_text("0")
     done = sum(int(cell) for cell in page.locator("#workers .jobs-done").all_inner_texts())
     assert done == before + 6
+    # The requests without a key are one tenant, which had all the slot time.
+    tenant = page.locator('#tenants tbody tr[data-testid="tenant-row"]')
+    expect(tenant).to_have_count(1)
+    expect(tenant.locator("td").first).to_have_text("(no key)")
+    expect(tenant.locator("td").last).to_have_text("100%")
     # The charts fill from the hub's per-second history: traffic shows within a few seconds.
     page.wait_for_function("Math.max(0, ...charts.requests.data[1]) > 0", timeout=10_000)
     page.wait_for_function("Math.max(0, ...charts.tokens.data[1]) > 0", timeout=10_000)

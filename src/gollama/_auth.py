@@ -7,8 +7,13 @@ nothing about how much of a wrong key was right.
 A keys file has one key per line, with optional settings after it:
 
     # name and limits are optional; limits override --key-concurrency and --key-rpm
-    sk-alice-0123456789abcdef name=alice concurrent=4 rpm=120
-    sk-batch-0123456789abcdef name=batch concurrent=16
+    sk-alice-0123456789abcdef name=alice concurrent=4 rpm=120 weight=3
+    sk-batch-0123456789abcdef name=batch concurrent=16 priority=batch
+
+`weight` (default 1) is the key's share of the slots when requests queue, against the other
+keys' weights; `priority` (interactive, the default, or batch) its class: interactive requests
+go first, batch ones wait longer but never starve. A request may ask for a lower class than its
+key's (`X-GoLlama-Priority: batch`), never a higher one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gollama.errors import KeyFileError, RateLimited
+from gollama.hub.fair_share import Priority
 
 MIN_SECRET_LENGTH = 16
 
@@ -67,6 +73,8 @@ class ApiKey:
     name: str
     concurrent: int  # 0: no limit
     per_minute: int  # 0: no limit
+    weight: float = 1.0  # its share of the slots when requests queue
+    priority: Priority = Priority.INTERACTIVE  # the highest class its requests may have
     in_flight: int = 0
     _tokens: float = field(default=0.0, repr=False)
     _refilled_at: float | None = field(default=None, repr=False)
@@ -146,11 +154,20 @@ def _read_keys_file(path: Path, concurrent: int, per_minute: int) -> list[tuple[
             continue
         where = f"{path}, line {number}"
         secret = check_secret(words[0], f"{where}: the key")
-        settings = {"name": f"{path.name}:{number}", "concurrent": "", "rpm": ""}
+        settings = {
+            "name": f"{path.name}:{number}",
+            "concurrent": "",
+            "rpm": "",
+            "weight": "1",
+            "priority": "interactive",
+        }
         for word in words[1:]:
             name, sep, value = word.partition("=")
             if not sep or name not in settings or not value:
-                raise KeyFileError(f"{where}: {word!r} is not name=..., concurrent=N or rpm=N")
+                raise KeyFileError(
+                    f"{where}: {word!r} is not name=..., concurrent=N, rpm=N, weight=W or "
+                    "priority=interactive|batch"
+                )
             settings[name] = value
         try:
             key = ApiKey(
@@ -162,6 +179,16 @@ def _read_keys_file(path: Path, concurrent: int, per_minute: int) -> list[tuple[
             raise KeyFileError(f"{where}: concurrent and rpm must be whole numbers") from None
         if key.concurrent < 0 or key.per_minute < 0:
             raise KeyFileError(f"{where}: concurrent and rpm must be 0 or more")
+        try:
+            key.weight = float(settings["weight"])
+        except ValueError:
+            key.weight = 0.0
+        if not 0 < key.weight < math.inf:
+            raise KeyFileError(f"{where}: weight must be a number above 0")
+        try:
+            key.priority = Priority.named(settings["priority"])
+        except ValueError as exc:
+            raise KeyFileError(f"{where}: {exc}") from None
         keys.append((secret, key))
     return keys
 

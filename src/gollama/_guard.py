@@ -79,7 +79,7 @@ class Guard:
         if key is None:
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["client_key"] = key.name  # whose request it is
+        scope.setdefault("state", {})["client_key"] = key  # whose request it is
         try:
             await self.app(scope, receive, send)
         finally:

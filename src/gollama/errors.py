@@ -116,6 +116,14 @@ class Forbidden(ApiError):
     code = LOOPBACK_ONLY
 
 
+class PriorityNotAllowed(ApiError):
+    """A request asked for a higher priority class than its API key has."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "priority_not_allowed"
+
+
 class RequestTimeout(ApiError):
     status = 408
     error_type = "invalid_request_error"

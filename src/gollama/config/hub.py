@@ -161,7 +161,8 @@ class HubConfig(ServerConfig):
         "--api-keys-file",
         "GOLLAMA_API_KEYS_FILE",
         existing_file,
-        "file of client API keys, one a line: KEY [name=NAME] [concurrent=N] [rpm=N]",
+        "file of client API keys, one a line: KEY [name=NAME] [concurrent=N] [rpm=N] "
+        "[weight=W] [priority=interactive|batch]",
         metavar="PATH",
     )
     key_concurrency: int = option(
@@ -177,6 +178,31 @@ class HubConfig(ServerConfig):
         "GOLLAMA_KEY_RPM",
         non_negative_int,
         "requests one API key may start per minute; more get 429 (0 = no limit)",
+    )
+    queue_order: str = option(
+        "fair",
+        "--queue-order",
+        "GOLLAMA_QUEUE_ORDER",
+        one_of("fair", "arrival"),
+        "who of the waiters gets a freed slot: fair = the API key that had the least slot time "
+        "for its weight (interactive before batch), arrival = the oldest waiter (see README, "
+        "Fair share)",
+    )
+    priority_aging: float = option(
+        30.0,
+        "--priority-aging",
+        "GOLLAMA_PRIORITY_AGING",
+        positive_seconds,
+        "seconds a batch request waits before it competes with interactive ones",
+    )
+    tenant_header: str | None = option(
+        None,
+        "--tenant-header",
+        "GOLLAMA_TENANT_HEADER",
+        text,
+        "without API keys: the request header whose value tells tenants apart for the fair "
+        "share (e.g. X-User; default: all requests are one tenant)",
+        metavar="NAME",
     )
     admin_key: str | None = option(
         None,

@@ -408,7 +408,7 @@ def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) ->
         allow_origins=origins,
         allow_methods=["GET", "POST"],
         allow_headers=["*"],
-        expose_headers=["X-Request-ID", "X-GoLlama-Worker", "Retry-After"],
+        expose_headers=["X-Request-ID", "X-GoLlama-Worker", "X-GoLlama-Queue-Wait", "Retry-After"],
         max_age=600,
     )
 

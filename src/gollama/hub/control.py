@@ -95,6 +95,8 @@ def stats_body(hub: Hub) -> dict[str, Any]:
         "queue": hub.scheduler.waiting,
         "queue_size": hub.config.queue_size,
         "in_flight": hub.scheduler.in_flight,
+        "queue_order": hub.config.queue_order,
+        "tenants": hub.scheduler.describe_tenants(),
         "policy": hub.config.policy,
         "routing": hub.scheduler.policy.describe(),
         "uptime_s": round(now - hub.started_at, 3),

@@ -54,6 +54,31 @@ class _ClusterCollector(Collector):
         yield gauge(
             "gollama_in_flight", "Requests on workers now", [], [((), self.scheduler.in_flight)]
         )
+        tenants = self.scheduler.describe_tenants()
+        yield gauge(
+            "gollama_tenant_queued",
+            "Requests of the tenant (API key) waiting for a slot",
+            ["tenant"],
+            [((name,), t["queued"]) for name, t in tenants.items()],
+        )
+        yield gauge(
+            "gollama_tenant_queue_wait_seconds",
+            "Mean queue wait of the tenant's requests granted a slot in about the last minute",
+            ["tenant"],
+            [((name,), t["mean_wait_s"]) for name, t in tenants.items() if t["mean_wait_s"]],
+        )
+        yield gauge(
+            "gollama_tenant_service_share",
+            "The tenant's share of the slot time served in about the last minute",
+            ["tenant"],
+            [((name,), t["service_share"]) for name, t in tenants.items() if t["service_share"]],
+        )
+        yield counter(
+            "gollama_tenant_slot_seconds",
+            "Seconds the tenant's requests held worker slots",
+            ["tenant"],
+            [((name,), t["slot_seconds"]) for name, t in tenants.items()],
+        )
         workers = list(self.registry)
         by_state = {state: 0 for state in WorkerState}
         for worker in workers:

@@ -1,11 +1,14 @@
-"""Admission: a request gets a worker slot at once, or waits its turn in one bounded FIFO queue.
+"""Admission: a request gets a worker slot at once, or waits its turn in one bounded queue.
 
 Capacity is slots. A worker with `slots` llama.cpp slots never has more than `slots` requests
 from the hub in flight, so llama-server never queues internally and this queue is the only one.
 
 - A request that can be served now takes a slot without queueing.
-- Otherwise it waits. Waiters are served in arrival order; a waiter no free worker can serve
-  (another model, or only excluded workers) is passed over, never blocking those behind it.
+- Otherwise it waits. Waiters are served in the order of `fair_share`: the tenant (API key)
+  that has had the least slot time for its weight first, interactive before batch; without
+  fair share, in arrival order. Within a tenant, in arrival order, with least work first among
+  the first few (see `_pick_waiter`). A waiter no free worker can serve (another model, or
+  only excluded workers) is passed over, never blocking those behind it.
 - The policy may prefer a busy worker for a waiter (cache_aware: the worker holding its prompt).
   The waiter then lets others take the free slots meanwhile and counts as load on the worker it
   waits for (with the slot time the policy predicted for it), so those behind it see that
@@ -15,7 +18,9 @@ from the hub in flight, so llama-server never queues internally and this queue i
   held out, the next one takes it.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
-  a retry, which was admitted already, is not.
+  a retry, which was admitted already, is not. With fair share, a full queue makes room for a
+  tenant that holds less of it than the tenant holding the most (for their weights): that
+  tenant's newest waiter is refused instead, so one flood cannot lock the others out.
 - A request no registered worker could serve fails at once (`ModelNotFound`; llama-server's own
   501 when none of them has the endpoint; `NoWorkerAvailable`); one that a worker could serve
   once healthy again waits for it. The caller bounds every wait with a timeout: nothing waits
@@ -30,16 +35,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from gollama.errors import (
+    ApiError,
     ModelNotFound,
     NoWorkerAvailable,
     QueueFull,
     RelayedError,
     ShuttingDown,
 )
+from gollama.hub.fair_share import ANYONE, DEFAULT_AGING, FairShare, Share
 from gollama.hub.registry import Registry, Watcher, Worker
-from gollama.hub.routing.policy import Backlog, Candidates, Choice, Policy, Prediction, Want
+from gollama.hub.routing.policy import (
+    Backlog,
+    Candidates,
+    Choice,
+    Policy,
+    Prediction,
+    WaitingFor,
+    Want,
+)
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
@@ -57,11 +74,14 @@ class Lease:
 
     __slots__ = (
         "_scheduler",
+        "charged",
         "prediction",
         "released",
+        "share",
         "slot",
         "started",
         "taken_at",
+        "waited",
         "work",
         "worker",
     )
@@ -74,12 +94,17 @@ class Lease:
         *,
         slot: bool = True,
         work: float = 0.0,
+        share: Share = ANYONE,
+        charged: float = 0.0,
     ) -> None:
         self._scheduler = scheduler
         self.worker = worker
         self.prediction = prediction  # what the policy expected of this placement
         self.slot = slot
         self.work = work  # the seconds the policy predicted it holds the slot
+        self.share = share  # whose slot it is
+        self.charged = charged  # the seconds the fair share counted for it at the start
+        self.waited = 0.0  # seconds it waited in the queue
         self.started = asyncio.get_running_loop().time()
         self.taken_at = time.perf_counter()
         self.released = False
@@ -106,7 +131,14 @@ class _Waiter:
 
 class Scheduler(Watcher):
     def __init__(
-        self, registry: Registry, policy: Policy, *, queue_size: int, max_in_flight: int = 0
+        self,
+        registry: Registry,
+        policy: Policy,
+        *,
+        queue_size: int,
+        max_in_flight: int = 0,
+        fair_share: bool = True,
+        priority_aging: float = DEFAULT_AGING,
     ) -> None:
         """The queue in front of `registry`'s workers; it watches the registry for changes."""
         self.registry = registry
@@ -116,7 +148,8 @@ class Scheduler(Watcher):
         self.max_in_flight = max_in_flight  # 0: only the slots limit
         self.in_flight = 0
         self.closed = False  # shutting down: no new request is admitted
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()  # the FIFO
+        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()  # in arrival order
+        self._fair: FairShare[_Waiter] = FairShare(enabled=fair_share, aging=priority_aging)
         # Workers that can take a request now (healthy, a free slot), kept up to date as
         # leases come and go, so no decision walks the whole registry.
         self._open: list[Worker] = []
@@ -145,17 +178,18 @@ class Scheduler(Watcher):
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use or wants: taking it jumps nobody's turn.
         choice = self._choose(
-            want, self._backlog(self.held_out(), len(self._waiters)), patient=True
+            want, self._backlog(WaitingFor(self._held_out), len(self._waiters)), patient=True
         )
         if choice is not None and not choice.wait:
             return self._lease(want, choice)
         if len(self._waiters) >= self.queue_size and not retry:
-            raise QueueFull(f"the queue is full ({self.queue_size} requests waiting)")
+            self._make_room(want.share)
 
         waiter = _Waiter(want, asyncio.get_running_loop().create_future(), retry)
         self._waiters[waiter] = None
         if retry:
             self._waiters.move_to_end(waiter, last=False)
+        self._fair.join(waiter, want.share)
         if choice is not None:  # it would rather wait for a busy worker than take a free one
             self._hold_out(waiter, choice, waiter.since)
         # Nothing else changed: no slot was freed, so the other waiters need no new pass.
@@ -167,6 +201,7 @@ class Scheduler(Watcher):
             raise
         finally:
             self._waiters.pop(waiter, None)
+            self._fair.leave(waiter)
             self._stop_holding_out(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
@@ -193,9 +228,12 @@ class Scheduler(Watcher):
         return Lease(self, tied[self._light_turn % len(tied)], None, slot=False)
 
     def held_out(self) -> dict[Worker, list[float]]:
-        """The waiters holding out for each busy worker, as the slot time predicted for each:
-        a newcomer comes after all of them."""
+        """The predicted slot times of the waiters holding out for each busy worker."""
         return {worker: list(waiters.values()) for worker, waiters in self._held_out.items()}
+
+    def describe_tenants(self) -> dict[str, dict[str, Any]]:
+        """Per tenant (API key), as `FairShare.describe` (the loop's clock is monotonic)."""
+        return self._fair.describe(time.monotonic())
 
     def close(self) -> None:
         """Admit no new request: waiters get `ShuttingDown` now, newcomers at once. Retries of
@@ -203,8 +241,7 @@ class Scheduler(Watcher):
         self.closed = True
         for waiter in list(self._waiters):
             if not waiter.future.done() and not waiter.retry:
-                del self._waiters[waiter]
-                waiter.future.set_exception(ShuttingDown("the hub is shutting down"))
+                self._refuse(waiter, ShuttingDown("the hub is shutting down"))
 
     def capacity_changed(self, worker: Worker | None) -> None:
         """`worker` changed state or slots (None: workers came or went): serve or fail the
@@ -229,15 +266,39 @@ class Scheduler(Watcher):
         healthy = sum(1 for w in fitting if w.available)
         return f"{len(fitting)} worker(s) could serve it, {healthy} healthy"
 
+    def _make_room(self, share: Share) -> None:
+        """The queue is full: refuse the newcomer, or, with fair share, the newest waiter of
+        the tenant that holds more of the queue than its share (`FairShare.crowding`)."""
+        full = f"the queue is full ({self.queue_size} requests waiting"
+        crowding = self._fair.crowding(share)
+        if isinstance(crowding, str):
+            raise QueueFull(f"{full}{crowding})")
+        victim, whose = crowding
+        self._refuse(
+            victim,
+            QueueFull(
+                f"{full}) and {whose} held more than its share of it: this, its newest "
+                "request, made room for another's"
+            ),
+        )
+
+    def _refuse(self, waiter: _Waiter, error: ApiError | RelayedError) -> None:
+        """Take `waiter` out of the queue with `error`."""
+        del self._waiters[waiter]
+        self._fair.leave(waiter)
+        self._stop_holding_out(waiter)
+        waiter.future.set_exception(error)
+
     def _give_back(self, lease: Lease) -> None:
         worker = lease.worker
         worker.in_flight -= 1
         self.in_flight -= 1
-        running = self._running.get(worker)
-        if running is not None:
-            running.pop(lease, None)
-            if not running:
-                del self._running[worker]
+        now = asyncio.get_running_loop().time()
+        self._fair.released(lease.share, lease.charged, now - lease.started, now)
+        running = self._running[worker]
+        del running[lease]
+        if not running:
+            del self._running[worker]
         self._refresh(worker)
         self._dispatch()
 
@@ -254,7 +315,7 @@ class Scheduler(Watcher):
         target = f"the model {want.model!r}" if want.model else "this request"
         raise NoWorkerAvailable(f"no worker is left to serve {target}")
 
-    def _backlog(self, ahead: dict[Worker, list[float]], waiting: int) -> Backlog:
+    def _backlog(self, ahead: Mapping[Worker, Collection[float]], waiting: int) -> Backlog:
         crowd = waiting / self._total_slots if self._total_slots else 0.0
         now = asyncio.get_running_loop().time()
         return Backlog(ahead, crowd, now, self._running)
@@ -267,12 +328,21 @@ class Scheduler(Watcher):
         candidates = Candidates(self._open, self._positions, want)
         return self.policy.choose(want, candidates, backlog, patient=patient)
 
-    def _lease(self, want: Want, choice: Choice) -> Lease:
+    def _lease(self, want: Want, choice: Choice, waiter: _Waiter | None = None) -> Lease:
+        """A slot for `want` as `choice` says, at once, or for `waiter`, which waited."""
         worker = choice.worker
         worker.in_flight += 1  # reserved before any await: no one else can take this slot
         self.in_flight += 1
         self._refresh(worker)
-        lease = Lease(self, worker, self.policy.placed(want, worker), work=choice.work)
+        now = asyncio.get_running_loop().time()
+        if waiter is None:
+            charged = self._fair.started(want.share, choice.work, now)
+        else:
+            charged = self._fair.granted(waiter, want.share, choice.work, now)
+        prediction = self.policy.placed(want, worker)
+        lease = Lease(self, worker, prediction, work=choice.work, share=want.share, charged=charged)
+        if waiter is not None:
+            lease.waited = now - waiter.since
         self._running.setdefault(worker, {})[lease] = None
         return lease
 
@@ -288,25 +358,45 @@ class Scheduler(Watcher):
                 return
             waiter, choice = picked
             del self._waiters[waiter]
-            waiter.future.set_result(self._lease(waiter.want, choice))
+            waiter.future.set_result(self._lease(waiter.want, choice, waiter))
 
     def _pick_waiter(self) -> tuple[_Waiter, Choice] | None:
         """The waiter to serve now, and where; notes who holds out for whom.
 
-        In queue order, each waiter's policy chooses. Waiters that would rather wait for a busy
-        worker are passed over (counting as load on it). Of the first `WINDOW` that would take
-        an open worker, the one with the least work left wins, each second it has waited
-        counting as `AGING` seconds less: short jobs (a prompt the server holds) go before long
-        ones, and a long one is passed over only by jobs that came after it by less than the
-        work they save / `AGING`. Policies that estimate no work keep the plain queue order.
+        Lines (a tenant's waiters of one class) are looked at in the fair share's order; the
+        first with a waiter that takes an open worker is served (`_best_of`). Waiters that would
+        rather wait for a busy worker are passed over (counting as load on it), in every line.
         """
         ahead: dict[Worker, list[float]] = {}
         backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
+        declined = 0
+        for line in self._fair.lines(backlog.now):
+            best, declined = self._best_of(line.waiters, backlog, ahead, declined)
+            if best is not None:
+                return best
+        return None
+
+    def _best_of(
+        self,
+        waiters: Iterable[_Waiter],
+        backlog: Backlog,
+        ahead: dict[Worker, list[float]],
+        declined: int,
+    ) -> tuple[tuple[_Waiter, Choice] | None, int]:
+        """The waiter of one line to serve now and where, if any; and the count of waiters
+        that held out so far.
+
+        In line order, each waiter's policy chooses. Of the first `WINDOW` that would take an
+        open worker, the one with the least work left wins, each second it has waited counting
+        as `AGING` seconds less: short jobs (a prompt the server holds) go before long ones, and
+        a long one is passed over only by jobs that came after it by less than the work they
+        save / `AGING`. Policies that estimate no work keep the plain line order.
+        """
         now = backlog.now
-        declined = looked = 0
+        looked = 0
         best: tuple[_Waiter, Choice] | None = None
         best_key = float("inf")
-        for waiter in self._waiters:  # not copied: the queue may be long
+        for waiter in waiters:  # not copied: a line may be long
             if waiter.future.done():
                 continue
             patient = declined < MAX_DECLINED
@@ -322,15 +412,14 @@ class Scheduler(Watcher):
                 continue
             self._stop_holding_out(waiter)
             if choice.work <= 0 and best is None:
-                best = (waiter, choice)  # nothing after it can have less work
-                break
+                return (waiter, choice), declined  # nothing after it can have less work
             key = choice.work - AGING * (now - waiter.since)
             if key < best_key:
                 best, best_key = (waiter, choice), key
             looked += 1
             if looked >= WINDOW:
                 break
-        return best
+        return best, declined
 
     @staticmethod
     def _still_patient(waiter: _Waiter, choice: Choice, now: float) -> bool:
@@ -375,8 +464,7 @@ class Scheduler(Watcher):
             try:
                 self._check_servable(waiter.want)
             except (ModelNotFound, RelayedError, NoWorkerAvailable) as exc:
-                del self._waiters[waiter]
-                waiter.future.set_exception(exc)
+                self._refuse(waiter, exc)
 
     def _refresh(self, worker: Worker) -> None:
         """Keep `worker` in the open list exactly when it can take a request now."""

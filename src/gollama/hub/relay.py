@@ -323,6 +323,7 @@ class JobResponse(Response):
             (b"content-type", answer.content_type.encode()),
             (b"x-request-id", self.job.request_id.encode()),
             (b"x-gollama-worker", answer.worker.id.encode()),
+            (b"x-gollama-queue-wait", f"{answer.lease.waited:.3f}".encode()),
         ]
 
 

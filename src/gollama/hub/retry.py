@@ -49,6 +49,7 @@ from gollama.errors import (
     UpstreamFailed,
 )
 from gollama.hub.accounting import Accounting
+from gollama.hub.fair_share import ANYONE, Share
 from gollama.hub.queue import Lease, Scheduler
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import Outcome, Want
@@ -72,6 +73,7 @@ class Job:
     extends: bool = False  # its reply extends its prompt (a message list): worth learning
     keep: Keep | None = None  # hears the complete answer (the Responses API keeps it)
     max_tokens: int | None = None  # its token limit, when it sets one
+    share: Share = ANYONE  # whose request it is, for the queue's fair share
 
 
 # Hears the parsed complete answer of a job: a whole body, or a stream's final response.
@@ -196,7 +198,9 @@ class Dispatcher(Watcher):
             remaining = job.deadline - loop.time()
             if remaining <= 0:
                 raise last_error or DeadlineExceeded("the request ran out of time")
-            want = Want(job.model, job.endpoint, frozenset(tried), job.prompt, job.max_tokens)
+            want = Want(
+                job.model, job.endpoint, frozenset(tried), job.prompt, job.max_tokens, job.share
+            )
             wait = min(self.queue_timeout, remaining)
             try:
                 if job.light:  # no slot needed: straight to a healthy worker

@@ -60,6 +60,8 @@ class Hub:
             make_policy(config.policy),
             queue_size=config.queue_size,
             max_in_flight=config.concurrent_workers,
+            fair_share=config.queue_order == "fair",
+            priority_aging=config.priority_aging,
         )
         upstream = Upstream(
             connect_timeout=config.connect_timeout,

@@ -52,6 +52,7 @@ class Result:
     status: int | None = None
     failure: str | None = None  # None: success
     first_token: float | None = None  # seconds from start, streams only
+    queue_wait: float | None = None  # seconds in the hub's queue (X-GoLlama-Queue-Wait)
     token_gaps: list[float] = field(default_factory=list)
     tokens: int = 0
 
@@ -165,6 +166,9 @@ class LoadTest:
         reply = await upstream.open("POST", url, body=self.body, headers=self.headers)
         try:
             result.status = reply.status
+            waited = reply.header("X-GoLlama-Queue-Wait")
+            if waited is not None:
+                result.queue_wait = float(waited)
             if reply.status != 200:
                 body = await reply.read()
                 try:
@@ -247,6 +251,7 @@ class Report:
     first_tokens: list[float]  # streams, sorted
     token_gaps: list[float]  # streams, sorted
     tokens: int
+    queue_waits: list[float]  # successes the hub said it queued, sorted
 
     @classmethod
     def of(cls, test: LoadTest) -> Report:
@@ -260,6 +265,7 @@ class Report:
             first_tokens=sorted(r.first_token for r in ok if r.first_token is not None),
             token_gaps=sorted(gap for r in ok for gap in r.token_gaps),
             tokens=sum(r.tokens for r in ok),
+            queue_waits=sorted(r.queue_wait for r in ok if r.queue_wait is not None),
         )
 
     @property
@@ -295,4 +301,5 @@ class Report:
             "latency_ms": stats(self.latencies),
             "time_to_first_token_ms": stats(self.first_tokens),
             "inter_token_ms": stats(self.token_gaps),
+            "queue_wait_ms": stats(self.queue_waits),
         }

@@ -22,6 +22,7 @@ import orjson
 
 from gollama._apis import OPENAI, Dialect
 from gollama.errors import BadRequest
+from gollama.hub.fair_share import ANYONE, Share
 from gollama.hub.retry import Job, Keep
 from gollama.hub.routing.prompts import PromptKey
 from gollama.hub.stored_responses import ResponseStore
@@ -57,6 +58,7 @@ class Context:
     key_name: str = ""  # the client's API key ("" without keys)
     responses: ResponseStore | None = None  # what the Responses API chains onto
     vocabulary: Callable[[str | None], int | None] = _unknown  # a served model's vocabulary
+    share: Share = ANYONE  # whose request it is, for the queue's fair share
 
 
 def job(
@@ -94,6 +96,7 @@ def job(
         extends and prompt is not None,
         keep,
         _limit(payload),
+        ctx.share,
     )
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -220,7 +220,7 @@ class CacheAware:
         )
 
 
-def _first_free_slot(worker: Worker, backlog: Backlog, ahead: Sequence[float]) -> float:
+def _first_free_slot(worker: Worker, backlog: Backlog, ahead: Collection[float]) -> float:
     """Seconds until a slot of `worker` frees for one more request, after those `ahead`."""
     now = backlog.now
     frees = []

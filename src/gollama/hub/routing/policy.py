@@ -9,11 +9,12 @@ policy hears how it went (`Outcome`), which is how the cache-aware policy learns
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gollama._tokens import Timings
+from gollama.hub.fair_share import ANYONE, Share
 from gollama.hub.registry import Worker
 from gollama.hub.routing.prompts import PromptKey
 
@@ -27,6 +28,7 @@ class Want:
     exclude: frozenset[str] = frozenset()
     prompt: PromptKey | None = None
     max_tokens: int | None = None  # its token limit, when it sets one
+    share: Share = ANYONE  # whose request it is, for the queue's fair share
 
     def fits(self, worker: Worker) -> bool:
         return worker.serves(self.model, self.endpoint) and worker.id not in self.exclude
@@ -78,12 +80,35 @@ class Running(Protocol):
     def work(self) -> float: ...
 
 
+class WaitingFor(Mapping[Worker, Collection[float]]):
+    """For each busy worker, the slot time predicted for each request waiting for it in
+    particular: a view of the scheduler's own table (worker -> waiter -> seconds), no copy."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: Mapping[Worker, Mapping[Any, float]]) -> None:
+        self._table = table
+
+    def __getitem__(self, worker: Worker) -> Collection[float]:
+        return self._table[worker].values()
+
+    def get(self, worker: Worker, default: Any = None) -> Any:
+        waiting = self._table.get(worker)
+        return default if waiting is None else waiting.values()
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """The hub's queue and what runs, as a policy sees it, at `now` (loop time)."""
 
     # the predicted seconds of each request already waiting for each worker in particular
-    ahead: Mapping[Worker, Sequence[float]]
+    ahead: Mapping[Worker, Collection[float]]
     crowd: float = 0.0  # requests waiting per slot of the cluster
     now: float = 0.0
     running: Mapping[Worker, Iterable[Running]] = field(default_factory=dict)

@@ -76,6 +76,25 @@ function renderWorkers(workers) {
   }
 }
 
+function renderTenants(tenants) {
+  const body = byId("tenants").tBodies[0];
+  body.replaceChildren();
+  const names = Object.keys(tenants)
+    .filter((name) => tenants[name].queued > 0 || tenants[name].service_share > 0)
+    .sort();
+  byId("no-tenants").hidden = names.length > 0;
+  for (const name of names) {
+    const t = tenants[name];
+    const row = body.insertRow();
+    row.dataset.testid = "tenant-row";
+    cell(row, name || "(no key)");
+    cell(row, number.format(t.weight));
+    cell(row, number.format(t.queued), "tenant-queued");
+    cell(row, t.mean_wait_s === null ? "–" : `${t.mean_wait_s.toFixed(2)} s`);
+    cell(row, t.service_share === null ? "–" : `${Math.round(100 * t.service_share)}%`);
+  }
+}
+
 function render(data) {
   const healthy = data.workers.filter((w) => w.state === "healthy").length;
   byId("workers-healthy").textContent = `${healthy} / ${data.workers.length}`;
@@ -92,6 +111,7 @@ function render(data) {
   byId("summary").textContent =
     `policy ${data.policy} · up ${duration(data.uptime_s)}`;
   renderWorkers(data.workers);
+  renderTenants(data.tenants || {});
 
   const h = data.history;
   charts.requests.setData([h.time, h.requests_per_s]);
