@@ -63,6 +63,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "the request body is too large",
         429: "queue full, or the key's own limit; retry after Retry-After seconds",
         431: "the request headers are too large",
+        500: "llama-server's own server error, relayed as it came (e.g. its cache filled up "
+        "while generating without a token limit)",
         501: "no worker supports this endpoint",
         502: "every attempt on a worker failed",
         503: "no healthy worker, or no slot within the queue timeout",
@@ -71,7 +73,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): json_content(_ERROR, meaning[s]) for s in statuses}
 
 
-INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 501, 502, 503, 504)
+INFERENCE_ERRORS = _errors(400, 401, 404, 408, 413, 429, 431, 500, 501, 502, 503, 504)
 _CONTROL_ERRORS = _errors(400, 401, 408, 413, 431)
 _READ_ERRORS = _errors(401, 431)  # a GET that needs a key when one is configured
 
