@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import sys
@@ -14,15 +15,23 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that, on Linux, has the kernel SIGTERM the child when its parent dies,
-    so a child cannot outlive a parent that was killed without a chance to clean up."""
+    """A `preexec_fn` that, on Linux, has the kernel SIGKILL the child when its parent dies,
+    so a child cannot outlive a parent that was killed without a chance to clean up.
+
+    SIGKILL, not SIGTERM: llama-server loses a SIGTERM that comes while it loads its model and
+    then serves on as an orphan (seen once after `gollama chaos` killed a worker). A parent
+    that stops normally stops its children itself, by their pid, with SIGTERM first. A parent
+    that died between the fork and `prctl` is caught too: the child then kills itself."""
     if not sys.platform.startswith("linux"):
         return None
+    parent = os.getpid()
 
     def set_death_signal() -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return set_death_signal
 
