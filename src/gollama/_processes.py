@@ -18,10 +18,11 @@ def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` that, on Linux, has the kernel SIGKILL the child when its parent dies,
     so a child cannot outlive a parent that was killed without a chance to clean up.
 
-    SIGKILL, not SIGTERM: llama-server loses a SIGTERM that comes while it loads its model and
-    then serves on as an orphan (seen once after `gollama chaos` killed a worker). A parent
-    that stops normally stops its children itself, by their pid, with SIGTERM first. A parent
-    that died between the fork and `prctl` is caught too: the child then kills itself."""
+    SIGKILL, not SIGTERM: once, after a test of `gollama chaos` killed a managed worker, its
+    llama-server was left running as an orphan, and it was still running a second after a
+    SIGTERM (why it outlived the worker was not found). A parent that stops normally stops its
+    children itself, by their pid, with SIGTERM first. A parent that died between the fork and
+    `prctl` is caught too: the child then kills itself."""
     if not sys.platform.startswith("linux"):
         return None
     parent = os.getpid()

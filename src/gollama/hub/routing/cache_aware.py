@@ -50,7 +50,10 @@ from gollama.hub.routing.prefix_index import PrefixIndex, Speeds, busy_share
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
 NEAR_TIE = 2.0  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
-NEAR_TIE_S = 0.001
+# seconds: a short prompt's cost is mostly noise in the measured speeds (a worker measured
+# under load looks slow long after), so tiny differences do not send every short cold prompt
+# to one worker
+NEAR_TIE_S = 0.025
 MOVE = 1.0  # a move off the prompt's best holder costs its recomputed prompt this much again
 OVERRUN = 0.25  # a request past its predicted time: this share of its overrun is left
 DEFAULT_MAX_LINKS = 20_000  # per worker; a link is ~200 bytes of index
