@@ -148,9 +148,6 @@ class FairShare(Generic[W]):
         self._tenant_of: dict[W, Tenant] = {}
         self._everyone = Tenant("", 1.0)  # the owner of the one line when not `enabled`
 
-    def __len__(self) -> int:
-        return len(self._line_of)
-
     def join(self, waiter: W, share: Share) -> None:
         """`waiter` waits, at the end of its line (a retry at the front)."""
         tenant = self._tenant(share)
@@ -300,7 +297,7 @@ class FairShare(Generic[W]):
         if tenant is None:
             tenant = self.tenants[share.tenant] = Tenant(share.tenant, share.weight)
         else:
-            tenant.weight = share.weight  # a reloaded keys file may have changed it
+            tenant.weight = share.weight  # every request carries its key's weight
         return tenant
 
 
