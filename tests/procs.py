@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from gollama.tools.cluster import HOST, LocalCluster, Proc, http_status, wait_until
 
@@ -40,6 +41,11 @@ class Processes(LocalCluster):
         wait_until(lambda: http_status(again.url + "/health") in ready, f"{proc.name} up", again)
         return again
 
+    def redis(self, name: str = "redis", port: int | None = None) -> Proc:
+        proc = super().redis(name, port)
+        wait_until(lambda: _redis_answers(proc), f"{name} up", proc)
+        return proc
+
     def hub(self, *args: str, name: str = "hub", port: int | None = None, host: str = HOST) -> Proc:
         proc = super().hub(*args, name=name, port=port, host=host)
         wait_until(lambda: http_status(proc.url + "/health") in (200, 503), f"{name} up", proc)
@@ -64,6 +70,14 @@ class Processes(LocalCluster):
 
             wait_until(registered, f"{name} registered", proc)
         return proc
+
+
+def _redis_answers(proc: Proc) -> bool:
+    try:
+        with redis.Redis(host=proc.host, port=proc.port, socket_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def logged(proc: Proc, text: str) -> Any:

@@ -13,8 +13,13 @@ def scrape(url: str, headers: dict[str, str] | None = None) -> Series:
     reply = httpx.get(url + "/metrics", headers=headers, timeout=10)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
+    return parse(reply.text)
+
+
+def parse(text: str) -> Series:
+    """Every sample of a page in Prometheus' text format, keyed by (name, labels)."""
     series: Series = {}
-    for family in text_string_to_metric_families(reply.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             series[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return series

@@ -183,6 +183,21 @@ LLAMA_ENDPOINTS: dict[str, Dialect] = {
 }
 
 
+# llama-server answers these without a generation slot: they never wait for one.
+LIGHT_ENDPOINTS = frozenset(
+    {
+        "/v1/messages/count_tokens",
+        "/v1/responses/input_tokens",
+        "/responses/input_tokens",
+        "/v1/chat/completions/input_tokens",
+        "/chat/completions/input_tokens",
+        "/tokenize",
+        "/detokenize",
+        "/apply-template",
+    }
+)
+
+
 def dialect_of(path: str) -> Dialect:
     """The API a path speaks (OpenAI's for every path that is not llama-server's own)."""
     return LLAMA_ENDPOINTS.get(path, OPENAI)

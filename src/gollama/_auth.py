@@ -23,8 +23,10 @@ import binascii
 import hashlib
 import hmac
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from gollama.errors import KeyFileError, RateLimited
 from gollama.hub.fair_share import Priority
@@ -109,6 +111,29 @@ class ApiKey:
             rate = self.per_minute / 60
             self._tokens = min(self.per_minute, self._tokens + (now - self._refilled_at) * rate)
         self._refilled_at = now
+
+
+class Limits(Protocol):
+    """Where a key's limits are counted: here (`LocalLimits`), or shared by several hubs."""
+
+    async def admit(self, key: ApiKey) -> object:
+        """Count one more request of `key` (a ticket for `done`), or raise `RateLimited`."""
+        ...
+
+    def done(self, key: ApiKey, ticket: object) -> None:
+        """The request admitted with `ticket` ended."""
+        ...
+
+
+class LocalLimits:
+    """Each key's limits counted in this process."""
+
+    async def admit(self, key: ApiKey) -> object:
+        key.admit(time.monotonic())
+        return None
+
+    def done(self, key: ApiKey, ticket: object) -> None:
+        key.done()
 
 
 class KeyRing:

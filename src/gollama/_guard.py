@@ -20,14 +20,14 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gollama._apis import dialect_of
 from gollama._asgi import request_id
-from gollama._auth import ApiKey, KeyRing, presented_secret, same_secret
+from gollama._auth import ApiKey, KeyRing, Limits, LocalLimits, presented_secret, same_secret
 from gollama.errors import ApiError, Forbidden, HeadersTooLarge, Unauthorized
 
 
@@ -43,6 +43,7 @@ class Rules:
     access: Callable[[str], Access]  # which class a path belongs to
     max_header_bytes: int
     keys: KeyRing | None = None
+    limits: Limits = field(default_factory=LocalLimits)  # where the keys' limits are counted
     admin_key: str | None = None
     worker_token: str | None = None
     # Without a worker token: worker paths from any address (True), or from this machine only,
@@ -67,8 +68,11 @@ class Guard:
             return
         started = time.perf_counter()
         rid = request_id(_header(scope, b"x-request-id"))
+        ticket: object = None
         try:
             key = self._admit(scope)
+            if key is not None:
+                ticket = await self.rules.limits.admit(key)
         except ApiError as exc:
             headers = {"X-Request-ID": rid}
             await exc.response(headers, dialect_of(scope["path"]))(scope, receive, send)
@@ -83,10 +87,11 @@ class Guard:
         try:
             await self.app(scope, receive, send)
         finally:
-            key.done()
+            self.rules.limits.done(key, ticket)
 
     def _admit(self, scope: Scope) -> ApiKey | None:
-        """The client key the request counts against, if any; an `ApiError` if refused."""
+        """The client key the request counts against, if any; an `ApiError` if refused (its
+        limits are not counted here)."""
         rules = self.rules
         size = sum(len(name) + len(value) for name, value in scope["headers"])
         if size > rules.max_header_bytes:
@@ -108,8 +113,7 @@ class Guard:
                     if secret is None
                     else "the API key is not valid"
                 )
-            key.admit(time.monotonic())
-            return key
+            return key  # its limits are counted next
         admin_key = rules.admin_key if access is Access.ADMIN else None
         if admin_key is not None and not same_secret(secret, admin_key):
             raise Unauthorized(

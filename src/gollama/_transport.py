@@ -17,9 +17,11 @@ chunk. Nothing of the HTTP client library leaks past this module.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -231,3 +233,24 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the answer broke off before it was complete"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def advertised_url(host: str, port: int, hub_url: str, *, tls: bool = False) -> str:
+    """This worker's URL as the hub can reach it: the address this machine uses towards the
+    hub when listening on all interfaces, else the listening address."""
+    scheme = "https" if tls else "http"
+    if host not in ("0.0.0.0", "::", ""):
+        return f"{scheme}://{_bracketed(host)}:{port}"
+    hub = urlsplit(hub_url)
+    family = socket.AF_INET6 if hub.hostname and ":" in hub.hostname else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((hub.hostname or "127.0.0.1", hub.port or 80))  # sends nothing
+            address = probe.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    return f"{scheme}://{_bracketed(address)}:{port}"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

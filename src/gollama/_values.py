@@ -68,6 +68,21 @@ def http_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def redis_url(text: str) -> str:
+    """`text`, if it is a redis:// or rediss:// URL with a host, or a unix:// socket path."""
+    try:
+        parts = urlsplit(text)
+        valid = (parts.scheme in ("redis", "rediss") and bool(parts.hostname)) or (
+            parts.scheme == "unix" and bool(parts.path)
+        )
+        valid = valid and (parts.port is None or parts.port > 0)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError("must be a redis://HOST[:PORT][/DB], rediss://... or unix://PATH URL")
+    return text
+
+
 def existing_file(text: str) -> str:
     if not os.path.isfile(text):
         raise ValueError(f"no such file: {text}")

@@ -47,6 +47,10 @@ LLAMA_BROKE_OFF = "llama_server_broke_off"
 # A worker without a worker token refuses work that does not come from its own machine.
 LOOPBACK_ONLY = "loopback_only"
 
+# A worker serving several hubs refuses a request while all its llama-server's slots are busy
+# with others (503 with this code, its `in_flight` and `slots`): the hub tries elsewhere.
+WORKER_BUSY = "worker_busy"
+
 # The status counted for a request whose client went away before its answer (nginx's 499).
 CLIENT_CLOSED = 499
 WORKER_FAULT_CODES = frozenset({LLAMA_UNREACHABLE, LLAMA_TIMEOUT, LLAMA_BROKE_OFF, LOOPBACK_ONLY})

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from gollama._values import (
     boolean,
     existing_file,
+    http_url,
     non_negative_int,
     one_of,
     port_number,
     positive_seconds,
+    redis_url,
     text,
 )
 from gollama.config.option import option
@@ -23,6 +25,25 @@ from gollama.hub.routing import POLICIES
 class HubConfig(ServerConfig):
     host: str = option("0.0.0.0", "--host", "GOLLAMA_HOST", text, "address the hub listens on")
     port: int = option(9000, "--port", "GOLLAMA_PORT", port_number, "port the hub listens on")
+    redis_url: str | None = option(
+        None,
+        "--redis",
+        "GOLLAMA_REDIS_URL",
+        redis_url,
+        "Redis shared by several hubs (redis://HOST:PORT/DB): workers serve every hub, key "
+        "limits, stored responses and cache affinity hold across hubs (default: this hub "
+        "alone, state in memory; see README, Several hubs)",
+        metavar="URL",
+    )
+    advertise_url: str | None = option(
+        None,
+        "--advertise",
+        "GOLLAMA_HUB_ADVERTISE_URL",
+        http_url,
+        "with --redis: URL workers use to reach this hub (default: http://HOST:PORT, with this "
+        "machine's address towards Redis when HOST is 0.0.0.0)",
+        metavar="URL",
+    )
     queue_size: int = option(
         5000,
         "--queue-size",

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Scope
 
 from gollama import __version__
 from gollama._asgi import EXCEPTION_HANDLERS
-from gollama._auth import KeyRing
+from gollama._auth import KeyRing, LocalLimits
 from gollama._guard import Access, Guard, Rules
 from gollama._server import DrainHook, lifespan
 from gollama.config import HubConfig
@@ -36,6 +36,8 @@ from gollama.hub.requests import llama as llama_api
 from gollama.hub.requests import openai as openai_api
 from gollama.hub.requests import responses as responses_api
 from gollama.hub.service import Hub
+from gollama.hub.shared import Shared
+from gollama.hub.shared_limits import SharedLimits
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         group="status",
         schema=openapi.health,
     ),
+    Endpoint("/livez", control.livez, OPEN, "GET", summary="liveness probe", schema=openapi.livez),
+    Endpoint(
+        "/readyz", control.readyz, OPEN, "GET", summary="readiness probe", schema=openapi.readyz
+    ),
     Endpoint("/openapi.json", openapi_json, OPEN, "GET", summary="OpenAPI schema", group="status"),
     # workers
     Endpoint(
@@ -377,9 +383,11 @@ def openapi_document(caps: Caps, guarded: frozenset[str] | set[str]) -> dict[str
 def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) -> ASGIApp:
     """The hub's app behind its guard; raises `KeyFileError` for unusable API keys. While it
     runs, `drain_hooks` holds what to call for a graceful stop."""
+    shared = Shared.from_config(config) if config.redis_url else None
+    limits = SharedLimits(shared) if shared is not None else None
     app = Starlette(
         routes=_routes(),
-        lifespan=lifespan("hub", lambda: Hub.start(config), drain_hooks),
+        lifespan=lifespan("hub", lambda: Hub.start(config, shared, limits), drain_hooks),
         exception_handlers=EXCEPTION_HANDLERS,
     )
     keys = KeyRing.load(
@@ -392,6 +400,7 @@ def create_app(config: HubConfig, drain_hooks: list[DrainHook] | None = None) ->
         access=access,
         max_header_bytes=config.max_header_bytes,
         keys=keys,
+        limits=limits or LocalLimits(),
         admin_key=config.admin_key,
         worker_token=config.worker_token,
         open_without_token=config.allow_open_registration,

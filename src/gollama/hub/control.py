@@ -19,6 +19,7 @@ from gollama.hub.service import Hub
 
 log = logging.getLogger(__name__)
 
+READY_GRACE = 3  # heartbeat intervals a new hub without workers waits before it is ready
 _NAME = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
 
@@ -41,8 +42,14 @@ async def connect_worker(request: Request) -> Response:
             "id": worker.id,
             "heartbeat_interval": hub.config.heartbeat_interval,
             "heartbeat_path": "/heartbeat",
+            **_hubs(hub),
         }
     )
+
+
+def _hubs(hub: Hub) -> dict[str, Any]:
+    """With several hubs: every hub's URL, for the worker to register with each."""
+    return {"hubs": list(hub.shared.hubs)} if hub.shared is not None else {}
 
 
 async def heartbeat(request: Request) -> Response:
@@ -56,7 +63,7 @@ async def heartbeat(request: Request) -> Response:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
-    return json_response({"id": worker.id, "state": worker.state.value})
+    return json_response({"id": worker.id, "state": worker.state.value, **_hubs(hub)})
 
 
 async def disconnect_worker(request: Request) -> Response:
@@ -80,7 +87,35 @@ async def health(request: Request) -> Response:
         "queue": hub.scheduler.waiting,
         "in_flight": hub.scheduler.in_flight,
     }
+    if hub.shared is not None:
+        body["redis"] = "up" if hub.shared.up else "down"
+        body["hubs"] = len(hub.shared.hubs)
     return json_response(body, 200 if healthy else 503)
+
+
+async def livez(request: Request) -> Response:
+    """The process answers: an orchestrator restarts a hub whose /livez fails."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Whether a load balancer should send this hub requests: it has started and is not
+    draining; with Redis, it has reached Redis once (the other hubs and the workers know of
+    it); and it has a healthy worker, or has been up for `READY_GRACE` heartbeat intervals
+    (time for the workers to register; a cluster without workers then answers clear 503s
+    rather than none). A Redis outage later does not make it unready (see `shared`)."""
+    hub: Hub = request.state.hub
+    reasons = []
+    if hub.scheduler.closed:
+        reasons.append("draining")
+    if hub.shared is not None and not hub.shared.reached:
+        reasons.append("Redis not reached yet")
+    healthy = any(w.state is WorkerState.HEALTHY for w in hub.registry)
+    if not healthy and hub.now() - hub.started_at < READY_GRACE * hub.config.heartbeat_interval:
+        reasons.append("waiting for workers to register")
+    if reasons:
+        return json_response({"status": "not ready", "reasons": reasons}, 503)
+    return json_response({"status": "ready"})
 
 
 async def stats(request: Request) -> Response:
@@ -100,6 +135,7 @@ def stats_body(hub: Hub) -> dict[str, Any]:
         "policy": hub.config.policy,
         "routing": hub.scheduler.policy.describe(),
         "uptime_s": round(now - hub.started_at, 3),
+        "shared": hub.shared.describe() if hub.shared is not None else None,
         "requests": hub.accounting.totals.as_dict(),
         "tokens": {
             "prompt_computed": tokens.prompt_computed,
@@ -165,6 +201,11 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
     in_flight = payload.get("in_flight", 0)
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 0:
         raise BadRequest("'in_flight' must be an integer of 0 or more", param="in_flight")
+    in_slots = payload.get("in_slots")
+    if in_slots is not None and (
+        isinstance(in_slots, bool) or not isinstance(in_slots, int) or in_slots < 0
+    ):
+        raise BadRequest("'in_slots' must be an integer of 0 or more", param="in_slots")
     draining = payload.get("draining", False)
     if not isinstance(draining, bool):
         raise BadRequest("'draining' must be true or false", param="draining")
@@ -173,7 +214,9 @@ def parse_registration(payload: dict[str, Any]) -> Registration:
         name = _required_name(payload, "name")
     direct = _direct(payload.get("direct"))
     info = _model_info(payload.get("model_info"))
-    return Registration(url, tuple(models), slots, healthy, name, in_flight, draining, direct, info)
+    return Registration(
+        url, tuple(models), slots, healthy, name, in_flight, draining, direct, info, in_slots
+    )
 
 
 MODEL_INFO_BYTES = 256 * 1024  # llama-server's /v1/models entries a worker may report

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,6 +22,7 @@ from gollama.hub.relay import JobResponse, Render
 from gollama.hub.requests import Context
 from gollama.hub.retry import Job
 from gollama.hub.service import Hub
+from gollama.hub.shared_responses import SharedResponses
 
 Handler = Callable[[Request], Awaitable[Response]]
 JsonReader = Callable[[dict[str, Any], Context], Job]  # reads a JSON object body
@@ -69,6 +72,8 @@ def raw_handler(
                 share=share_of(request, key, config.tenant_header),
             )
             body = await read_body(request, hub.body_limits)
+            if hub.shared_responses is not None and b"previous_response_id" in body:
+                await _fetch_previous(hub.shared_responses, ctx.key_name, body)
             job = read(body, request.headers.get("content-type", "application/json"), ctx)
         except ApiError as exc:
             hub.accounting.arrived()
@@ -110,3 +115,13 @@ def share_of(request: Request, key: ApiKey | None, tenant_header: str | None) ->
             f"{highest.name.lower()} at most"
         )
     return Share(tenant, weight, priority)
+
+
+async def _fetch_previous(shared: SharedResponses, owner: str, body: bytes) -> None:
+    """The response a Responses request chains onto, from the hubs' shared store, if it names
+    one (the request is checked as it is read)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        payload = orjson.loads(body)
+        previous = payload.get("previous_response_id") if isinstance(payload, dict) else None
+        if isinstance(previous, str) and previous:
+            await shared.fetch(owner, previous)

@@ -15,9 +15,12 @@ from gollama import __version__
 from gollama._metrics import counter, gauge
 from gollama.hub.queue import Scheduler
 from gollama.hub.registry import Registry, WorkerState
+from gollama.hub.shared import Shared
 
 
-def hub_metrics(registry: Registry, scheduler: Scheduler, queue_size: int) -> CollectorRegistry:
+def hub_metrics(
+    registry: Registry, scheduler: Scheduler, queue_size: int, shared: Shared | None = None
+) -> CollectorRegistry:
     """A fresh Prometheus registry with the hub's scrape-time series; `accounting` adds the
     counters and histograms of requests to it."""
     prometheus = CollectorRegistry()
@@ -25,7 +28,27 @@ def hub_metrics(registry: Registry, scheduler: Scheduler, queue_size: int) -> Co
         __version__
     ).set(1)
     prometheus.register(_ClusterCollector(registry, scheduler, queue_size))
+    if shared is not None:
+        prometheus.register(_SharedCollector(shared))
     return prometheus
+
+
+class _SharedCollector(Collector):
+    """With several hubs: Redis, as this hub sees it."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        shared = self.shared
+        yield gauge("gollama_redis_up", "1 while Redis answers this hub", [], [((), shared.up)])
+        yield counter(
+            "gollama_redis_errors",
+            "Exchanges with Redis that failed (key limits then counted by this hub alone)",
+            [],
+            [((), shared.errors)],
+        )
+        yield gauge("gollama_hubs", "Hubs alive, as Redis says", [], [((), len(shared.hubs))])
 
 
 def exposition(prometheus: CollectorRegistry) -> bytes:

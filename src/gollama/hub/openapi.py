@@ -179,6 +179,36 @@ def health(caps: Caps) -> Operation:
     }
 
 
+def livez(caps: Caps) -> Operation:
+    return {
+        "summary": "200 while the hub's process answers",
+        "responses": {"200": json_content(_STATUS, "alive")},
+    }
+
+
+def readyz(caps: Caps) -> Operation:
+    return {
+        "summary": "200 when a load balancer should send this hub requests, else 503 and why",
+        "responses": {
+            "200": json_content(_STATUS, "ready"),
+            "503": json_content(
+                _STATUS,
+                "not ready: draining, Redis not reached yet, or waiting for workers to register",
+            ),
+        },
+    }
+
+
+_STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
 def stats(caps: Caps) -> Operation:
     return {
         "summary": "Workers, queue and request totals",
@@ -225,6 +255,7 @@ def connect_worker(caps: Caps) -> Operation:
             "id": {"type": "string"},
             "heartbeat_interval": {"type": "number"},
             "heartbeat_path": {"type": "string"},
+            "hubs": {"type": "array", "items": {"type": "string"}},
         },
     }
     return _control(
@@ -283,6 +314,7 @@ _COMPONENTS: dict[str, Any] = {
                 "slots": {"type": "integer", "minimum": 1},
                 "healthy": {"type": "boolean"},
                 "in_flight": {"type": "integer", "minimum": 0},
+                "in_slots": {"type": "integer", "minimum": 0},
                 "draining": {"type": "boolean"},
                 "name": _NAME,
                 "model_info": {
@@ -350,6 +382,8 @@ _COMPONENTS: dict[str, Any] = {
                 "workers_registered": {"type": "integer"},
                 "queue": {"type": "integer"},
                 "in_flight": {"type": "integer"},
+                "redis": {"type": "string", "enum": ["up", "down"]},
+                "hubs": {"type": "integer"},
             },
         },
     },

@@ -60,6 +60,7 @@ class Registration:
     direct: Direct | None = None  # where the hub sends inference straight to llama-server
     # llama-server's own /v1/models entry of each model, by id
     model_info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    in_slots: int | None = None  # of `in_flight`, the requests holding a slot
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Worker:
     reported_healthy: bool
     reported_in_flight: int = 0
     in_flight: int = 0  # requests the hub has on it: the queue's leases keep this
+    # With several hubs: the slots the others' requests hold (the worker's count less ours)
+    elsewhere: int = 0
     jobs_completed: int = 0
     jobs_failed: int = 0
     failure: str | None = None
@@ -115,7 +118,7 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.slots - self.in_flight)
+        return max(0, self.slots - self.in_flight - self.elsewhere)
 
     @property
     def circuit(self) -> str:
@@ -145,6 +148,7 @@ class Worker:
             "slots": self.slots,
             "in_flight": self.in_flight,
             "reported_in_flight": self.reported_in_flight,
+            "in_flight_elsewhere": self.elsewhere,
             "jobs_completed": self.jobs_completed,
             "jobs_failed": self.jobs_failed,
             "times_failed": self.failures,
@@ -170,8 +174,17 @@ class Watcher:
 
 
 class Registry:
-    def __init__(self, heartbeat_interval: float, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        heartbeat_interval: float,
+        rng: random.Random | None = None,
+        *,
+        shared_slots: bool = False,
+    ) -> None:
+        """With `shared_slots`, other hubs send the workers requests too: what a worker
+        reports holding beyond this hub's requests is not free (`Worker.elsewhere`)."""
         self.heartbeat_interval = heartbeat_interval
+        self.shared_slots = shared_slots
         self.watchers: list[Watcher] = []
         self._workers: dict[str, Worker] = {}
         self._registrations = 0
@@ -252,6 +265,12 @@ class Registry:
             self._forget(worker, cache_only=False)
             self._capacity_changed(None)
         return worker
+
+    def busy(self, worker: Worker, in_slots: int) -> None:
+        """The worker refused a request of ours: `in_slots` of its slots are taken (ours
+        included). It counts as full until it says otherwise."""
+        worker.elsewhere = max(0, in_slots - worker.in_flight, worker.slots - worker.in_flight)
+        self._capacity_changed(worker)
 
     def mark_failed(self, worker: Worker, reason: str, now: float) -> None:
         """Take the worker out of rotation until a probe of its /health succeeds.
@@ -362,6 +381,8 @@ class Registry:
         worker.slots = info.slots
         worker.reported_healthy = info.healthy
         worker.reported_in_flight = info.in_flight
+        if self.shared_slots and info.in_slots is not None:
+            worker.elsewhere = max(0, info.in_slots - worker.in_flight)
         worker.draining = info.draining
         worker.direct = info.direct
         worker.model_info = info.model_info

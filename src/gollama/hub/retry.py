@@ -15,6 +15,10 @@ codes and structured error bodies, never of reply text):
                                                 if none has it, its answer is relayed
     403 loopback_only                           the worker takes work from its own machine only
                                                 (no worker token): taken out, like a fault
+    503 worker_busy                             with several hubs: the others' requests hold
+                                                its slots; it counts as full until it reports
+                                                room, and the job waits for a slot again
+                                                (neither a retry nor a fault)
     other 4xx                                   the client's error: relayed, never retried
 
 Once the first byte is on its way to the client, nothing is retried.
@@ -38,6 +42,7 @@ from gollama._interrupt import Interrupt
 from gollama._tokens import Timings
 from gollama._transport import Reply, Upstream
 from gollama.errors import (
+    WORKER_BUSY,
     WORKER_FAULT_CODES,
     ApiError,
     DeadlineExceeded,
@@ -49,6 +54,7 @@ from gollama.errors import (
     UpstreamFailed,
 )
 from gollama.hub.accounting import Accounting
+from gollama.hub.affinity import SharedAffinity
 from gollama.hub.fair_share import ANYONE, Share
 from gollama.hub.queue import Lease, Scheduler
 from gollama.hub.registry import Registry, Watcher, Worker
@@ -114,6 +120,7 @@ class Failed:
     take_out: bool  # the worker leaves the rotation until a probe puts it back
     count_failure: bool = True  # a failed job of the worker
     lacks_endpoint: bool = False  # the worker's llama-server does not serve the endpoint
+    busy: int | None = None  # the worker was full: the slots it said were taken
 
 
 def judge_answer(worker_id: str, status: int, content_type: str, body: bytes) -> Failed | None:
@@ -127,6 +134,14 @@ def judge_answer(worker_id: str, status: int, content_type: str, body: bytes) ->
     if status < 500 and code not in WORKER_FAULT_CODES:
         return None
     message = structured_message({"error": error}) or f"HTTP {status}"
+    if status == 503 and code == WORKER_BUSY:
+        return Failed(
+            UpstreamFailed(f"worker {worker_id} answered {status}: {message}", status=503),
+            "busy",
+            take_out=False,
+            count_failure=False,
+            busy=_busy_slots(body),
+        )
     if status == 501:  # if no other worker has it, the client gets this answer as it came
         unsupported = RelayedError(
             status, body, content_type, f"worker {worker_id}: {message}", worker_id
@@ -163,6 +178,7 @@ class Dispatcher(Watcher):
         accounting: Accounting,
         *,
         direct: Upstream | None = None,
+        affinity: SharedAffinity | None = None,
         max_retries: int,
         queue_timeout: float,
         read_timeout: float,
@@ -177,6 +193,8 @@ class Dispatcher(Watcher):
         # worker token (`upstream` sends it to every worker).
         self.direct = direct or upstream
         self.accounting = accounting
+        # With several hubs: where the others placed prompts, and where this one does
+        self.affinity = affinity if scheduler.policy.uses_prompts else None
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
         # Until its first bytes, an answer may rightly be silent for long: a non-streamed one
@@ -193,7 +211,12 @@ class Dispatcher(Watcher):
         started = time.perf_counter()
         tried: list[str] = []
         failed: Failed | None = None
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        if self.affinity is not None and job.prompt is not None and not job.light:
+            hint = await self.affinity.recall(job.prompt)
+            if hint is not None:
+                self.scheduler.policy.hinted(*hint)
+        while attempt <= self.max_retries:
             last_error = failed.error if failed is not None else None
             remaining = job.deadline - loop.time()
             if remaining <= 0:
@@ -220,6 +243,8 @@ class Dispatcher(Watcher):
                     f"({self.scheduler.describe_capacity(want)}); try again later"
                 ) from None
             tried.append(lease.worker.id)
+            if self.affinity is not None and job.prompt is not None and not job.light:
+                self.affinity.note(lease.worker, job.prompt)  # before the reply can end
             if failed is not None:
                 self.accounting.retried(failed.reason)
             elif not job.light:
@@ -231,8 +256,12 @@ class Dispatcher(Watcher):
                 raise
             if isinstance(outcome, Answer):
                 return outcome
+            self._attempt_failed(lease, job, outcome)
+            if outcome.busy is not None:  # not the worker's fault: wait for a slot again
+                tried.pop()
+                continue
             failed = outcome
-            self._attempt_failed(lease, job, failed)
+            attempt += 1
         assert failed is not None
         raise failed.error
 
@@ -260,6 +289,8 @@ class Dispatcher(Watcher):
             seconds = time.perf_counter() - lease.taken_at
             outcome = Outcome(answer.prompt, lease.prediction, timings, reply, seconds)
             self.scheduler.policy.observe(worker, outcome)
+            if self.affinity is not None and answer.prompt is not None and reply is not None:
+                self.affinity.note(worker, answer.prompt.extended("assistant", reply))
         if failure is None:
             self.registry.job_completed(worker, succeeded=answer.status < 400)
         elif worker_failed or take_out:
@@ -334,10 +365,21 @@ class Dispatcher(Watcher):
             take_out = failed.error.message if failed.take_out else None
             self.registry.job_failed(worker, take_out=take_out, now=_now())
         lease.release()
+        if failed.busy is not None:
+            self.registry.busy(worker, failed.busy)
 
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _busy_slots(body: bytes) -> int:
+    """The slots a busy worker said were taken (0 if it did not say)."""
+    try:
+        taken = orjson.loads(body).get("in_flight")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return taken if isinstance(taken, int) and not isinstance(taken, bool) else 0
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from gollama._server import wait_until_idle
 from gollama._transport import Upstream
 from gollama.config import HubConfig
 from gollama.hub.accounting import Accounting
+from gollama.hub.affinity import SharedAffinity
 from gollama.hub.dashboard import History
 from gollama.hub.health import HealthMonitor
 from gollama.hub.metrics import hub_metrics
@@ -25,6 +26,9 @@ from gollama.hub.relay import CutShort
 from gollama.hub.requests import Caps
 from gollama.hub.retry import Dispatcher
 from gollama.hub.routing import make_policy
+from gollama.hub.shared import Shared
+from gollama.hub.shared_limits import SharedLimits
+from gollama.hub.shared_responses import SharedResponses
 from gollama.hub.stored_responses import ResponseStore
 
 log = logging.getLogger(__name__)
@@ -48,13 +52,19 @@ class Hub:
     model_names: ModelNames
     responses: ResponseStore
     started_at: float
+    shared: Shared | None  # the Redis several hubs share, if any
+    shared_responses: SharedResponses | None  # `responses`, written to and read from it
     _tasks: list[asyncio.Task[None]]
     # Every response being sent (relay.JobResponse), for cutting them short at shutdown.
     open_responses: set[CutShort] = field(default_factory=set)
 
     @classmethod
-    async def start(cls, config: HubConfig) -> Hub:
-        registry = Registry(config.heartbeat_interval)
+    async def start(
+        cls, config: HubConfig, shared: Shared | None = None, limits: SharedLimits | None = None
+    ) -> Hub:
+        """The hub's parts, running; with `shared`, it announces itself in Redis and renews
+        the leases of `limits`."""
+        registry = Registry(config.heartbeat_interval, shared_slots=shared is not None)
         scheduler = Scheduler(
             registry,
             make_policy(config.policy),
@@ -75,14 +85,16 @@ class Hub:
             read_timeout=config.read_timeout,
             keepalive_timeout=LLAMA_KEEPALIVE,
         )
-        prometheus = hub_metrics(registry, scheduler, config.queue_size)
+        prometheus = hub_metrics(registry, scheduler, config.queue_size, shared)
         accounting = Accounting(registry, prometheus)
+        affinity = SharedAffinity(shared, registry) if shared is not None else None
         dispatcher = Dispatcher(
             registry,
             scheduler,
             upstream,
             accounting,
             direct=direct,
+            affinity=affinity,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,
@@ -90,8 +102,22 @@ class Hub:
         health = HealthMonitor(registry, upstream)
         history = History(accounting, scheduler)
         model_names = ModelNames.parse(config.model_aliases, config.default_model)
-        responses = ResponseStore(ttl=config.responses_ttl, max_bytes=config.responses_max_bytes)
+        shared_responses = None
+        if shared is not None:
+            shared_responses = SharedResponses(
+                shared, ttl=config.responses_ttl, max_bytes=config.responses_max_bytes
+            )
+            responses = shared_responses.store
+        else:
+            responses = ResponseStore(
+                ttl=config.responses_ttl, max_bytes=config.responses_max_bytes
+            )
         tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
+        if shared is not None:
+            await shared.announce()  # workers registering now already hear of the others
+            tasks.append(asyncio.create_task(shared.run()))
+        if limits is not None:
+            tasks.append(asyncio.create_task(limits.run()))
         loop = asyncio.get_running_loop()
         say("hub", hub_posture(config))
         log.info(
@@ -112,6 +138,8 @@ class Hub:
             model_names,
             responses,
             loop.time(),
+            shared,
+            shared_responses,
             tasks,
         )
 
@@ -136,6 +164,8 @@ class Hub:
                 await task
         await self.upstream.close()
         await self.direct.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     @functools.cached_property
     def body_limits(self) -> BodyLimits:

@@ -31,16 +31,32 @@ class _Link:
     expires: float
 
 
+# Hears of each response kept: (owner, response_id, previous, added, output).
+OnPut = Callable[[str, str, str | None, list[Any], list[Any]], None]
+
+
 class ResponseStore:
-    def __init__(self, *, ttl: float, max_bytes: int, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_bytes: int,
+        clock: Clock = time.monotonic,
+        on_put: OnPut | None = None,
+    ) -> None:
+        """`on_put` hears of each response kept (several hubs share them through Redis)."""
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self.on_put = on_put
         self._clock = clock
         self._links: OrderedDict[str, _Link] = OrderedDict()  # least recently used first
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._links)
+
+    def __contains__(self, response_id: object) -> bool:
+        return response_id in self._links
 
     def put(
         self,
@@ -59,6 +75,8 @@ class ResponseStore:
         self._links[response_id] = _Link(owner, previous, added, output, size, now + self.ttl)
         self.bytes += size
         self._evict(now)
+        if self.on_put is not None:
+            self.on_put(owner, response_id, previous, added, output)
 
     def conversation(self, owner: str, response_id: str) -> list[Any] | None:
         """Every item of the conversation up to and including `response_id`'s output, oldest

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from gollama._processes import die_with_parent, free_port
 
 HOST = "127.0.0.1"
 GOLLAMA = (sys.executable, "-m", "gollama")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @dataclass
@@ -43,6 +45,10 @@ class Proc:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -142,8 +148,18 @@ class LocalCluster:
             command += ["--llama-port", str(llama.port)]
         return self.spawn(name, command, port, host)
 
+    def redis(self, name: str = "redis", port: int | None = None) -> Proc:
+        """A redis-server (Debian's, which `./run` installs) without persistence, for hubs
+        started with `--redis` `Proc.redis_url`."""
+        port = port or free_port()
+        command = [REDIS_SERVER, "--bind", HOST, "--port", str(port), "--save", ""]
+        command += ["--appendonly", "no", "--protected-mode", "yes"]
+        return self.spawn(name, command, port)
+
     def replace(self, proc: Proc) -> Proc:
-        """The same command started again on the same port, once `proc` has exited."""
+        """The same command started again on the same port, once `proc` has exited (waited
+        for here, at most 10 s)."""
+        proc.popen.wait(10)
         self.started.remove(proc)
         return self.spawn(proc.name, proc.command, proc.port, proc.host)
 

@@ -110,7 +110,8 @@ async def health(request: Request) -> Response:
         "models": list(status.models),
         "slots": status.slots,
         "in_flight": node.in_flight,
-        "hub": {"url": node.config.hub_url, "id": node.link.worker_id},
+        "hub": {"url": node.config.hub_url, "id": node.hubs.worker_id},
+        "hubs": node.hubs.describe(),
     }
     if not healthy:
         body["reason"] = status.reason
@@ -126,7 +127,7 @@ async def connect(request: Request) -> Response:
     """Register with the hub now (the original's /connect)."""
     node: WorkerNode = request.state.node
     try:
-        worker_id = await node.link.register()
+        worker_id = await node.hubs.register()
     except HubUnavailable as exc:
         raise NoWorkerAvailable(f"cannot register with the hub: {exc}") from exc
     return json_response({"id": worker_id, "hub": node.config.hub_url})

@@ -5,6 +5,10 @@ to the one llama-server this worker fronts: the worker is not an open proxy. Adm
 llama.cpp endpoints (slot save/restore, model loading, LoRA, props changes) are not reachable
 through it.
 
+A worker serving several hubs owns its llama-server's slots: a request that needs one while
+all are taken is refused at once (503 `worker_busy`, with the count in flight and the slots),
+never queued inside llama-server, and the hub that sent it tries another worker or waits.
+
 Streams (text/event-stream) are relayed chunk by chunk, unchanged; if llama-server breaks off
 mid-stream the worker ends the stream with an error event in the shape of the stream's API.
 Other answers are read whole and sent with their length, so a cut answer becomes a clear 502
@@ -21,7 +25,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gollama._apis import LLAMA_ENDPOINTS, dialect_of
+from gollama._apis import LIGHT_ENDPOINTS, LLAMA_ENDPOINTS, dialect_of
 from gollama._asgi import send_closing, until_disconnect
 from gollama._sse import SSE_HEADERS, StreamTail
 from gollama._transport import Reply, Upstream
@@ -30,6 +34,7 @@ from gollama.errors import (
     LLAMA_BROKE_OFF,
     LLAMA_TIMEOUT,
     LLAMA_UNREACHABLE,
+    WORKER_BUSY,
     ClientDisconnected,
     UpstreamError,
 )
@@ -51,14 +56,22 @@ class Forwarder:
         *,
         unreachable: Callable[[str], None],
         forwarded: Callable[[str, int, float], None],
+        slot_limit: Callable[[], int | None] = lambda: None,
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         """`unreachable(reason)` hears when llama-server could not be reached; `forwarded(
-        endpoint, status, seconds)` of every request done."""
+        endpoint, status, seconds)` of every request done; `slot_limit()` says how many
+        requests needing a slot may be in flight (None: as many as come); `changed()` hears
+        of every request that starts or ends."""
         self.upstream = upstream
         self.llama = llama
         self.unreachable = unreachable
         self.forwarded = forwarded
+        self.slot_limit = slot_limit
+        self.changed = changed
         self.in_flight = 0
+        self.in_slots = 0  # of them, requests that need a slot
+        self.refused_busy = 0
 
 
 class ForwardResponse(Response):
@@ -88,13 +101,30 @@ class ForwardResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarder = self.forwarder
+        slot = self.endpoint not in LIGHT_ENDPOINTS
+        limit = forwarder.slot_limit()
+        if slot and limit is not None and forwarder.in_slots >= limit:
+            forwarder.refused_busy += 1
+            await self._send_error(
+                send,
+                f"this worker's {limit} slots are all busy",
+                503,
+                WORKER_BUSY,
+                {"in_flight": forwarder.in_slots, "slots": limit},
+            )
+            forwarder.forwarded(self.endpoint, 503, time.perf_counter() - self.received)
+            return
         forwarder.in_flight += 1
+        forwarder.in_slots += slot
+        forwarder.changed()
         try:
             await until_disconnect(receive, self._run(send))
         except ClientDisconnected:
             log.info("the client went away; request to llama-server cancelled")
         finally:
             forwarder.in_flight -= 1
+            forwarder.in_slots -= slot
+            forwarder.changed()
             seconds = time.perf_counter() - self.received
             forwarder.forwarded(self.endpoint, self.status, seconds)
             log.info("%s %d in %.1f ms", self.endpoint, self.status, seconds * 1000)
@@ -156,11 +186,12 @@ class ForwardResponse(Response):
             closing = tail.closing_event(event)
         await send_closing(send, closing)
 
-    async def _send_error(self, send: Send, message: str, status: int, code: str) -> None:
+    async def _send_error(
+        self, send: Send, message: str, status: int, code: str, extra: dict[str, int] | None = None
+    ) -> None:
         log.warning("%s", message)
-        body = orjson.dumps(
-            self.dialect.error_body(message, "upstream_error", status=status, code=code)
-        )
+        error = self.dialect.error_body(message, "upstream_error", status=status, code=code)
+        body = orjson.dumps({**error, **(extra or {})})
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -1,10 +1,16 @@
-"""The worker's link to the hub: register, send heartbeats, register again when forgotten.
+"""The worker's links to the hubs: register, send heartbeats, register again when forgotten.
 
 The worker registers once its llama-server is healthy (the hub needs its models and slots),
 then sends a heartbeat every interval the hub asked for, and at once whenever its health
 changes. A hub that answers a heartbeat with 404 has forgotten the worker (it restarted): the
 worker registers again. An unreachable hub is retried with backoff, forever; the worker keeps
 serving whatever reaches it meanwhile.
+
+Several hubs (sharing Redis) name every hub alive in their answers (`hubs`): the worker then
+keeps one link to each (`HubLinks`). The hub it was given (`--hub`) may be one of them, or a
+load balancer in front of them (a Kubernetes Service): a given URL the hubs do not name is used
+only to find them, again whenever no hub can be reached. A hub no longer named and no longer
+answering is dropped.
 """
 
 from __future__ import annotations
@@ -12,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -39,14 +43,18 @@ class HubLink:
         describe: Callable[[], dict[str, Any] | None],
         *,
         token: str | None = None,
+        on_hubs: Callable[[list[str]], None] = lambda hubs: None,
     ) -> None:
         """`describe()` gives what to tell the hub (url, models, slots, healthy, in_flight),
-        or None while there is nothing to register yet; `token` is the worker join token."""
+        or None while there is nothing to register yet; `token` is the worker join token;
+        `on_hubs(urls)` hears of every hub alive when the hub names them."""
         self.upstream = upstream
         self.headers = bearer(token)
         self.hub_url = hub_url
         self.describe = describe
+        self.on_hubs = on_hubs
         self.worker_id: str | None = None
+        self.reachable = False  # the last exchange with the hub succeeded
         self.interval = 2.0
         self._wake = asyncio.Event()
 
@@ -63,6 +71,7 @@ class HubLink:
                     await self.sync()
                 delay, retry = self.interval, RETRY_FIRST
             except HubUnavailable as exc:
+                self.reachable = False
                 log.warning("hub at %s: %s; trying again in %.1f s", self.hub_url, exc, retry)
                 delay, retry = retry, min(retry * 2, RETRY_MAX)
             with contextlib.suppress(TimeoutError):
@@ -85,6 +94,7 @@ class HubLink:
                 f"registration answered {status}: {structured_message(body) or 'no error message'}"
             )
         self.worker_id = body["id"]
+        self._heard(body)
         interval = body.get("heartbeat_interval")
         if isinstance(interval, int | float) and interval > 0:
             self.interval = float(interval)
@@ -112,7 +122,14 @@ class HubLink:
             raise HubUnavailable(
                 f"heartbeat answered {status}: {structured_message(body) or 'no error message'}"
             )
+        self._heard(body)
         return True
+
+    def _heard(self, body: object) -> None:
+        self.reachable = True
+        hubs = body.get("hubs") if isinstance(body, dict) else None
+        if isinstance(hubs, list) and hubs and all(isinstance(url, str) for url in hubs):
+            self.on_hubs(hubs)
 
     async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, object]:
         try:
@@ -127,22 +144,109 @@ class HubLink:
             raise HubUnavailable(str(exc)) from exc
 
 
-def advertised_url(host: str, port: int, hub_url: str, *, tls: bool = False) -> str:
-    """This worker's URL as the hub can reach it: the address this machine uses towards the
-    hub when listening on all interfaces, else the listening address."""
-    scheme = "https" if tls else "http"
-    if host not in ("0.0.0.0", "::", ""):
-        return f"{scheme}://{_bracketed(host)}:{port}"
-    hub = urlsplit(hub_url)
-    family = socket.AF_INET6 if hub.hostname and ":" in hub.hostname else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((hub.hostname or "127.0.0.1", hub.port or 80))  # sends nothing
-            address = probe.getsockname()[0]
-        except OSError:
-            address = "127.0.0.1"
-    return f"{scheme}://{_bracketed(address)}:{port}"
+class HubLinks:
+    """One `HubLink` per hub: the given one (`seed`), and, with several hubs, each they name."""
 
+    def __init__(
+        self,
+        upstream: Upstream,
+        seed: str,
+        describe: Callable[[], dict[str, Any] | None],
+        *,
+        token: str | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.seed = seed
+        self.info = describe
+        self.token = token
+        self.links: dict[str, HubLink] = {}
+        self.named: tuple[str, ...] = ()  # the hubs alive, as the last answer named them
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dropping: set[asyncio.Task[None]] = set()
 
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+    @property
+    def several(self) -> bool:
+        """More than one hub sends this worker requests."""
+        return len(self.named) > 1
+
+    @property
+    def registered(self) -> bool:
+        return any(link.worker_id is not None for link in self.links.values())
+
+    async def run(self) -> None:
+        """Keep the links: to the seed until the hubs are known, and again whenever none of
+        them answers."""
+        self._add(self.seed)
+        while True:
+            await asyncio.sleep(RETRY_MAX)
+            if self.seed not in self.links and not any(
+                link.reachable for link in self.links.values()
+            ):
+                log.warning("no hub answers; asking %s for the hubs again", self.seed)
+                self._add(self.seed)
+
+    @property
+    def worker_id(self) -> str | None:
+        """This worker's id at the given hub (or at the first hub, once they are known)."""
+        ids = [link.worker_id for link in self.links.values() if link.worker_id is not None]
+        return ids[0] if ids else None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"url": url, "id": link.worker_id, "reachable": link.reachable}
+            for url, link in sorted(self.links.items())
+        ]
+
+    async def register(self) -> str:
+        """Register with every hub now; this worker's id at the first."""
+        ids = await asyncio.gather(*(link.register() for link in list(self.links.values())))
+        return ids[0]
+
+    def nudge(self) -> None:
+        for link in self.links.values():
+            link.nudge()
+
+    async def sync(self) -> None:
+        """One heartbeat to every hub now (e.g. to say the worker is draining)."""
+        await asyncio.gather(*(link.sync() for link in self.links.values()))
+
+    async def stop(self) -> None:
+        """Say goodbye to every hub and stop."""
+        await asyncio.gather(*(link.goodbye() for link in self.links.values()))
+        for url in list(self._tasks):
+            await self._drop(url)
+
+    def heard(self, hubs: list[str]) -> None:
+        """A hub named every hub alive: link to each; drop the seed if it is not one of them
+        (a load balancer), and hubs no longer named that stopped answering."""
+        named = tuple(sorted(set(hubs)))
+        if named != self.named:
+            log.info("hubs: %s", ", ".join(named))
+        self.named = named
+        for url in named:
+            if url not in self.links:
+                self._add(url)
+        for url, link in list(self.links.items()):
+            if url not in named and (url == self.seed or not link.reachable):
+                log.info(
+                    "dropping the link to %s: %s",
+                    url,
+                    "not a hub" if url == self.seed else "no longer a hub, not answering",
+                )
+                self.links.pop(url)
+                dropping = asyncio.create_task(self._drop(url))
+                self._dropping.add(dropping)
+                dropping.add_done_callback(self._dropping.discard)
+
+    def _add(self, url: str) -> None:
+        link = HubLink(self.upstream, url, self.info, token=self.token, on_hubs=self.heard)
+        self.links[url] = link
+        self._tasks[url] = asyncio.create_task(link.run())
+
+    async def _drop(self, url: str) -> None:
+        self.links.pop(url, None)
+        task = self._tasks.pop(url, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -16,11 +16,11 @@ from gollama._auth import bearer
 from gollama._llama_binary import find_llama_server
 from gollama._posture import say, worker_posture
 from gollama._server import wait_until_idle
-from gollama._transport import Upstream
+from gollama._transport import Upstream, advertised_url
 from gollama.config import WorkerConfig
 from gollama.errors import HubUnavailable
 from gollama.worker.forward import Forwarder
-from gollama.worker.hub_link import HubLink, advertised_url
+from gollama.worker.hub_link import HubLinks
 from gollama.worker.llama import LlamaServer, LlamaStatus
 from gollama.worker.managed import ManagedLlama
 from gollama.worker.metrics import NodeState, WorkerMetrics
@@ -60,7 +60,7 @@ class WorkerNode:
         self.url = config.advertise_url or advertised_url(
             config.host, config.port, config.hub_url, tls=config.tls_cert is not None
         )
-        self.link = HubLink(upstream, config.hub_url, self.describe, token=config.worker_token)
+        self.hubs = HubLinks(upstream, config.hub_url, self.describe, token=config.worker_token)
         self.draining = False
         self.metrics = WorkerMetrics(self.state)
         self.forwarder = Forwarder(
@@ -68,6 +68,8 @@ class WorkerNode:
             self.llama,
             unreachable=self.llama_unreachable,
             forwarded=self.metrics.forwarded,
+            slot_limit=self.slot_limit,
+            changed=self.in_flight_changed,
         )
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
         self._known: LlamaStatus | None = None  # models and slots, once seen healthy
@@ -90,7 +92,7 @@ class WorkerNode:
         if node.managed is not None:
             node._tasks.append(asyncio.create_task(node.managed.supervise(node.llama_unreachable)))
         node._tasks.append(asyncio.create_task(node._watch_llama()))
-        node._tasks.append(asyncio.create_task(node.link.run()))
+        node._tasks.append(asyncio.create_task(node.hubs.run()))
         say("worker", worker_posture(config))
         if not config.worker_token and not config.allow_open_access and not _local(config.hub_url):
             log.warning(
@@ -115,7 +117,7 @@ class WorkerNode:
                 pass
             except Exception:
                 log.exception("a background task of the worker had failed")
-        await self.link.goodbye()
+        await self.hubs.stop()
         if self.managed is not None:
             await self.managed.stop()
         await self.upstream.close()
@@ -126,7 +128,7 @@ class WorkerNode:
         log.info("draining: %d requests in flight", self.in_flight)
         try:
             async with asyncio.timeout(min(seconds, 5.0)):
-                await self.link.sync()
+                await self.hubs.sync()
         except (TimeoutError, HubUnavailable) as exc:
             log.warning("could not tell the hub this worker is draining: %s", exc)
         left = await wait_until_idle(lambda: self.in_flight, seconds)
@@ -145,9 +147,20 @@ class WorkerNode:
             in_flight=self.in_flight,
             llama_up=status.healthy,
             llama_slots=status.slots,
-            registered=self.link.worker_id is not None,
+            registered=self.hubs.registered,
             restarts=self.managed.restarts if self.managed is not None else None,
         )
+
+    def slot_limit(self) -> int | None:
+        """With several hubs, this worker admits at most its llama-server's slots (each hub
+        counts only its own requests); with one, the hub alone decides."""
+        known = self._known
+        return known.slots if self.hubs.several and known is not None else None
+
+    def in_flight_changed(self) -> None:
+        """With several hubs, each hears at once how many slots are taken."""
+        if self.hubs.several:
+            self.hubs.nudge()
 
     def describe(self) -> dict[str, Any] | None:
         """What the hub is told at registration and in every heartbeat."""
@@ -161,11 +174,12 @@ class WorkerNode:
             "slots": known.slots,
             "healthy": self.llama.status.healthy,
             "in_flight": self.in_flight,
+            "in_slots": self.forwarder.in_slots,
             "draining": self.draining,
         }
         if self.config.name:
             info["name"] = self.config.name
-        if self.direct:
+        if self.direct and not self.hubs.several:  # several hubs: this worker owns the slots
             info["direct"] = {"url": self.direct_url(), "key": self.llama_key}
         return info
 
@@ -187,14 +201,14 @@ class WorkerNode:
         if status.healthy:
             self._known = status
         if status.healthy != was_healthy:
-            self.link.nudge()
+            self.hubs.nudge()
         return status.healthy
 
     def llama_unreachable(self, reason: str) -> None:
         was_healthy = self.llama.status.healthy
         self.llama.lost(reason)
         if was_healthy:
-            self.link.nudge()
+            self.hubs.nudge()
 
     async def _watch_llama(self) -> None:
         while True:

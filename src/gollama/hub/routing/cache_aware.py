@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from gollama.hub.registry import Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
 from gollama.hub.routing.prefix_index import PrefixIndex, Speeds, busy_share
+from gollama.hub.routing.prompts import PromptKey
 
 SAMPLE = 16  # open workers looked at per decision, besides those holding the prompt
 NEAR_TIE = 2.0  # costs within this factor of the lowest (plus NEAR_TIE_S) count as tied
@@ -153,6 +154,9 @@ class CacheAware:
         if want.prompt is None:
             return None
         return self.index.place(worker, want.prompt)
+
+    def hinted(self, worker: Worker, prompt: PromptKey) -> None:
+        self.index.hinted(worker, prompt)
 
     def observe(self, worker: Worker, outcome: Outcome) -> None:
         self.overall.learn(outcome)

@@ -171,6 +171,10 @@ class Policy(Protocol):
         """The request placed on `worker` ended."""
         ...
 
+    def hinted(self, worker: Worker, prompt: PromptKey) -> None:
+        """Another hub placed `prompt` on `worker` (policies that use prompts only)."""
+        ...
+
     def forget(self, worker: Worker) -> None:
         """`worker` left the registry."""
         ...

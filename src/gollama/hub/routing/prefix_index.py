@@ -144,6 +144,13 @@ class PrefixIndex:
         self._hold(worker, cache, prompt.links)
         return prediction
 
+    def hinted(self, worker: Worker, prompt: PromptKey) -> None:
+        """Another hub placed `prompt` on `worker`: as far as this index knows, it holds it."""
+        cache = self.cache(worker)
+        if prompt.links and prompt.links[-1] not in cache.links:
+            cache.clock += prompt.chars
+            self._hold(worker, cache, prompt.links)
+
     def observe(self, worker: Worker, outcome: Outcome) -> None:
         """Learn from a finished request: speeds, the cache's real size, and the reply."""
         cache = self.caches.get(worker)

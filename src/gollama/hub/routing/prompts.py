@@ -11,11 +11,13 @@ Each link records how many characters of the prompt it covers. Turn n+1 of a con
 repeats the messages of turn n, then the reply and a new question: with the reply added to turn
 n's chain once it streamed (`PromptKey.extended`), turn n+1 matches the whole of turn n.
 
-Hashes are Python's `hash()` of strings: fast, and only compared within this process.
+Hashes are 64-bit BLAKE2b digests, the same in every process, so hubs can share where a
+prompt's links are held (`affinity`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +50,7 @@ def chat_key(
     """The key of a chat prompt (messages already checked to be objects with a string role),
     after a `system` prompt given apart (Anthropic's); `kind` keeps APIs whose prompts differ
     apart."""
-    links: list[int] = [hash((kind, model or ""))]
+    links: list[int] = [_head(kind, model)]
     ends: list[int] = [0]
     if system:
         _add_message(links, ends, "system", content_text(system))
@@ -75,7 +77,7 @@ def infill_key(model: str | None, extra: Sequence[Any], prefix: str) -> PromptKe
     """The key of an infill prompt: its extra context chunks (other files an editor sends),
     then the code before the cursor. An editor's successive completions share both; the code
     after the cursor comes later in llama.cpp's prompt and is left out."""
-    links: list[int] = [hash(("infill", model or ""))]
+    links: list[int] = [_head("infill", model)]
     ends: list[int] = [0]
     for chunk in extra:
         if isinstance(chunk, dict):
@@ -87,7 +89,7 @@ def infill_key(model: str | None, extra: Sequence[Any], prefix: str) -> PromptKe
 
 def text_key(model: str | None, prompt: Any) -> PromptKey:
     """The key of a raw completion prompt: a string, or anything else as its JSON text."""
-    links: list[int] = [hash(("text", model or ""))]
+    links: list[int] = [_head("text", model)]
     ends: list[int] = [0]
     _add_message(
         links, ends, "", prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
@@ -95,12 +97,22 @@ def text_key(model: str | None, prompt: Any) -> PromptKey:
     return PromptKey(tuple(links[1:]), tuple(ends[1:]))
 
 
+def _head(kind: str, model: str | None) -> int:
+    return _digest(f"{kind}\0{model or ''}".encode(errors="replace"))
+
+
+def _digest(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
 def _add_message(links: list[int], ends: list[int], role: str, content: str) -> None:
     previous, covered = (links[-1], ends[-1]) if links else (0, 0)
     blocks = range(0, len(content), BLOCK) if content else range(1)
     for start in blocks:
         block = content[start : start + BLOCK]
-        previous = hash((previous, role, block))
+        previous = _digest(
+            previous.to_bytes(8, "little") + f"{role}\0{block}".encode(errors="replace")
+        )
         covered += len(block)
         links.append(previous)
         ends.append(covered)

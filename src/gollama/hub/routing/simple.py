@@ -12,6 +12,7 @@ from typing import Any
 
 from gollama.hub.registry import Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice, Outcome, Prediction, Want
+from gollama.hub.routing.prompts import PromptKey
 
 
 class SimplePolicy:
@@ -27,6 +28,9 @@ class SimplePolicy:
         pass
 
     def forget(self, worker: Worker) -> None:
+        pass
+
+    def hinted(self, worker: Worker, prompt: PromptKey) -> None:
         pass
 
     def describe(self) -> dict[str, Any]:
