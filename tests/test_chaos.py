@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from gollama._processes import free_port
 from gollama.tools.chaos import FAULTS
 from gollama.tools.faultproxy import FaultProxy
 from tests.conftest import Cluster
@@ -28,6 +29,66 @@ def test_every_fault_kind_loses_nothing() -> None:
     assert verdict["hung"] == 0, verdict
     assert verdict["succeeded"] > 100
     assert done.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_hub_faults_across_two_hubs_lose_nothing() -> None:
+    """Two hubs sharing a redis-server behind a balancer: a hub killed (its clients' connections
+    close at once, counted as cut with it, never more than it held), a hub drained and
+    restarted, Redis restarted empty; every other request is answered."""
+    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "2", "--hubs", "2"]
+    command += ["--faults", "kill_hub,restart_redis,restart_hub,kill_worker", "--json"]
+    command += ["--duration", "24", "--interval", "2.5", "--fault-seconds", "1.5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=110, check=False)
+    verdict = json.loads(done.stdout)
+    faults = {"kill_hub", "restart_redis", "restart_hub", "kill_worker"}
+    assert set(verdict["faults"]) == faults, verdict["timeline"]
+    assert verdict["lost"] == 0, verdict
+    assert verdict["hung"] == 0, verdict
+    assert verdict["succeeded"] > 100
+    assert done.returncode == 0
+
+
+def test_hub_faults_need_several_hubs() -> None:
+    command = [sys.executable, "-m", "gollama", "chaos", "--faults", "kill_hub"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "need --hubs 2 or more" in done.stderr
+
+
+async def test_the_fault_proxy_balances_over_targets_that_accept() -> None:
+    """With several targets, connections go round them; one refusing is skipped."""
+
+    async def named(name: bytes) -> asyncio.Server:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(name)
+            await writer.drain()
+            writer.close()
+
+        return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+    first, second = await named(b"first"), await named(b"second")
+    closed_port = free_port()
+    proxy = FaultProxy(
+        "127.0.0.1",
+        first.sockets[0].getsockname()[1],
+        ("127.0.0.1", closed_port),
+        ("127.0.0.1", second.sockets[0].getsockname()[1]),
+    )
+    port = await proxy.start()
+    heard = []
+    for _ in range(6):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        heard.append(await reader.read())
+        writer.close()
+        await writer.wait_closed()
+    # every connection reached a live target, each of them; the closed one was skipped
+    assert set(heard) == {b"first", b"second"}
+    assert len(heard) == 6
+    await proxy.stop()
+    for server in (first, second):
+        server.close()
+        await server.wait_closed()
 
 
 async def test_the_fault_proxy_passes_delays_resets_and_swallows() -> None:

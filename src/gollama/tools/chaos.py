@@ -4,14 +4,19 @@ verdict on what clients saw.
 It starts a hub and `--workers` managed workers (each with its own llama-server, on a
 generated test model unless `--model` is given) on 127.0.0.1 (`cluster.LocalCluster`), with a
 fault-injecting TCP proxy
-between the hub and each worker. It drives streamed and non-streamed load with the loadtest
-engine, and every `--interval` seconds injects the next fault, in turn:
+between the hub and each worker. With `--hubs N` (2 or more) it starts N hubs sharing a
+redis-server, behind a round-robin TCP balancer (`FaultProxy` with several targets) that the
+load and the workers' `--hub` go through. It drives streamed and non-streamed load with the
+loadtest engine, and every `--interval` seconds injects the next fault, in turn:
 
     kill_worker     SIGKILL a worker (its llama-server dies with it; streams are cut mid-way)
     kill_llama      SIGKILL a worker's llama-server (the worker restarts it)
     freeze_worker   SIGSTOP a worker, SIGCONT it `--fault-seconds` later (a frozen machine)
     restart_worker  SIGTERM a worker (it drains) and start it again
-    restart_hub     SIGTERM the hub (it drains) and start it again; workers find it again
+    restart_hub     SIGTERM the hub (one of them) (it drains) and start it again; workers
+                    find it again
+    kill_hub        SIGKILL one of several hubs, start it again `--fault-seconds` later
+    restart_redis   SIGTERM the hubs' redis-server, start it again (empty) `--fault-seconds` later
     latency         the proxy delays every chunk to and from a worker
     reset           the proxy resets every connection to a worker
     blackhole       the proxy swallows all traffic to a worker
@@ -20,7 +25,10 @@ Every request must end with a terminal answer: a success or a clear error (an HT
 its reason, a stream ended by an error event, a connection refused while the hub restarts).
 Requests that got no terminal answer (a connection broken without an answer, a stream that
 stopped without `[DONE]` or an error event) are *lost*; requests that ran past the deadline
-are *hung*. The verdict fails on any lost or hung request.
+are *hung*. The verdict fails on any lost or hung request. A killed hub cannot answer the
+requests it held: their connections close at once (through the balancer), which counts as a
+clear failure ("cut with its hub") for as many requests, ending within `CUT_WINDOW` of the
+kill, as the balancer had connections open to that hub; any more are lost.
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ FAULTS = (
     "reset",
     "blackhole",
 )
+# Faults of several hubs (`--hubs` 2 or more)
+HUB_FAULTS = ("kill_hub", "restart_redis")
+CUT_WINDOW = 2.0  # seconds after a hub's SIGKILL in which its clients' connections close
 REQUEST_TIMEOUT = 30.0  # the hub's own deadline for every request
 HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
 LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
@@ -64,6 +75,7 @@ LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
 @dataclass(frozen=True)
 class ChaosConfig:
     workers: int = 3
+    hubs: int = 1
     duration: float = 60.0
     concurrency: int = 12
     interval: float = 5.0
@@ -121,22 +133,32 @@ class Node:
 
 
 class ChaosCluster:
-    """A hub and managed workers on 127.0.0.1, each worker behind its own fault proxy."""
+    """Hubs and managed workers on 127.0.0.1, each worker behind its own fault proxy; with
+    several hubs, a redis-server and a balancer in front of them."""
 
     def __init__(self, config: ChaosConfig, logs: Path) -> None:
         self.config = config
         self.logs = logs
         self.local = LocalCluster(logs)
-        self.hub_port, *ports = free_ports(config.workers + 1)
-        self.hub_url = f"http://{HOST}:{self.hub_port}"
-        self.hub: Proc | None = None
+        balancer_port, *ports = free_ports(1 + config.hubs + config.workers)
+        self.hub_ports, ports = ports[: config.hubs], ports[config.hubs :]
+        self.hubs: list[Proc | None] = [None] * config.hubs
+        self.redis: Proc | None = None
+        first, *others = ((HOST, port) for port in self.hub_ports)
+        self.balancer = FaultProxy(*first, *others) if others else None
+        front = balancer_port if self.balancer is not None else self.hub_ports[0]
+        self.hub_url = f"http://{HOST}:{front}"  # where the load and the workers go
         self.model = config.model or cached_test_model()[0]
         self.nodes = [
             Node(f"w{i + 1}", port, FaultProxy(HOST, port)) for i, port in enumerate(ports)
         ]
 
     async def start(self) -> None:
-        self.start_hub()
+        if self.balancer is not None:
+            self.redis = self.local.redis()
+            await self.balancer.start(HOST, int(self.hub_url.rsplit(":", 1)[1]))
+        for index in range(len(self.hubs)):
+            self.start_hub(index)
         for node in self.nodes:
             await node.proxy.start(HOST)
             self.start_worker(node)
@@ -145,11 +167,16 @@ class ChaosCluster:
         await self.local.stopped()
         for node in self.nodes:
             await node.proxy.stop()
+        if self.balancer is not None:
+            await self.balancer.stop()
 
-    def start_hub(self) -> None:
+    def start_hub(self, index: int) -> None:
         arguments = ["--request-timeout", str(REQUEST_TIMEOUT), "--heartbeat-interval", "1"]
         arguments += ["--read-timeout", "10", "--drain-timeout", "15"]
-        self.hub = self.local.hub(*arguments, port=self.hub_port)
+        if self.redis is not None:
+            arguments += ["--redis", self.redis.redis_url]
+        name = f"hub-{index + 1}" if len(self.hubs) > 1 else "hub"
+        self.hubs[index] = self.local.hub(*arguments, name=name, port=self.hub_ports[index])
 
     def start_worker(self, node: Node) -> None:
         arguments = [
@@ -162,8 +189,9 @@ class ChaosCluster:
     def restart(self, proc: Proc) -> Proc:
         """`proc` again, once it has exited."""
         again = self.local.replace(proc)
-        if proc is self.hub:
-            self.hub = again
+        self.hubs = [again if hub is proc else hub for hub in self.hubs]
+        if proc is self.redis:
+            self.redis = again
         for node in self.nodes:
             if node.proc is proc:
                 node.proc = again
@@ -192,6 +220,8 @@ class Chaos:
         self.health: list[tuple[float, int | None]] = []
         self.faults: dict[str, int] = {}
         self.started = 0.0
+        # each hub SIGKILL: when (perf_counter), and the client connections it held then
+        self.hub_kills: list[tuple[float, int]] = []
 
     def note(self, what: str) -> None:
         self.timeline.append(Event(time.perf_counter() - self.started, what))
@@ -281,11 +311,34 @@ class Chaos:
 
     async def _restart_hub(self, node: Node) -> None:
         cluster = self._local()
-        assert cluster.hub is not None
-        self.note("SIGTERM hub (drain)")
-        await cluster.hub.stopped(grace=20.0)
-        cluster.restart(cluster.hub)
-        self.note("hub started again")
+        hub = self.rng.choice([h for h in cluster.hubs if h is not None])
+        self.note(f"SIGTERM {hub.name} (drain)")
+        await hub.stopped(grace=20.0)
+        cluster.restart(hub)
+        self.note(f"{hub.name} started again")
+
+    async def _kill_hub(self, node: Node) -> None:
+        cluster = self._local()
+        assert cluster.balancer is not None, "kill_hub needs several hubs"
+        index = self.rng.randrange(len(cluster.hubs))
+        hub = cluster.hubs[index]
+        assert hub is not None
+        hub.kill()
+        held = cluster.balancer.open[index]
+        self.hub_kills.append((time.perf_counter(), held))
+        self.note(f"SIGKILL {hub.name} ({held} client connections open to it)")
+        await asyncio.sleep(self.config.fault_seconds)
+        cluster.restart(hub)
+        self.note(f"{hub.name} started again")
+
+    async def _restart_redis(self, node: Node) -> None:
+        cluster = self._local()
+        assert cluster.redis is not None, "restart_redis needs several hubs"
+        await cluster.redis.stopped()
+        self.note("redis-server stopped")
+        await asyncio.sleep(self.config.fault_seconds)
+        cluster.restart(cluster.redis)
+        self.note("redis-server started again (empty)")
 
     async def _latency(self, node: Node) -> None:
         await self._proxy_fault(node, "latency", 0.2)
@@ -355,6 +408,11 @@ class Chaos:
         lost = [r for r in results if r.failure is not None and r.failure.startswith(LOST)]
         hung = [r for r in results if r.failure == "timeout" or r.latency > self.config.deadline]
         clear: dict[str, int] = {}
+        for killed_at, held in self.hub_kills:
+            cut = [r for r in lost if killed_at <= r.ended <= killed_at + CUT_WINDOW][:held]
+            for r in cut:
+                lost.remove(r)
+                r.failure = "cut with its hub (SIGKILL)"
         for r in results:
             if r.failure is not None and r not in lost and r not in hung:
                 reason = r.failure.split(" (")[0]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from gollama._values import flag_type, positive_int, positive_seconds
 from gollama.errors import ToolError
-from gollama.tools.chaos import FAULTS, HUNG_AFTER, ChaosConfig, run_chaos
+from gollama.tools.chaos import FAULTS, HUB_FAULTS, HUNG_AFTER, ChaosConfig, run_chaos
 
 TARGET_DEADLINE = 610.0
 
@@ -21,6 +21,13 @@ TARGET_DEADLINE = 610.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     positive, seconds = flag_type(positive_int), flag_type(positive_seconds)
     parser.add_argument("--workers", type=positive, default=3, help="workers (default 3)")
+    parser.add_argument(
+        "--hubs",
+        type=positive,
+        default=1,
+        help="hubs (default 1); 2 or more share a redis-server behind a round-robin balancer, "
+        f"and the faults include {', '.join(HUB_FAULTS)}",
+    )
     parser.add_argument(
         "--duration", type=seconds, default=60.0, help="seconds of load (default 60)"
     )
@@ -39,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--faults",
-        default=",".join(FAULTS),
-        help=f"the faults to inject, in turn (default: all: {','.join(FAULTS)})",
+        default=None,
+        help=f"the faults to inject, in turn (default: all: {','.join(FAULTS)}, and with "
+        f"--hubs 2 or more {','.join(HUB_FAULTS)})",
     )
     parser.add_argument(
         "--max-tokens", type=positive, default=24, help="max_tokens per request (default 24)"
@@ -71,14 +79,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    unknown = sorted(set(faults) - set(FAULTS))
+    several = args.hubs > 1
+    if several and args.url is not None:
+        parser.error("--hubs: the local cluster's; with --url the hubs are yours")
+    known = FAULTS + HUB_FAULTS if several else FAULTS
+    given = args.faults if args.faults is not None else ",".join(known)
+    faults = tuple(f.strip() for f in given.split(",") if f.strip())
+    unknown = sorted(set(faults) - set(known))
     if unknown or not faults:
-        parser.error(f"--faults: unknown {', '.join(unknown) or '(none given)'}")
+        needs = " (these need --hubs 2 or more)" if set(unknown) & set(HUB_FAULTS) else ""
+        parser.error(f"--faults: unknown {', '.join(unknown) or '(none given)'}{needs}")
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model}: no such file")
     config = ChaosConfig(
         workers=args.workers,
+        hubs=args.hubs,
         duration=args.duration,
         concurrency=args.concurrency,
         interval=args.interval,
@@ -92,7 +107,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         deadline=args.deadline or (HUNG_AFTER if args.url is None else TARGET_DEADLINE),
     )
     console = Console(stderr=True)
-    where = args.url or f"{args.workers} local workers"
+    where = args.url or f"{args.workers} local workers" + (f", {args.hubs} hubs" if several else "")
     with console.status(f"chaos: {where}, {args.duration:g} s of load ..."):
         try:
             verdict = run_chaos(config)

@@ -1,4 +1,6 @@
-"""A TCP proxy that injects network faults between the hub and one worker, for `gollama chaos`.
+"""A TCP proxy that injects network faults between the hub and one worker, for `gollama chaos`;
+with several targets, also the load balancer in front of several hubs (each connection to the
+next target that accepts it, round robin, as a TCP balancer or a Kubernetes Service would).
 
 Modes, switched at any time:
 
@@ -21,8 +23,12 @@ CHUNK = 65536
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, target_host: str, target_port: int, *more: tuple[str, int]) -> None:
+        """Forwards to the target; with `more` targets, each connection goes to the next of
+        them that accepts it."""
+        self.targets = [(target_host, target_port), *more]
+        self.open = [0] * len(self.targets)  # client connections open to each target now
+        self._turn = 0
         self.mode: Mode = "pass"
         self.latency = 0.0
         self.port = 0
@@ -56,21 +62,37 @@ class FaultProxy:
             if self.mode == "blackhole":
                 await self._swallow(reader)
                 return
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
-            except OSError:
+            connected = await self._connect()
+            if connected is None:
                 _reset(writer)
                 return
+            target, (up_reader, up_writer) = connected
             self._connections.add(up_writer)
+            self.open[target] += 1
             try:
                 await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
             finally:
+                self.open[target] -= 1
                 self._connections.discard(up_writer)
                 _reset(up_writer)
         finally:
             self._connections.discard(writer)
             with contextlib.suppress(OSError):
                 writer.close()
+
+    async def _connect(
+        self,
+    ) -> tuple[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None:
+        """A connection to the next target that accepts one, and which it is."""
+        first = self._turn  # taken before connecting: connections arriving at once spread
+        self._turn += 1
+        for step in range(len(self.targets)):
+            target = (first + step) % len(self.targets)
+            try:
+                return target, await asyncio.open_connection(*self.targets[target])
+            except OSError:
+                continue
+        return None
 
     async def _swallow(self, reader: asyncio.StreamReader) -> None:
         """Read and drop everything until the client gives up (or the mode changes to reset)."""
