@@ -347,3 +347,43 @@ def test_noise_in_measured_speeds_does_not_pile_cold_requests_on_one_worker() ->
         choose(policy, chat(conversation(DOC + str(n), "q")), [a, b]).worker for n in range(6)
     ]
     assert chosen == [a] * 6
+
+
+def test_a_placement_the_worker_refused_is_forgotten_and_what_it_held_is_kept() -> None:
+    """With several hubs, a worker busy with another hub's requests refuses one before
+    starting it: the index does not count that prompt's new part as held there."""
+    pool = workers(2)
+    policy = CacheAware()
+    first = chat(conversation(DOC, "q1"))
+    serve(policy, first, pool[0], reply="answer 1")
+    second = chat(conversation(DOC, "q1", "q2"))
+    assert second.prompt is not None
+    prediction = policy.placed(second, pool[0])
+    assert prediction is not None
+    policy.refused(pool[0], second.prompt, prediction)
+    held = policy.index.matches(second.prompt)
+    assert 0 < held[pool[0]] == prediction.cached_chars < second.prompt.chars
+
+
+def test_another_hubs_requests_on_the_holder_count_as_half_done() -> None:
+    """The holder's slot is held by another hub's request (its prediction unknown here): the
+    wait is half this request's slot time, so the conversation waits for its holder."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=2.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=2.0)
+    pool[0].elsewhere = 1
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert choice.worker is pool[0] and choice.wait
+    assert 0 < choice.expected_wait == pytest.approx(choice.work / 2)
+
+
+def test_a_hint_from_another_hub_draws_the_conversation_to_its_holder() -> None:
+    pool = workers(3)
+    policy = CacheAware(rng=random.Random(3))
+    second = chat(conversation(DOC, "q1", "q2"))
+    assert second.prompt is not None
+    held = PromptKey(second.prompt.links[:-1], second.prompt.ends[:-1])
+    policy.hinted(pool[2], held)
+    for _ in range(10):
+        assert choose(policy, second, pool).worker is pool[2]

@@ -366,6 +366,8 @@ class Dispatcher(Watcher):
             self.registry.job_failed(worker, take_out=take_out, now=_now())
         lease.release()
         if failed.busy is not None:
+            if job.prompt is not None and lease.prediction is not None:
+                self.scheduler.policy.refused(worker, job.prompt, lease.prediction)
             self.registry.busy(worker, failed.busy)
 
 

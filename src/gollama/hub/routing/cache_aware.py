@@ -5,8 +5,9 @@ token) of serving the request there is
 
     wait     when its first slot frees: each request on it has its predicted slot time left
              (what the policy predicted when it placed it, minus how long it has run; one that
-             overran, a quarter of its overrun more), and the requests already waiting for it
-             take the slots as they free, in order
+             overran, a quarter of its overrun more; one of another hub's, half of this
+             request's), and the requests already waiting for it take the slots as they free,
+             in order
     prefill  prompt tokens the worker does not hold / its measured prompt speed, slowed by the
              share of its slots already busy (they share its compute), and weighted by
              1 + requests waiting per slot in the hub's queue: when requests queue, compute
@@ -145,7 +146,8 @@ class CacheAware:
         chosen = min(
             (e for e in estimates if e.cost <= tied and e.wait == 0 and e.open),
             key=lambda e: (
-                (e.worker.in_flight + len(backlog.ahead.get(e.worker, ()))) / e.worker.slots
+                (e.worker.in_flight + e.worker.elsewhere + len(backlog.ahead.get(e.worker, ())))
+                / e.worker.slots
             ),
         )
         return Choice(chosen.worker, work=chosen.work)
@@ -157,6 +159,9 @@ class CacheAware:
 
     def hinted(self, worker: Worker, prompt: PromptKey) -> None:
         self.index.hinted(worker, prompt)
+
+    def refused(self, worker: Worker, prompt: PromptKey, prediction: Prediction) -> None:
+        self.index.refused(worker, prompt, prediction)
 
     def observe(self, worker: Worker, outcome: Outcome) -> None:
         self.overall.learn(outcome)
@@ -207,8 +212,8 @@ class CacheAware:
         reply = want.max_tokens if want.max_tokens is not None else replies
         work = prefill + reply / decode_tps
         ahead = backlog.ahead.get(worker, ())
-        busy = worker.in_flight + len(ahead)
-        wait = _first_free_slot(worker, backlog, ahead) if busy >= worker.slots else 0.0
+        busy = worker.in_flight + worker.elsewhere + len(ahead)
+        wait = _first_free_slot(worker, backlog, ahead, work) if busy >= worker.slots else 0.0
         share_busy = busy_share(worker, busy)
         weighted = prefill * (1 + share_busy) * (1 + backlog.crowd)
         moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
@@ -227,10 +232,14 @@ class CacheAware:
         )
 
 
-def _first_free_slot(worker: Worker, backlog: Backlog, ahead: Collection[float]) -> float:
-    """Seconds until a slot of `worker` frees for one more request, after those `ahead`."""
+def _first_free_slot(
+    worker: Worker, backlog: Backlog, ahead: Collection[float], typical: float
+) -> float:
+    """Seconds until a slot of `worker` frees for one more request, after those `ahead`.
+    Requests other hubs have on it (`Worker.elsewhere`), whose predictions this hub does not
+    know, count as half way through a `typical` slot time."""
     now = backlog.now
-    frees = []
+    frees = [typical / 2] * worker.elsewhere
     for running in backlog.running.get(worker, ()):
         left = running.work - (now - running.started)
         frees.append(left if left >= 0 else -OVERRUN * left)

@@ -175,6 +175,11 @@ class Policy(Protocol):
         """Another hub placed `prompt` on `worker` (policies that use prompts only)."""
         ...
 
+    def refused(self, worker: Worker, prompt: PromptKey, prediction: Prediction) -> None:
+        """`worker` refused the request placed on it before starting it (busy with another
+        hub's requests): what `placed` assumed it would hold, it does not."""
+        ...
+
     def forget(self, worker: Worker) -> None:
         """`worker` left the registry."""
         ...

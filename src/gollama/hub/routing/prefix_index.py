@@ -151,6 +151,19 @@ class PrefixIndex:
             cache.clock += prompt.chars
             self._hold(worker, cache, prompt.links)
 
+    def refused(self, worker: Worker, prompt: PromptKey, prediction: Prediction) -> None:
+        """`place` assumed `worker` would hold `prompt`; it refused it before starting: the
+        links beyond what it held before are not its."""
+        cache = self.caches.get(worker)
+        if cache is None:
+            return
+        beyond = [
+            link
+            for link, end in zip(prompt.links, prompt.ends, strict=True)
+            if end > prediction.cached_chars and cache.links.get(link, -1) >= prediction.clock
+        ]
+        self._drop(worker, beyond)
+
     def observe(self, worker: Worker, outcome: Outcome) -> None:
         """Learn from a finished request: speeds, the cache's real size, and the reply."""
         cache = self.caches.get(worker)

@@ -33,6 +33,9 @@ class SimplePolicy:
     def hinted(self, worker: Worker, prompt: PromptKey) -> None:
         pass
 
+    def refused(self, worker: Worker, prompt: PromptKey, prediction: Prediction) -> None:
+        pass
+
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name}
 
