@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -206,9 +206,13 @@ async def chat(
 
 
 async def converse(
-    session: aiohttp.ClientSession, url: str, conversation: Conversation, max_tokens: int
+    session: aiohttp.ClientSession,
+    url: str | Iterator[str],
+    conversation: Conversation,
+    max_tokens: int,
 ) -> list[Turn]:
-    """The turns of one conversation, one after the other; it stops at its first failure."""
+    """The turns of one conversation, one after the other, each to `url` (or to the next of
+    them); it stops at its first failure."""
     messages = [{"role": "system", "content": conversation.document}]
     turns = []
     for number, (question, pause) in enumerate(
@@ -217,7 +221,8 @@ async def converse(
         await asyncio.sleep(pause)
         messages.append({"role": "user", "content": question})
         try:
-            text, turn = await chat(session, url, messages, max_tokens)
+            target = url if isinstance(url, str) else next(url)
+            text, turn = await chat(session, target, messages, max_tokens)
         except (Failed, aiohttp.ClientError, TimeoutError) as exc:
             turns.append(Turn(number, error=str(exc) or type(exc).__name__))
             break

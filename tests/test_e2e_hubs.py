@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,29 @@ def serves(hub: Proc, worker: str) -> bool:
 
 async def chat(client: httpx.AsyncClient, hub: Proc, body: dict[str, Any]) -> httpx.Response:
     return await client.post(hub.url + "/v1/chat/completions", json=body, timeout=60)
+
+
+@dataclass
+class Hubs:
+    redis: Proc
+    hubs: list[Proc]
+    llama: Proc
+    worker: Proc
+
+
+def hubs_and_a_worker(
+    procs: Processes, model: Path, count: int, *hub_args: str, llama_args: Sequence[str] = ()
+) -> Hubs:
+    """A redis-server, `count` hubs sharing it, one llama-server and its worker `w1`, which
+    registered with the first hub and serves them all."""
+    redis = procs.redis()
+    hubs = [
+        procs.hub("--redis", redis.redis_url, *hub_args, name=f"hub-{n + 1}") for n in range(count)
+    ]
+    llama = procs.llama("llama", model, *(llama_args or ("-np", "2")))
+    worker = procs.worker("w1", hubs[0], llama=llama)
+    wait_until(lambda: all(serves(hub, "w1") for hub in hubs), "w1 on every hub", worker)
+    return Hubs(redis, hubs, llama, worker)
 
 
 async def test_workers_serve_every_hub_and_find_new_ones(
@@ -92,11 +117,8 @@ async def test_two_hubs_never_queue_requests_inside_llama_server(
 ) -> None:
     """Each hub counts only its own requests; the worker admits at most its slots and tells a
     hub that sends more that it is busy. llama-server's own queue stays empty."""
-    redis = procs.redis()
-    hubs = [procs.hub("--redis", redis.redis_url, name=f"hub-{n}") for n in "ab"]
-    llama = procs.llama("llama", models["slow"], "-np", "2", "--metrics")
-    worker = procs.worker("w1", hubs[0], llama=llama)
-    wait_until(lambda: all(serves(hub, "w1") for hub in hubs), "w1 on both hubs", worker)
+    started = hubs_and_a_worker(procs, models["slow"], 2, llama_args=("-np", "2", "--metrics"))
+    hubs, llama = started.hubs, started.llama
     seen = {"deferred": 0.0, "processing": 0.0}
     done = asyncio.Event()
 
@@ -129,14 +151,8 @@ async def test_key_limits_are_exact_across_three_hubs(
         "sk-test-few-at-once-0123456789 name=few concurrent=3\n"
         "sk-test-per-minute-0123456789 name=minute rpm=10\n"
     )
-    redis = procs.redis()
-    hubs = [
-        procs.hub("--redis", redis.redis_url, "--api-keys-file", str(keys), name=f"hub-{n}")
-        for n in "abc"
-    ]
-    llama = procs.llama("llama", models["slow"], "-np", "1")
-    worker = procs.worker("w1", hubs[0], llama=llama)
-    wait_until(lambda: all(serves(hub, "w1") for hub in hubs), "w1 on all hubs", worker)
+    keyed = ("--api-keys-file", str(keys))
+    hubs = hubs_and_a_worker(procs, models["slow"], 3, *keyed, llama_args=("-np", "1")).hubs
 
     async with httpx.AsyncClient(timeout=120) as client:
         minute = {"Authorization": "Bearer sk-test-per-minute-0123456789"}
@@ -214,14 +230,8 @@ async def test_hubs_keep_serving_while_redis_is_down(
 ) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-test-limited-0123456789 name=limited concurrent=50 rpm=10000\n")
-    redis = procs.redis()
-    hubs = [
-        procs.hub("--redis", redis.redis_url, "--api-keys-file", str(keys), name=f"hub-{n}")
-        for n in "ab"
-    ]
-    llama = procs.llama("llama", models["tiny"], "-np", "2")
-    worker = procs.worker("w1", hubs[0], llama=llama)
-    wait_until(lambda: serves(hubs[1], "w1"), "w1 on hub-b", worker)
+    started = hubs_and_a_worker(procs, models["tiny"], 2, "--api-keys-file", str(keys))
+    redis, hubs = started.redis, started.hubs
     key = {"Authorization": "Bearer sk-test-limited-0123456789"}
 
     async def load(client: httpx.AsyncClient) -> list[int]:
