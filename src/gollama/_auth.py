@@ -84,21 +84,26 @@ class ApiKey:
     def admit(self, now: float) -> None:
         """Count one more request of this key, or raise `RateLimited` with when to retry."""
         if self.concurrent and self.in_flight >= self.concurrent:
-            raise RateLimited(
-                f"key {self.name!r} has {self.concurrent} requests in flight, its limit",
-                retry_after=1,
-            )
+            raise self.too_many_at_once()
         if self.per_minute:
             self._refill(now)
             if self._tokens < 1:
-                wait = (1 - self._tokens) * 60 / self.per_minute
-                raise RateLimited(
-                    f"key {self.name!r} made {self.per_minute} requests in the last minute, "
-                    "its limit",
-                    retry_after=max(1, math.ceil(wait)),
-                )
+                raise self.too_many_this_minute((1 - self._tokens) * 60 / self.per_minute)
             self._tokens -= 1
         self.in_flight += 1
+
+    def too_many_at_once(self) -> RateLimited:
+        return RateLimited(
+            f"key {self.name!r} has {self.concurrent} requests in flight, its limit",
+            retry_after=1,
+        )
+
+    def too_many_this_minute(self, wait: float) -> RateLimited:
+        """`wait`: seconds until the key may send again."""
+        return RateLimited(
+            f"key {self.name!r} made {self.per_minute} requests in the last minute, its limit",
+            retry_after=max(1, math.ceil(wait)),
+        )
 
     def done(self) -> None:
         self.in_flight -= 1

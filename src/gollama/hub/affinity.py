@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from redis.exceptions import RedisError
 
 from gollama.hub.registry import Registry, Worker
 from gollama.hub.routing.prompts import PromptKey
 from gollama.hub.shared import PREFIX, Shared
-
-log = logging.getLogger(__name__)
 
 TTL = 600  # seconds a hint lives (llama-server keeps a slot's prompt until the slot is reused)
 NOTED = 16  # links noted from each end of a prompt
@@ -46,7 +43,6 @@ class SharedAffinity:
         self._pending: dict[int, str] = {}  # link -> worker URL, to write
         self._by_url: dict[str, Worker] = {}
         self._seen_changes = -1
-        self.recalled = 0  # prompts routed by another hub's hint
         self._writing: asyncio.Task[None] | None = None
 
     async def recall(self, prompt: PromptKey) -> tuple[Worker, PromptKey] | None:
@@ -65,7 +61,6 @@ class SharedAffinity:
         for n, url in reversed(list(zip(_noted_depths(len(prompt.links)), urls, strict=True))):
             worker = self._worker_at(url) if isinstance(url, str) else None
             if worker is not None:
-                self.recalled += 1
                 return worker, PromptKey(prompt.links[:n], prompt.ends[:n])
         return None
 

@@ -54,6 +54,7 @@ class Shared:
         self.errors = 0  # exchanges that failed
         self.reached = False  # Redis answered at least once
         self._down_since: float | None = None
+        self._later: set[asyncio.Task[object]] = set()  # see `later`
 
     @classmethod
     def from_config(cls, config: HubConfig) -> Shared:
@@ -113,6 +114,13 @@ class Shared:
             return None
         self.succeeded()
         return reply
+
+    def later(self, exchange: Awaitable[object]) -> None:
+        """Send `exchange` to Redis without waiting for it (a failure is counted as by
+        `call`)."""
+        task = asyncio.create_task(self.call(exchange))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def failed(self, exc: BaseException) -> None:
         self.errors += 1

@@ -19,16 +19,13 @@ Redis is down would turn a cache outage into a full one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import math
 import time
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from gollama._auth import ApiKey
-from gollama.errors import RateLimited
 from gollama.hub.shared import PREFIX, TIMEOUT, Shared
 
 LEASE_SECONDS = 15.0  # a request's place in its key's count lives this long unless renewed
@@ -97,7 +94,6 @@ class SharedLimits:
         self._renew = shared.redis.register_script(RENEW)
         self._numbers = itertools.count()
         self._in_flight: dict[str, str] = {}  # member -> its flight set, for renewals
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, key: ApiKey) -> object:
         if not key.concurrent and not key.per_minute:
@@ -117,15 +113,9 @@ class SharedLimits:
             return Ticket(member, local=True)
         self.shared.succeeded()
         if reply[0] == 1:
-            raise RateLimited(
-                f"key {key.name!r} has {key.concurrent} requests in flight, its limit",
-                retry_after=1,
-            )
+            raise key.too_many_at_once()
         if reply[0] == 2:
-            raise RateLimited(
-                f"key {key.name!r} made {key.per_minute} requests in the last minute, its limit",
-                retry_after=max(1, math.ceil(float(reply[1]))),
-            )
+            raise key.too_many_this_minute(float(reply[1]))
         if not key.concurrent:
             return Ticket(member)
         self._in_flight[member] = flight
@@ -138,9 +128,8 @@ class SharedLimits:
             key.done()
         elif ticket.flight is not None:
             self._in_flight.pop(ticket.member, None)
-            task = asyncio.create_task(self._forget(ticket.flight, ticket.member))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # if this fails, the lease ends by itself within LEASE_SECONDS
+            self.shared.later(self.shared.redis.zrem(ticket.flight, ticket.member))
 
     async def run(self) -> None:
         """Renew the leases of this hub's requests in flight, every `RENEW_EVERY` seconds."""
@@ -154,9 +143,3 @@ class SharedLimits:
                         args=[LEASE_SECONDS, *(member for member, _ in members)],
                     )
                 )
-
-    async def _forget(self, flight: str, member: str) -> None:
-        # if this fails, the lease ends by itself within LEASE_SECONDS
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(TIMEOUT):
-                await self.shared.call(self.shared.redis.zrem(flight, member))

@@ -35,7 +35,6 @@ class SharedResponses:
         self.ttl = max(1, round(ttl))
         self.store = ResponseStore(ttl=ttl, max_bytes=max_bytes, on_put=self._write)
         self._fetching = False  # responses put while fetching came from Redis: not rewritten
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def fetch(self, owner: str, response_id: str) -> None:
         """Bring `response_id`'s chain into the local store, from Redis, if it is not here;
@@ -87,12 +86,7 @@ class SharedResponses:
         value = orjson.dumps(
             {"owner": owner, "previous": previous, "added": added, "output": output}
         )
-        task = asyncio.create_task(self._set(_key(response_id), value))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _set(self, key: str, value: bytes) -> None:
-        await self.shared.call(self.shared.redis.set(key, value, ex=self.ttl))
+        self.shared.later(self.shared.redis.set(_key(response_id), value, ex=self.ttl))
 
 
 def _key(response_id: str) -> str:
