@@ -160,7 +160,8 @@ def llama_completion(caps: Caps) -> Operation:
         {"prompt": {}},
         {**NAMED_MODEL, "stream": {"type": ["boolean", "null"]}, "n_predict": tokens_field(caps)},
     )
-    return inference("llama.cpp completion, streamed or not", body, streams=True)
+    answer = {"type": ["object", "array"]}  # several prompts: one result each, as a list
+    return inference("llama.cpp completion, streamed or not", body, streams=True, answer=answer)
 
 
 def infill(caps: Caps) -> Operation:
