@@ -7,12 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from gollama._apis import LLAMA_ENDPOINTS
 from gollama._guard import Access
+from gollama._tunnel import IDENTITY_HEADER
+from gollama._tunnel import PATH as TUNNEL_PATH
 from gollama.config import HubConfig
 from gollama.hub.app import ENDPOINTS, access, create_app, endpoint_at, openapi_document
 from gollama.hub.requests import Caps
@@ -36,7 +40,48 @@ def test_every_row_of_the_table_is_routed_once() -> None:
     routes = starlette_app.routes
     assert [r.path for r in routes] == paths
     for route, endpoint in zip(routes, ENDPOINTS, strict=True):
-        assert isinstance(route, Mount if endpoint.mount else Route)
+        kind = WebSocketRoute if endpoint.method == "WEBSOCKET" else Route
+        assert isinstance(route, Mount if endpoint.mount else kind)
+
+
+def test_a_tunnel_needs_the_worker_token_and_a_name(client: TestClient) -> None:
+    with TestClient(client.app) as stranger:
+        with pytest.raises(WebSocketDisconnect) as refused:  # noqa: SIM117
+            with stranger.websocket_connect(TUNNEL_PATH, headers={IDENTITY_HEADER: "w1"}):
+                pass
+        assert refused.value.code == 1008
+        assert "worker token" in refused.value.reason
+    with pytest.raises(WebSocketDisconnect) as unnamed:  # noqa: SIM117
+        with client.websocket_connect(TUNNEL_PATH, headers={IDENTITY_HEADER: "no spaces"}):
+            pass
+    assert unnamed.value.code == 1008
+    assert IDENTITY_HEADER in unnamed.value.reason
+
+
+def test_a_worker_registers_over_its_tunnel_at_the_tunnel_url(client: TestClient) -> None:
+    registration = {"url": "http://elsewhere:1", "models": ["m"], "slots": 2, "name": "w1"}
+    with client.websocket_connect(TUNNEL_PATH, headers={IDENTITY_HEADER: "w1"}) as tunnel:
+        tunnel.send_text(
+            orjson.dumps({"call": 1, "path": "/connectWorker", "body": registration}).decode()
+        )
+        answer = orjson.loads(tunnel.receive_text())
+        assert answer["reply"] == 1 and answer["status"] == 200
+        assert answer["body"]["id"] == "w1"
+        workers = client.get("/stats").json()["workers"]
+        assert [(w["url"], w["connection"]) for w in workers] == [("tunnel://w1", "dial-out")]
+        tunnel.send_text(orjson.dumps({"call": 2, "path": "/nowhere", "body": {}}).decode())
+        refused = orjson.loads(tunnel.receive_text())
+        assert (refused["reply"], refused["status"]) == (2, 400)
+        assert "/connectWorker" in refused["body"]["error"]["message"]
+        tunnel.send_text(
+            orjson.dumps({"call": 3, "path": "/heartbeat", "body": {"id": "w1"}}).decode()
+        )
+        bad = orjson.loads(tunnel.receive_text())
+        assert bad["status"] == 400 and bad["body"]["error"]["param"] == "models"
+    # The tunnel closed: the worker is out of rotation until it is back.
+    worker = client.get("/stats").json()["workers"][0]
+    assert worker["state"] == "failing"
+    assert "tunnel" in worker["reason"]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +91,7 @@ def test_every_row_of_the_table_is_routed_once() -> None:
         ("/chat", Access.CLIENT),
         ("/v1/models", Access.CLIENT),
         ("/stats", Access.ADMIN),
+        (TUNNEL_PATH, Access.WORKER),
         ("/dashboard", Access.ADMIN),
         ("/dashboard/static/dashboard.js", Access.ADMIN),
         ("/connectWorker", Access.WORKER),

@@ -63,6 +63,12 @@ class Guard:
         self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            try:
+                self._admit(scope)
+            except ApiError as exc:  # refused before the handshake: the client sees 403
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -26,6 +26,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gollama._tunnel import HEAD_ROOM, PING_INTERVAL, PING_TIMEOUT
 from gollama.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -67,8 +68,17 @@ def lifespan(
     return run
 
 
-def serve(app: ASGIApp, config: ServerConfig, hooks: list[DrainHook], keep_alive: int = 5) -> None:
-    """Serve `app` until SIGTERM or Ctrl-C, then drain it with `hooks` (see the module's doc)."""
+def serve(
+    app: ASGIApp,
+    config: ServerConfig,
+    hooks: list[DrainHook],
+    keep_alive: int = 5,
+    *,
+    listen: bool = True,
+) -> None:
+    """Serve `app` until SIGTERM or Ctrl-C, then drain it with `hooks` (see the module's doc).
+    Without `listen`, the app runs (its lifespan, its signals, its drain) on no socket: a
+    dial-out worker gets its requests over the tunnels it opens."""
     server_config = uvicorn.Config(
         app,
         host=config.host,
@@ -82,8 +92,12 @@ def serve(app: ASGIApp, config: ServerConfig, hooks: list[DrainHook], keep_alive
             max_header_bytes=config.max_header_bytes, header_timeout=config.header_timeout
         ),
         timeout_keep_alive=keep_alive,
+        # Dial-out workers' tunnels (`_tunnel`): pinged both ways, frames up to a request body
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
+        ws_max_size=config.max_body_bytes + HEAD_ROOM,
     )
-    GracefulServer(server_config, hooks, config.drain_timeout).run()
+    GracefulServer(server_config, hooks, config.drain_timeout).run(None if listen else [])
 
 
 def _event_loop() -> str:

@@ -12,6 +12,9 @@ mistaken for a failing server; a request on a fresh connection is never sent twi
 
 Answers come back as a `Reply`: its status and headers at once, its body whole or chunk by
 chunk. Nothing of the HTTP client library leaks past this module.
+
+Workers that dialed out to the hub are reached through their tunnel (`_tunnel`): a URL
+`tunnel://NAME/...` goes to the `Tunnels` the hub set, and its answer is a `Reply` too.
 """
 
 from __future__ import annotations
@@ -21,15 +24,31 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.errors import UpstreamError
 
 # What a refused, reset or silent connection raises while we talk to the next hop.
 UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+
+class Tunnels(Protocol):
+    """Where `tunnel://` URLs lead: the tunnels of workers that dialed out to this hub."""
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        limits: aiohttp.ClientTimeout,
+    ) -> Reply: ...
 
 
 class Upstream:
@@ -52,6 +71,7 @@ class Upstream:
         self.tls = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._pooled = self._session(force_close=False)
         self._fresh = self._session(force_close=True)
+        self.tunnels: Tunnels | None = None  # the hub's, for workers that dialed out
 
     def _session(self, *, force_close: bool) -> aiohttp.ClientSession:
         if force_close:
@@ -88,9 +108,14 @@ class Upstream:
         The caller owns the reply and must read it whole or close it.
         """
         timeout = limits or self.timeout
+        if url.startswith(TUNNEL_SCHEME):
+            if self.tunnels is None:
+                raise UpstreamError(f"{url}: this process has no tunnels")
+            sent = {**self.headers, **(headers or {})}
+            return await self.tunnels.open(method, url, body=body, headers=sent, limits=timeout)
         reuse = _Reuse()
         try:
-            return Reply(
+            return HttpReply(
                 await self._pooled.request(
                     method,
                     url,
@@ -107,7 +132,7 @@ class Upstream:
         except UPSTREAM_ERRORS as exc:
             raise _wrapped(exc) from exc
         try:
-            return Reply(
+            return HttpReply(
                 await self._fresh.request(method, url, data=body, headers=headers, timeout=timeout)
             )
         except UPSTREAM_ERRORS as exc:
@@ -144,6 +169,42 @@ class Reply:
     """An answer of the next hop: status and headers now, the body whole (`read`) or as it
     arrives (`chunks`). Read it whole, or `close` it: that drops its connection."""
 
+    __slots__ = ()
+
+    @property
+    def status(self) -> int:
+        raise NotImplementedError
+
+    def header(self, name: str) -> str | None:
+        """A header of the answer (the name in any case), if it has it."""
+        raise NotImplementedError
+
+    @property
+    def content_type(self) -> str:
+        return self.header("Content-Type") or "application/json"
+
+    @property
+    def streamed(self) -> bool:
+        """The answer is a stream of server-sent events."""
+        return self.content_type.startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        raise NotImplementedError
+
+    def chunks(self, *, idle_limit: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives, chunk by chunk, unchanged; a silence longer than
+        `idle_limit` seconds breaks it off (`UpstreamError` with `timed_out`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Done with it: an unread body's connection is dropped (so is a stream's upstream)."""
+        raise NotImplementedError
+
+
+class HttpReply(Reply):
+    """An answer over HTTP."""
+
     __slots__ = ("_response",)
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -153,17 +214,8 @@ class Reply:
     def status(self) -> int:
         return self._response.status
 
-    @property
-    def content_type(self) -> str:
-        return self._response.headers.get("Content-Type", "application/json")
-
     def header(self, name: str) -> str | None:
         return self._response.headers.get(name)
-
-    @property
-    def streamed(self) -> bool:
-        """The answer is a stream of server-sent events."""
-        return self.content_type.startswith("text/event-stream")
 
     async def read(self) -> bytes:
         """The whole body; its connection goes back to the pool."""
@@ -175,8 +227,6 @@ class Reply:
         return body
 
     async def chunks(self, *, idle_limit: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk, unchanged; a silence longer than
-        `idle_limit` seconds breaks it off (`UpstreamError` with `timed_out`)."""
         chunks = self._response.content.iter_any().__aiter__()
         while True:
             try:
@@ -193,7 +243,6 @@ class Reply:
             yield chunk
 
     def close(self) -> None:
-        """Done with it: an unread body's connection is dropped (so is a stream's upstream)."""
         self._response.close()
 
 

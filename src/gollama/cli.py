@@ -227,7 +227,7 @@ def _serve_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(str(exc))
     hooks: list[DrainHook] = []
     # The hub keeps its pooled connections to workers for 20 s: the worker keeps them longer.
-    serve(create_app(config, hooks), config, hooks, keep_alive=30)
+    serve(create_app(config, hooks), config, hooks, keep_alive=30, listen=not config.dial_out)
     return 0
 
 

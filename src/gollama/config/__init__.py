@@ -72,6 +72,16 @@ def hub_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> HubConf
 def worker_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> WorkerConfig:
     config = WorkerConfig(**resolve(WORKER_OPTIONS, flags, environ))
     _check_security(config)
+    if config.dial_out and config.data_path == "direct":
+        raise SettingError(
+            "--dial-out and --data-path direct exclude each other: a dial-out worker's hub "
+            "cannot reach its llama-server"
+        )
+    if config.dial_out and config.advertise_url is not None:
+        raise SettingError(
+            "--dial-out and --advertise exclude each other: the hub is not "
+            "told a URL, the worker connects to it"
+        )
     return config
 
 

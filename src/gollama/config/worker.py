@@ -43,6 +43,15 @@ class WorkerConfig(ServerConfig):
         "URL the hub uses to reach this worker (default: this machine's address towards the hub)",
         metavar="URL",
     )
+    dial_out: bool = option(
+        False,
+        "--dial-out",
+        "GOLLAMA_DIAL_OUT",
+        boolean,
+        "listen on no port: open a connection to each hub and serve its requests over it (for "
+        "a worker behind NAT or a firewall that accepts no connection); see README, Dial-out "
+        "workers",
+    )
     name: str | None = option(
         None,
         "--name",

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
@@ -26,6 +26,7 @@ from gollama._asgi import EXCEPTION_HANDLERS
 from gollama._auth import KeyRing, LocalLimits
 from gollama._guard import Access, Guard, Rules
 from gollama._server import DrainHook, lifespan
+from gollama._tunnel import PATH as TUNNEL_PATH
 from gollama.config import HubConfig
 from gollama.errors import json_response
 from gollama.hub import control, dashboard, inference, openapi, operations
@@ -346,6 +347,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schema=openapi.heartbeat,
     ),
     Endpoint(
+        TUNNEL_PATH,
+        cast(ASGIApp, control.worker_tunnel),
+        WORKER,
+        "WEBSOCKET",
+        summary="a dial-out worker's tunnel (WebSocket)",
+    ),
+    Endpoint(
         "/disconnectWorker",
         control.disconnect_worker,
         WORKER,
@@ -427,6 +435,8 @@ def _routes() -> list[BaseRoute]:
     for endpoint in ENDPOINTS:
         if endpoint.mount:
             routes.append(Mount(endpoint.path, cast(ASGIApp, endpoint.handler)))
+        elif endpoint.method == "WEBSOCKET":
+            routes.append(WebSocketRoute(endpoint.path, endpoint.handler))
         else:
             routes.append(Route(endpoint.path, endpoint.handler, methods=[endpoint.method]))
     return routes

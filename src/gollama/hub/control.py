@@ -10,10 +10,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from gollama._asgi import read_object
+from gollama._tunnel import IDENTITY_HEADER, SCHEME
 from gollama._values import http_url
-from gollama.errors import BadRequest, UnknownWorker, json_response
+from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
 from gollama.hub.registry import Direct, Registration, WorkerState
 from gollama.hub.service import Hub
 
@@ -25,7 +27,22 @@ _NAME = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
 async def connect_worker(request: Request) -> Response:
     hub: Hub = request.state.hub
-    info = parse_registration(await read_object(request, hub.body_limits))
+    return json_response(register(hub, await read_object(request, hub.body_limits)))
+
+
+async def heartbeat(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return json_response(beat(hub, await read_object(request, hub.body_limits)))
+
+
+async def disconnect_worker(request: Request) -> Response:
+    hub: Hub = request.state.hub
+    return json_response(goodbye(hub, await read_object(request, hub.body_limits)))
+
+
+def register(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[str, Any]:
+    """A worker registers (over HTTP, or over its `tunnel`, whose URL it then has)."""
+    info = parse_registration(payload, tunnel)
     known = hub.registry.at(info.url) is not None
     worker = hub.registry.register(info, hub.now())
     log.info(
@@ -37,14 +54,12 @@ async def connect_worker(request: Request) -> Response:
         worker.slots,
         worker.state.value,
     )
-    return json_response(
-        {
-            "id": worker.id,
-            "heartbeat_interval": hub.config.heartbeat_interval,
-            "heartbeat_path": "/heartbeat",
-            **_hubs(hub),
-        }
-    )
+    return {
+        "id": worker.id,
+        "heartbeat_interval": hub.config.heartbeat_interval,
+        "heartbeat_path": "/heartbeat",
+        **_hubs(hub),
+    }
 
 
 def _hubs(hub: Hub) -> dict[str, Any]:
@@ -52,29 +67,64 @@ def _hubs(hub: Hub) -> dict[str, Any]:
     return {"hubs": list(hub.shared.hubs)} if hub.shared is not None else {}
 
 
-async def heartbeat(request: Request) -> Response:
-    hub: Hub = request.state.hub
-    payload = await read_object(request, hub.body_limits)
+def beat(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[str, Any]:
     worker_id = _required_name(payload, "id")
     worker = hub.registry.get(worker_id)
     state_before = worker.state if worker else None
-    worker = hub.registry.heartbeat(worker_id, parse_registration(payload), hub.now())
+    worker = hub.registry.heartbeat(worker_id, parse_registration(payload, tunnel), hub.now())
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
-    return json_response({"id": worker.id, "state": worker.state.value, **_hubs(hub)})
+    return {"id": worker.id, "state": worker.state.value, **_hubs(hub)}
 
 
-async def disconnect_worker(request: Request) -> Response:
-    hub: Hub = request.state.hub
-    payload = await read_object(request, hub.body_limits)
+def goodbye(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[str, Any]:
     worker_id = _required_name(payload, "id")
-    worker = hub.registry.remove(worker_id)
-    if worker is None:
+    worker = hub.registry.get(worker_id)
+    if worker is None or (tunnel is not None and worker.url != tunnel):
         raise UnknownWorker(f"no worker {worker_id!r} is registered here")
+    hub.registry.remove(worker_id)
     log.info("worker %s said goodbye", worker_id)
-    return json_response({"id": worker_id, "removed": True})
+    return {"id": worker_id, "removed": True}
+
+
+async def worker_tunnel(websocket: WebSocket) -> None:
+    """A dial-out worker's tunnel: its requests, registration and heartbeats (see `tunnels`)."""
+    hub: Hub = websocket.state.hub
+    name = websocket.headers.get(IDENTITY_HEADER, "")
+    if not _NAME.fullmatch(name):
+        reason = f"{IDENTITY_HEADER} must name the tunnel: 1 to 100 letters, digits or . _ : -"
+        await websocket.close(code=1008, reason=reason)
+        return
+    await websocket.accept()
+    await hub.tunnels.serve(websocket, SCHEME + name, lambda url, text: tunnel_call(hub, url, text))
+
+
+WORKER_CALLS = {"/connectWorker": register, "/heartbeat": beat, "/disconnectWorker": goodbye}
+
+
+def tunnel_call(hub: Hub, tunnel: str, text: str) -> str:
+    """A worker's call over its tunnel (`{"call": N, "path": ..., "body": {...}}`), answered
+    as over HTTP: `{"reply": N, "status": ..., "body": ...}`."""
+    try:
+        call = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        call = None
+    number = call.get("call") if isinstance(call, dict) else None
+    try:
+        if not isinstance(call, dict) or call.get("path") not in WORKER_CALLS:
+            raise BadRequest(
+                f"a tunnel call is {{'call', 'path', 'body'}}, 'path' one of "
+                f"{', '.join(WORKER_CALLS)}"
+            )
+        body = call.get("body")
+        if not isinstance(body, dict):
+            raise BadRequest("the call's 'body' must be a JSON object", param="body")
+        status, answer = 200, WORKER_CALLS[call["path"]](hub, body, tunnel)
+    except ApiError as exc:
+        status, answer = exc.status, orjson.loads(exc.payload())
+    return orjson.dumps({"reply": number, "status": status, "body": answer}).decode()
 
 
 async def health(request: Request) -> Response:
@@ -177,10 +227,12 @@ async def models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-def parse_registration(payload: dict[str, Any]) -> Registration:
-    url = payload.get("url")
+def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Registration:
+    """A worker's registration or heartbeat; over a tunnel, the worker is at its tunnel's URL
+    (whatever it says)."""
+    url = tunnel or payload.get("url")
     try:
-        url = http_url(url if isinstance(url, str) else "")
+        url = tunnel or http_url(url if isinstance(url, str) else "")
     except ValueError:
         raise BadRequest(
             "'url' must be the worker's http:// or https:// URL", param="url"

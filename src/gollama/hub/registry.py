@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from gollama._tokens import Timings, TokenCounts
+from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.errors import RelayedError
 
 OFFLINE_AFTER_INTERVALS = 3
@@ -138,6 +139,7 @@ class Worker:
         return {
             "id": self.id,
             "url": self.url,
+            "connection": "dial-out" if self.url.startswith(TUNNEL_SCHEME) else "http",
             "data_path": "direct" if self.direct else "worker",
             "direct_url": self.direct.url if self.direct else None,
             "model": self.models[0] if self.models else None,
@@ -288,6 +290,12 @@ class Registry:
         worker.failure = reason
         worker.next_probe_at = now + self._jittered(worker.probe_backoff)
         worker.probe_backoff = min(worker.probe_backoff * 2, PROBE_BACKOFF_MAX)
+
+    def reconnected(self, worker: Worker, now: float) -> None:
+        """The worker's tunnel is back: if it is out, probe it now, not after its backoff."""
+        if worker.failure is not None:
+            worker.next_probe_at = now
+            worker.probe_backoff = PROBE_BACKOFF_FIRST
 
     def recovered(self, worker: Worker, failures_seen: int) -> bool:
         """A probe that started when the worker had failed `failures_seen` times succeeded;

@@ -30,6 +30,7 @@ from gollama.hub.shared import Shared
 from gollama.hub.shared_limits import SharedLimits
 from gollama.hub.shared_responses import SharedResponses
 from gollama.hub.stored_responses import ResponseStore
+from gollama.hub.tunnels import Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Hub:
     registry: Registry
     scheduler: Scheduler
     upstream: Upstream
+    tunnels: Tunnels  # of workers that dialed out to this hub
     direct: Upstream  # to llama-servers of workers on the direct data path
     dispatcher: Dispatcher
     accounting: Accounting
@@ -99,6 +101,8 @@ class Hub:
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,
         )
+        tunnels = Tunnels(registry)
+        upstream.tunnels = tunnels  # requests to workers that dialed out go through them
         health = HealthMonitor(registry, upstream)
         history = History(accounting, scheduler)
         model_names = ModelNames.parse(config.model_aliases, config.default_model)
@@ -131,6 +135,7 @@ class Hub:
             registry,
             scheduler,
             upstream,
+            tunnels,
             direct,
             dispatcher,
             accounting,

@@ -87,6 +87,7 @@ class ChaosConfig:
     seed: int = 0
     url: str | None = None  # a running hub: load and verdict only, the faults are yours
     deadline: float = HUNG_AFTER  # a request open longer than this is hung
+    dial_out: bool = False  # workers dial out to the hub (through their proxies)
 
 
 @dataclass
@@ -149,8 +150,11 @@ class ChaosCluster:
         front = balancer_port if self.balancer is not None else self.hub_ports[0]
         self.hub_url = f"http://{HOST}:{front}"  # where the load and the workers go
         self.model = config.model or cached_test_model()[0]
+        # A proxy in front of each worker, or, for dial-out workers, between each and the hub
+        front_port = int(self.hub_url.rsplit(":", 1)[1])
         self.nodes = [
-            Node(f"w{i + 1}", port, FaultProxy(HOST, port)) for i, port in enumerate(ports)
+            Node(f"w{i + 1}", port, FaultProxy(HOST, front_port if config.dial_out else port))
+            for i, port in enumerate(ports)
         ]
 
     async def start(self) -> None:
@@ -180,11 +184,16 @@ class ChaosCluster:
 
     def start_worker(self, node: Node) -> None:
         arguments = [
-            *("--advertise", f"http://{HOST}:{node.proxy.port}"),
             *("--model", str(self.model), f"--llama-args={self.config.llama_args}"),
             *("--drain-timeout", "15"),
         ]
-        node.proc = self.local.worker(node.name, self.hub_url, *arguments, port=node.port)
+        hub_url = self.hub_url
+        if self.config.dial_out:
+            arguments.append("--dial-out")
+            hub_url = f"http://{HOST}:{node.proxy.port}"
+        else:
+            arguments += ["--advertise", f"http://{HOST}:{node.proxy.port}"]
+        node.proc = self.local.worker(node.name, hub_url, *arguments, port=node.port)
 
     def restart(self, proc: Proc) -> Proc:
         """`proc` again, once it has exited."""
@@ -197,15 +206,15 @@ class ChaosCluster:
                 node.proc = again
         return again
 
-    async def llama_pid(self, node: Node) -> int | None:
-        limit = aiohttp.ClientTimeout(total=2)
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, TypeError):
-            async with (
-                aiohttp.ClientSession(timeout=limit) as session,
-                session.get(f"http://{HOST}:{node.port}/health") as reply,
-            ):
-                pid = (await reply.json())["llama_server"]["pid"]
-                return int(pid) if pid else None
+    def llama_pid(self, node: Node) -> int | None:
+        """The pid of the worker's llama-server: its child process."""
+        if node.proc is None:
+            return None
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == node.proc.pid:
+                    return int(stat.parent.name)
         return None
 
 
@@ -286,7 +295,7 @@ class Chaos:
         self.note(f"worker {node.name} started again")
 
     async def _kill_llama(self, node: Node) -> None:
-        pid = await self._local().llama_pid(node)
+        pid = self._local().llama_pid(node)
         if pid is None:
             self.note(f"kill llama-server of {node.name}: not running, skipped")
             return

@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --url: seconds after which an open request counts as hung (default: "
         "610, the hub's default request timeout and a margin)",
     )
+    parser.add_argument(
+        "--dial-out",
+        action="store_true",
+        help="workers dial out to the hub (--dial-out), each through its fault proxy; one hub",
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
 
@@ -82,6 +87,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     several = args.hubs > 1
     if several and args.url is not None:
         parser.error("--hubs: the local cluster's; with --url the hubs are yours")
+    if args.dial_out and (several or args.url is not None):
+        parser.error(
+            "--dial-out: local workers and one hub (each worker's fault proxy sits "
+            "between it and the hub)"
+        )
     known = FAULTS + HUB_FAULTS if several else FAULTS
     given = args.faults if args.faults is not None else ",".join(known)
     faults = tuple(f.strip() for f in given.split(",") if f.strip())
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         llama_args=args.llama_args,
         seed=args.seed,
         url=args.url,
+        dial_out=args.dial_out,
         deadline=args.deadline or (HUNG_AFTER if args.url is None else TARGET_DEADLINE),
     )
     console = Console(stderr=True)

@@ -38,7 +38,8 @@ def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None)
     ]
     app = Starlette(
         routes=routes,
-        lifespan=lifespan("node", lambda: WorkerNode.start(config), drain_hooks),
+        # A dial-out worker serves its tunnels' requests through the guarded app itself.
+        lifespan=lifespan("node", lambda: WorkerNode.start(config, guarded), drain_hooks),
         exception_handlers=EXCEPTION_HANDLERS,
     )
     rules = Rules(
@@ -49,7 +50,8 @@ def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None)
         open_hint="set GOLLAMA_WORKER_TOKEN (--worker-token) on the worker and its hub, or "
         "--allow-open-access (GOLLAMA_ALLOW_OPEN_ACCESS) on a closed network",
     )
-    return Guard(app, rules)
+    guarded = Guard(app, rules)
+    return guarded
 
 
 def access(path: str) -> Access:

@@ -6,6 +6,9 @@ changes. A hub that answers a heartbeat with 404 has forgotten the worker (it re
 worker registers again. An unreachable hub is retried with backoff, forever; the worker keeps
 serving whatever reaches it meanwhile.
 
+A dial-out worker (`--dial-out`) keeps a tunnel to each hub (`dial_out`): its registration
+and heartbeats go over the tunnel, and a new connection is followed by a heartbeat at once.
+
 Several hubs (sharing Redis) name every hub alive in their answers (`hubs`): the worker then
 keeps one link to each (`HubLinks`). The hub it was given (`--hub`) may be one of them, or a
 load balancer in front of them (a Kubernetes Service): a given URL the hubs do not name is used
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,7 +31,13 @@ from gollama._auth import bearer
 from gollama._transport import Upstream
 from gollama.errors import HubUnavailable, UpstreamError
 
+if TYPE_CHECKING:
+    from gollama.worker.dial_out import DialOut
+
 log = logging.getLogger(__name__)
+
+# Makes the tunnel to a hub URL for a dial-out worker; it calls back when it connects.
+Dial = Callable[[str, Callable[[], None]], "DialOut"]
 
 CALL_TIMEOUT = 5.0
 RETRY_FIRST = 0.5
@@ -44,10 +53,12 @@ class HubLink:
         *,
         token: str | None = None,
         on_hubs: Callable[[list[str]], None] = lambda hubs: None,
+        dial: Dial | None = None,
     ) -> None:
         """`describe()` gives what to tell the hub (url, models, slots, healthy, in_flight),
         or None while there is nothing to register yet; `token` is the worker join token;
-        `on_hubs(urls)` hears of every hub alive when the hub names them."""
+        `on_hubs(urls)` hears of every hub alive when the hub names them; with `dial`, the
+        link goes over a tunnel to the hub."""
         self.upstream = upstream
         self.headers = bearer(token)
         self.hub_url = hub_url
@@ -57,17 +68,28 @@ class HubLink:
         self.reachable = False  # the last exchange with the hub succeeded
         self.interval = 2.0
         self._wake = asyncio.Event()
+        self.tunnel = dial(hub_url, self.nudge) if dial is not None else None
 
     def nudge(self) -> None:
         """Something changed: talk to the hub now rather than at the next interval."""
         self._wake.set()
 
     async def run(self) -> None:
+        if self.tunnel is None:
+            await self._keep()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.tunnel.run())
+            group.create_task(self._keep())
+
+    async def _keep(self) -> None:
         retry = RETRY_FIRST
         while True:
             self._wake.clear()  # a nudge that arrives during this round wakes the next one
             try:
-                if self.describe() is not None:
+                if self.tunnel is not None and not self.tunnel.connected:
+                    self.reachable = False  # its tunnel nudges this link once connected
+                elif self.describe() is not None:
                     await self.sync()
                 delay, retry = self.interval, RETRY_FIRST
             except HubUnavailable as exc:
@@ -132,6 +154,8 @@ class HubLink:
             self.on_hubs(hubs)
 
     async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, object]:
+        if self.tunnel is not None:
+            return await self.tunnel.call(path, payload)
         try:
             return await self.upstream.call_json(
                 "POST",
@@ -154,8 +178,10 @@ class HubLinks:
         describe: Callable[[], dict[str, Any] | None],
         *,
         token: str | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.upstream = upstream
+        self.dial = dial
         self.seed = seed
         self.info = describe
         self.token = token
@@ -239,7 +265,9 @@ class HubLinks:
                 dropping.add_done_callback(self._dropping.discard)
 
     def _add(self, url: str) -> None:
-        link = HubLink(self.upstream, url, self.info, token=self.token, on_hubs=self.heard)
+        link = HubLink(
+            self.upstream, url, self.info, token=self.token, on_hubs=self.heard, dial=self.dial
+        )
         self.links[url] = link
         self._tasks[url] = asyncio.create_task(link.run())
 

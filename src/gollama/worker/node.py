@@ -6,10 +6,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import secrets
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import aiohttp
+from starlette.types import ASGIApp
 
 from gollama._asgi import BodyLimits
 from gollama._auth import bearer
@@ -17,8 +23,10 @@ from gollama._llama_binary import find_llama_server
 from gollama._posture import say, worker_posture
 from gollama._server import wait_until_idle
 from gollama._transport import Upstream, advertised_url
+from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.config import WorkerConfig
 from gollama.errors import HubUnavailable
+from gollama.worker.dial_out import DialOut
 from gollama.worker.forward import Forwarder
 from gollama.worker.hub_link import HubLinks
 from gollama.worker.llama import LlamaServer, LlamaStatus
@@ -34,9 +42,14 @@ LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
 
 
 class WorkerNode:
-    def __init__(self, config: WorkerConfig, upstream: Upstream) -> None:
+    def __init__(
+        self, config: WorkerConfig, upstream: Upstream, app: ASGIApp | None = None
+    ) -> None:
+        """`app` is the worker's own app: a dial-out worker serves the requests from its
+        tunnels through it."""
         self.config = config
         self.upstream = upstream
+        self.app = app
         self.managed: ManagedLlama | None = None
         self.direct = config.data_path == "direct"
         # llama-server's API key: the operator's, or, for a managed one the hub reaches
@@ -57,10 +70,22 @@ class WorkerNode:
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
         self.llama = LlamaServer(upstream, llama_url, bearer(self.llama_key))
-        self.url = config.advertise_url or advertised_url(
-            config.host, config.port, config.hub_url, tls=config.tls_cert is not None
+        self.tunnels: aiohttp.ClientSession | None = None
+        if config.dial_out:
+            self.tunnel_name = tunnel_name(config.name)
+            self.url = TUNNEL_SCHEME + self.tunnel_name
+            self.tunnels = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=upstream.tls))
+        else:
+            self.url = config.advertise_url or advertised_url(
+                config.host, config.port, config.hub_url, tls=config.tls_cert is not None
+            )
+        self.hubs = HubLinks(
+            upstream,
+            config.hub_url,
+            self.describe,
+            token=config.worker_token,
+            dial=self._dial if config.dial_out else None,
         )
-        self.hubs = HubLinks(upstream, config.hub_url, self.describe, token=config.worker_token)
         self.draining = False
         self.metrics = WorkerMetrics(self.state)
         self.forwarder = Forwarder(
@@ -75,8 +100,22 @@ class WorkerNode:
         self._known: LlamaStatus | None = None  # models and slots, once seen healthy
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _dial(self, hub_url: str, connected: Callable[[], None]) -> DialOut:
+        assert self.tunnels is not None
+        assert self.app is not None
+        return DialOut(
+            self.tunnels,
+            hub_url,
+            self.tunnel_name,
+            self.app,
+            {"node": self},
+            token=self.config.worker_token,
+            max_body_bytes=self.config.max_body_bytes,
+            on_connected=connected,
+        )
+
     @classmethod
-    async def start(cls, config: WorkerConfig) -> WorkerNode:
+    async def start(cls, config: WorkerConfig, app: ASGIApp | None = None) -> WorkerNode:
         # No token in the default headers: llama-server (which may be remote) never sees it.
         upstream = Upstream(
             connect_timeout=CONNECT_TIMEOUT,
@@ -85,7 +124,7 @@ class WorkerNode:
             ca_file=config.hub_ca,
         )
         try:
-            node = cls(config, upstream)
+            node = cls(config, upstream, app)
         except BaseException:
             await upstream.close()
             raise
@@ -94,14 +133,20 @@ class WorkerNode:
         node._tasks.append(asyncio.create_task(node._watch_llama()))
         node._tasks.append(asyncio.create_task(node.hubs.run()))
         say("worker", worker_posture(config))
-        if not config.worker_token and not config.allow_open_access and not _local(config.hub_url):
+        if (
+            not config.worker_token
+            and not config.allow_open_access
+            and not config.dial_out
+            and not _local(config.hub_url)
+        ):
             log.warning(
                 "the hub at %s is on another machine: without a worker token this worker "
                 "refuses its requests; set GOLLAMA_WORKER_TOKEN on both",
                 config.hub_url,
             )
         log.info(
-            "worker at %s in front of %s",
+            "worker %s %s in front of %s",
+            "dialing out to the hubs, no listening port, as" if config.dial_out else "at",
             node.url,
             "a managed llama-server" if node.managed else node.llama.url,
         )
@@ -118,6 +163,8 @@ class WorkerNode:
             except Exception:
                 log.exception("a background task of the worker had failed")
         await self.hubs.stop()
+        if self.tunnels is not None:
+            await self.tunnels.close()
         if self.managed is not None:
             await self.managed.stop()
         await self.upstream.close()
@@ -224,3 +271,13 @@ def _local(url: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def tunnel_name(name: str | None) -> str:
+    """A dial-out worker's name at the hubs, its address there: its --name, which stays the
+    same when it restarts (the hub then knows it again), or this machine's name and a random
+    tail (workers of one machine differ)."""
+    if name:
+        return re.sub(r"[^A-Za-z0-9._:\-]", "-", name)[:100]
+    base = re.sub(r"[^A-Za-z0-9._\-]", "-", socket.gethostname())[:80] or "worker"
+    return f"{base}-{secrets.token_hex(4)}"
