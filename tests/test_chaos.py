@@ -49,6 +49,23 @@ def test_hub_faults_across_two_hubs_lose_nothing() -> None:
     assert done.returncode == 0
 
 
+@pytest.mark.timeout(110)
+def test_dial_out_workers_lose_nothing_when_their_tunnels_are_cut() -> None:
+    """Workers that dialed out to the hub, each through its fault proxy: tunnels cut, silent
+    and slow, workers killed and frozen, the hub restarted."""
+    faults = "kill_worker,reset,blackhole,latency,freeze_worker,restart_hub"
+    command = [sys.executable, "-m", "gollama", "chaos", "--dial-out", "--workers", "2"]
+    command += ["--faults", faults, "--json"]
+    command += ["--duration", "26", "--interval", "2.5", "--fault-seconds", "1.5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=100, check=False)
+    verdict = json.loads(done.stdout)
+    assert set(verdict["faults"]) == set(faults.split(",")), verdict["timeline"]
+    assert verdict["lost"] == 0, verdict
+    assert verdict["hung"] == 0, verdict
+    assert verdict["succeeded"] > 100
+    assert done.returncode == 0
+
+
 def test_hub_faults_need_several_hubs() -> None:
     command = [sys.executable, "-m", "gollama", "chaos", "--faults", "kill_hub"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)

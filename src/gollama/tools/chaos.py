@@ -6,7 +6,9 @@ generated test model unless `--model` is given) on 127.0.0.1 (`cluster.LocalClus
 fault-injecting TCP proxy
 between the hub and each worker. With `--hubs N` (2 or more) it starts N hubs sharing a
 redis-server, behind a round-robin TCP balancer (`FaultProxy` with several targets) that the
-load and the workers' `--hub` go through. It drives streamed and non-streamed load with the
+load and the workers' `--hub` go through. With `--dial-out` the workers dial out to the hub
+(`gollama worker --dial-out`), each through its own fault proxy, so that the network faults
+cut, silence or slow down their tunnels. It drives streamed and non-streamed load with the
 loadtest engine, and every `--interval` seconds injects the next fault, in turn:
 
     kill_worker     SIGKILL a worker (its llama-server dies with it; streams are cut mid-way)
