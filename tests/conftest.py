@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -27,6 +28,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tiny": write_test_model(folder / "tiny.gguf", ModelShape(d_model=64, layers=2)),
         "slow": write_test_model(folder / "slow.gguf", ModelShape(d_model=512, layers=8)),
     }
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Any]]:
+    """The SDK clients a test made, closed at its end."""
+    made: list[Any] = []
+    yield made
+    for client in made:
+        client.close()
 
 
 @pytest.fixture

@@ -56,15 +56,6 @@ def pair(
         procs.stop_all()
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Any]]:
-    """The SDK clients a test made, closed at its end."""
-    made: list[Any] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 def claude(clients: list[Any], url: str, key: str = KEY) -> anthropic.Anthropic:
     client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
     clients.append(client)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +53,8 @@ def listening_sockets(pid: int) -> list[str]:
     return found
 
 
-@pytest.fixture
-def sdk_clients() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 async def test_a_dial_out_worker_listens_nowhere_and_serves_every_api(
-    procs: Processes, models: dict[str, Path], sdk_clients: list[Any]
+    procs: Processes, models: dict[str, Path], clients: list[Any]
 ) -> None:
     hub = procs.hub("--worker-token", TOKEN)
     llama = procs.llama("llama", models["tiny"], "-np", "2", "--embeddings", "--pooling", "mean")
@@ -75,7 +66,7 @@ async def test_a_dial_out_worker_listens_nowhere_and_serves_every_api(
     assert entry["url"] == "tunnel://w1"
 
     client = openai.OpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
-    sdk_clients.append(client)
+    clients.append(client)
     reply = client.chat.completions.create(model="any", **ASK)
     assert reply.choices[0].message.content
     pieces = list(client.chat.completions.create(model="any", stream=True, **ASK))
@@ -85,7 +76,7 @@ async def test_a_dial_out_worker_listens_nowhere_and_serves_every_api(
     assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 64
 
     claude = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0)
-    sdk_clients.append(claude)
+    clients.append(claude)
     # Raw events: the byte-vocabulary test model can start with a partial character, and
     # llama-server then leaves out `message_start` (it sends it with the first token only),
     # which the SDK's accumulating helper needs.

@@ -172,12 +172,14 @@ async def test_queue_timeout_is_a_clear_error(procs: Processes, models: dict[str
 
 
 @pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("dial_out", [False, True], ids=["http", "dial-out"])
 async def test_client_disconnect_frees_the_slot(
-    procs: Processes, models: dict[str, Path], stream: bool
+    procs: Processes, models: dict[str, Path], stream: bool, dial_out: bool
 ) -> None:
+    """Through a worker the hub calls, or one that dialed out (the cancel crosses its tunnel)."""
     hub = procs.hub()
     llama = procs.llama("llama", models["slow"], "-np", "1")
-    procs.worker("w", hub, llama=llama)
+    procs.worker("w", hub, *(["--dial-out"] if dial_out else []), llama=llama)
 
     async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
         if stream:

@@ -93,3 +93,49 @@ def test_hub_and_worker_over_https(
     wait_until(logged(doubter, "CERTIFICATE_VERIFY_FAILED"), "doubter refused the hub", doubter)
     health = httpx.get(https(hub) + "/health", verify=trusted, timeout=5).json()
     assert health["workers_registered"] == 1
+
+
+def test_a_dial_out_worker_tunnels_over_tls(
+    procs: Processes, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A worker dialing out to an https:// hub opens its tunnel with wss://, verified against
+    its CA; one that does not trust the hub's certificate never connects."""
+    certs = Certificates(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(certs.ca))
+    hub = gollama(procs, "hub", "hub", *certs.tls)
+    llama = procs.llama("llama", models["tiny"])
+    worker = gollama(
+        procs,
+        "w1",
+        *("worker", "--dial-out", "--name", "w1", "--hub", https(hub), "--hub-ca", str(certs.ca)),
+        *("--llama-port", str(llama.port)),
+    )
+
+    def registered() -> bool:
+        try:
+            reply = httpx.get(https(hub) + "/health", verify=trusted, timeout=2)
+        except httpx.HTTPError:
+            return False
+        return bool(reply.json()["workers"] == 1)
+
+    wait_until(registered, "w1 registered over its tunnel", worker)
+    reply = httpx.post(
+        https(hub) + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        verify=trusted,
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    assert reply.headers["x-gollama-worker"] == "w1"
+    workers = httpx.get(https(hub) + "/stats", verify=trusted, timeout=5).json()["workers"]
+    assert [(w["url"], w["connection"]) for w in workers] == [("tunnel://w1", "dial-out")]
+
+    doubter = gollama(
+        procs,
+        "doubter",
+        *("worker", "--dial-out", "--name", "doubter", "--hub", https(hub)),
+        *("--hub-ca", str(certs.other_ca), "--llama-port", str(llama.port)),
+    )
+    wait_until(logged(doubter, "certificate verify failed"), "doubter refused the hub", doubter)
+    health = httpx.get(https(hub) + "/health", verify=trusted, timeout=5).json()
+    assert health["workers_registered"] == 1

@@ -135,7 +135,6 @@ async def pair() -> AsyncIterator[Pair]:
             worker,
             {},
             token=None,
-            max_body_bytes=1 << 20,
             on_connected=lambda: connections.append(asyncio.get_running_loop().time()),
         )
         dialing = asyncio.create_task(dial.run())
@@ -271,7 +270,7 @@ async def test_a_worker_that_ignores_its_window_loses_the_tunnel(pair: Pair) -> 
     tunnel = pair.tunnels._open["tunnel://w1"]
     stream_id = max(tunnel._streams)
     for _ in range(WINDOW // MAX_DATA + 1):  # past the window, while nothing is read
-        pair.dial.send(frame(stream_id, Kind.DATA, b"x" * MAX_DATA))
+        await pair.dial.send(frame(stream_id, Kind.DATA, b"x" * MAX_DATA))
     async with asyncio.timeout(10):
         while tunnel.ended is None:
             await asyncio.sleep(0.01)

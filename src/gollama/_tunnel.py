@@ -11,23 +11,26 @@ Binary messages are frames: a 4-byte stream id, a 1-byte kind, then the payload.
                              the body
                     CANCEL   the hub is done with the stream (its client left): stop at once
                     CREDIT   4 bytes: that many more bytes of the answer may come
-    worker -> hub   HEAD     JSON: the answer's status and headers
+    worker -> hub   HEAD     the answer's status and headers: a 4-byte length, the JSON head
+                             (status, headers, complete), the body's first piece; with
+                             `complete` that piece is the whole body and nothing follows
                     DATA     a piece of the answer's body (at most `MAX_DATA` bytes)
                     END      the answer is complete
                     ABORT    text: the worker could not complete the answer
 
-Flow control, per stream: the worker has at most `WINDOW` bytes of a stream's answer sent and
-not yet credited; the hub credits bytes as its client takes them (in batches of
-`CREDIT_BATCH`). A client that reads slowly so holds up its own stream only, and the hub
-buffers at most `WINDOW` bytes per stream.
+Flow control, per stream: the worker has at most `WINDOW` bytes of a stream's answer (HEAD and
+DATA payloads) sent and not yet credited; the hub credits bytes as its client takes them (in
+batches of `CREDIT_BATCH`). A client that reads slowly so holds up its own stream only, and the
+hub buffers at most `WINDOW` bytes per stream.
 
 Text messages are the control plane, JSON: the worker's calls (registration, heartbeats,
 goodbye) `{"call": N, "path": "/heartbeat", "body": {...}}`, answered `{"reply": N, "status":
 200, "body": {...}}` exactly as the same paths answer over HTTP.
 
-Both ends ping every `PING_INTERVAL` seconds and drop a connection whose pong does not come
-within `PING_TIMEOUT`: the hub then fails the requests on it (retried elsewhere while no byte
-reached their client) and the worker dials again, with backoff and jitter.
+Both ends ping every `PING_INTERVAL` seconds and drop a connection whose pong is late (the hub
+after `PING_TIMEOUT`, the worker after half the interval, aiohttp's rule): the hub then fails
+the requests on it (retried elsewhere while no byte reached their client) and the worker dials
+again, with backoff and jitter.
 """
 
 from __future__ import annotations
@@ -119,20 +122,25 @@ def parse_credit(payload: bytes) -> int:
     return int(count)
 
 
-def head_frame(stream: int, status: int, headers: list[tuple[str, str]]) -> bytes:
-    return frame(stream, Kind.HEAD, orjson.dumps({"status": status, "headers": headers}))
+def head_payload(
+    status: int, headers: list[tuple[str, str]], body: bytes, *, complete: bool
+) -> bytes:
+    head = orjson.dumps({"status": status, "headers": headers, "complete": complete})
+    return _COUNT.pack(len(head)) + head + body
 
 
-def parse_head(payload: bytes) -> tuple[int, list[tuple[str, str]]]:
+def parse_head(payload: bytes) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+    """A HEAD frame's status, headers, first piece of the body, and whether that is all."""
     try:
-        head: Any = orjson.loads(payload)
-        status, headers = head["status"], head["headers"]
+        (length,) = _COUNT.unpack_from(payload)
+        head: Any = orjson.loads(payload[_COUNT.size : _COUNT.size + length])
+        status, headers, complete = head["status"], head["headers"], head["complete"]
         pairs = [(str(name), str(value)) for name, value in headers]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"an answer frame without a valid head: {exc}") from None
     if not isinstance(status, int) or not 100 <= status <= 599:
         raise FrameError(f"an answer frame with status {status!r}")
-    return status, pairs
+    return status, pairs, payload[_COUNT.size + length :], complete is True
 
 
 def ws_url(hub_url: str) -> str:

@@ -148,8 +148,18 @@ class Tunnel:
             self.end(f"the tunnel broke: {exc or type(exc).__name__}")
 
     def send(self, message: bytes | str) -> None:
+        """Send soon (from code that cannot wait), after what is queued already."""
         if self.ended is None:
             self._outbox.put_nowait(message)
+
+    async def _send_now(self, message: bytes) -> None:
+        """Send at once (a request: no queue hop on its way)."""
+        if self.ended is not None:
+            raise UpstreamError(self.ended)
+        try:
+            await self.websocket.send_bytes(message)
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise UpstreamError(f"the tunnel broke: {exc or type(exc).__name__}") from exc
 
     def _arrived(self, message: bytes) -> None:
         stream_id, kind, payload = parse(message)
@@ -158,7 +168,7 @@ class Tunnel:
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # a stream the hub gave up on: what was under way still comes
-        if kind is Kind.DATA:
+        if kind is Kind.DATA or kind is Kind.HEAD:
             stream.uncredited += len(payload)
             if stream.uncredited > WINDOW:
                 raise FrameError(f"stream {stream_id} went past its window of {WINDOW} bytes")
@@ -194,8 +204,8 @@ class Tunnel:
         stream = _Stream(next(self._ids))
         self._streams[stream.id] = stream
         reply = TunnelReply(self, stream, limits)
-        self.send(open_frame(stream.id, method, path, headers, body))
         try:
+            await self._send_now(open_frame(stream.id, method, path, headers, body))
             await reply.start()
         except BaseException:
             reply.close()
@@ -218,6 +228,7 @@ class TunnelReply(Reply):
     __slots__ = (
         "_deadline",
         "_done",
+        "_first",
         "_headers",
         "_idle",
         "_status",
@@ -236,6 +247,7 @@ class TunnelReply(Reply):
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + limits.total if limits.total else None
         self._done = False
+        self._first = b""  # the body's first piece, which came with the head
 
     @property
     def status(self) -> int:
@@ -248,13 +260,21 @@ class TunnelReply(Reply):
         kind, payload = await self._next(self._idle)
         if kind is not Kind.HEAD:
             raise UpstreamError(f"the worker answered {kind.name} before the answer's head")
-        self._status, headers = parse_head(payload)
+        self._status, headers, first, complete = parse_head(payload)
         self._headers.extend(headers)
+        self._take(len(payload))
+        self._first = first
+        if complete:
+            self._done = True
+            self._tunnel.finished(self._stream.id, cancel=False)
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(idle_limit=self._idle)])
 
     async def chunks(self, *, idle_limit: float | None = None) -> AsyncIterator[bytes]:
+        first, self._first = self._first, b""
+        if first:
+            yield first
         while not self._done:
             kind, payload = await self._next(idle_limit)
             if kind is Kind.END:
@@ -274,20 +294,10 @@ class TunnelReply(Reply):
             self._taken = 0
 
     async def _next(self, idle_limit: float | None) -> tuple[Kind, bytes]:
-        limit = idle_limit
-        if self._deadline is not None:
-            left = self._deadline - asyncio.get_running_loop().time()
-            limit = left if limit is None else min(limit, left)
         try:
-            async with asyncio.timeout(limit):
-                arrival = await self._stream.arrivals.get()
-        except TimeoutError:
-            raise UpstreamError(
-                "timed out waiting for an answer"
-                if self._status == 0
-                else f"no data for {limit:g} s: the stream stalled",
-                timed_out=True,
-            ) from None
+            arrival = self._stream.arrivals.get_nowait()  # most often there: no timer needed
+        except asyncio.QueueEmpty:
+            arrival = await self._wait(idle_limit)
         if isinstance(arrival, UpstreamError):
             self._done = True
             raise arrival
@@ -298,6 +308,22 @@ class TunnelReply(Reply):
             reason = payload.decode(errors="replace") or "no reason given"
             raise UpstreamError(f"the answer broke off before it was complete: {reason}")
         return kind, payload
+
+    async def _wait(self, idle_limit: float | None) -> Arrival:
+        limit = idle_limit
+        if self._deadline is not None:
+            left = self._deadline - asyncio.get_running_loop().time()
+            limit = left if limit is None else min(limit, left)
+        try:
+            async with asyncio.timeout(limit):
+                return await self._stream.arrivals.get()
+        except TimeoutError:
+            raise UpstreamError(
+                "timed out waiting for an answer"
+                if self._status == 0
+                else f"no data for {limit:g} s: the stream stalled",
+                timed_out=True,
+            ) from None
 
     def close(self) -> None:
         if not self._done:

@@ -18,6 +18,7 @@ backoff (`RETRY_FIRST` doubling to `RETRY_MAX`) and jitter, and registers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -31,7 +32,6 @@ from starlette.types import ASGIApp, Message
 from gollama._auth import bearer
 from gollama._transport import describe
 from gollama._tunnel import (
-    HEAD_ROOM,
     IDENTITY_HEADER,
     MAX_DATA,
     PING_INTERVAL,
@@ -39,7 +39,7 @@ from gollama._tunnel import (
     FrameError,
     Kind,
     frame,
-    head_frame,
+    head_payload,
     parse,
     parse_credit,
     parse_open,
@@ -66,7 +66,6 @@ class DialOut:
         state: dict[str, Any],
         *,
         token: str | None,
-        max_body_bytes: int,
         on_connected: Callable[[], None] = lambda: None,
     ) -> None:
         """`app` serves the hub's requests (with `state` as its lifespan state); `identity`
@@ -78,11 +77,9 @@ class DialOut:
         self.app = app
         self.state = state
         self.headers = {**bearer(token), IDENTITY_HEADER: identity}
-        self.max_message = max_body_bytes + HEAD_ROOM
         self.on_connected = on_connected
         self.connected = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._outbox: asyncio.Queue[bytes | str] = asyncio.Queue()
         self._streams: dict[int, _Served] = {}
         self._calls: dict[int, asyncio.Future[tuple[int, object]]] = {}
         self._numbers = itertools.count(1)
@@ -111,8 +108,6 @@ class DialOut:
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         """Serve the hub's requests until the connection ends; why it ended."""
         self._ws, self.connected = ws, True
-        self._outbox = asyncio.Queue()
-        writer = asyncio.create_task(self._write(ws))
         log.info("tunnel to %s open as %s", self.hub_url, self.identity)
         self.on_connected()
         try:
@@ -129,29 +124,29 @@ class DialOut:
             return describe(error) if error is not None else "the connection ended"
         finally:
             self._ws, self.connected = None, False
-            writer.cancel()
             for served in list(self._streams.values()):
                 served.cancel()
             for call in self._calls.values():
                 if not call.done():
                     call.set_exception(HubUnavailable("the tunnel to the hub was cut"))
             self._calls.clear()
-            await asyncio.gather(
-                writer, *(s.task for s in self._streams.values()), return_exceptions=True
-            )
+            await asyncio.gather(*(s.task for s in self._streams.values()), return_exceptions=True)
             self._streams.clear()
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        while True:
-            message = await self._outbox.get()
+    async def send(self, message: bytes | str) -> None:
+        """Send a frame (bytes) or a control message (text) at once: the socket takes it
+        before this awaits anything (no compression), so frames keep their order; the wait
+        that may follow is the connection's own back pressure."""
+        ws = self._ws
+        if ws is None:
+            raise _Cancelled("the tunnel to the hub is gone")
+        try:
             if isinstance(message, bytes):
                 await ws.send_bytes(message)
             else:
                 await ws.send_str(message)
-
-    def send(self, message: bytes | str) -> None:
-        if self.connected:
-            self._outbox.put_nowait(message)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise _Cancelled(f"the tunnel to the hub broke: {exc}") from exc
 
     async def call(self, path: str, payload: dict[str, Any]) -> tuple[int, object]:
         """A control call (register, heartbeat, goodbye) over the tunnel: status and body."""
@@ -160,12 +155,14 @@ class DialOut:
         number = next(self._numbers)
         answer: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
         self._calls[number] = answer
-        self.send(orjson.dumps({"call": number, "path": path, "body": payload}).decode())
         try:
+            await self.send(orjson.dumps({"call": number, "path": path, "body": payload}).decode())
             async with asyncio.timeout(CALL_TIMEOUT):
                 return await answer
         except TimeoutError:
             raise HubUnavailable(f"no answer over the tunnel within {CALL_TIMEOUT:g} s") from None
+        except _Cancelled as exc:
+            raise HubUnavailable(str(exc)) from None
         finally:
             self._calls.pop(number, None)
 
@@ -205,15 +202,15 @@ class DialOut:
             await self.app(
                 _scope(method, path, headers, self.state), served.receiver(body), served.sender
             )
-            if not served.ended and not served.cancelled.is_set():
-                served.abort("the worker ended the answer before it was complete")
+            if not served.ended:
+                await served.abort("the worker ended the answer before it was complete")
         except FrameError as exc:
-            served.abort(str(exc))
+            await served.abort(str(exc))
         except _Cancelled:
             pass
         except Exception as exc:
             log.exception("a tunneled request failed")
-            served.abort(f"the worker failed: {type(exc).__name__}")
+            await served.abort(f"the worker failed: {type(exc).__name__}")
         finally:
             self._streams.pop(served.id, None)
 
@@ -232,6 +229,7 @@ class _Served:
         self.credit = WINDOW
         self.credited = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.head: Message | None = None  # the answer's start, until its body's first piece
         self.ended = False
 
     def cancel(self) -> None:
@@ -242,10 +240,12 @@ class _Served:
         self.credit += count
         self.credited.set()
 
-    def abort(self, reason: str) -> None:
+    async def abort(self, reason: str) -> None:
+        """End the answer with an error, unless it ended or nobody waits for it any more."""
         if not self.ended and not self.cancelled.is_set():
             self.ended = True
-            self.tunnel.send(frame(self.id, Kind.ABORT, reason.encode()))
+            with contextlib.suppress(_Cancelled):
+                await self.tunnel.send(frame(self.id, Kind.ABORT, reason.encode()))
 
     def receiver(self, body: bytes) -> Callable[[], Any]:
         """The app's `receive`: the body, then the client's disconnect once the hub cancels."""
@@ -260,25 +260,44 @@ class _Served:
         return receive
 
     async def sender(self, message: Message) -> None:
+        """The app's `send`. The head waits for the body's first piece and goes with it: a
+        whole answer of up to `MAX_DATA` bytes is one frame."""
         if self.cancelled.is_set():
             raise _Cancelled("the hub cancelled the request")
         if message["type"] == "http.response.start":
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]]
-            self.tunnel.send(head_frame(self.id, message["status"], headers))
-        elif message["type"] == "http.response.body":
-            body = message.get("body", b"")
-            for start in range(0, len(body), MAX_DATA):
-                piece = body[start : start + MAX_DATA]
-                while self.credit < len(piece):
-                    self.credited.clear()
-                    await self.credited.wait()
-                    if self.cancelled.is_set():
-                        raise _Cancelled("the hub cancelled the request")
-                self.credit -= len(piece)
-                self.tunnel.send(frame(self.id, Kind.DATA, piece))
-            if not message.get("more_body", False):
+            self.head = message
+            return
+        if message["type"] != "http.response.body":
+            return
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.head is not None:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.head["headers"]]
+            first, body = body[:MAX_DATA], body[MAX_DATA:]
+            complete = not more and not body
+            payload = head_payload(self.head["status"], headers, first, complete=complete)
+            self.head = None
+            await self._spend(len(payload))
+            await self.tunnel.send(frame(self.id, Kind.HEAD, payload))
+            if complete:
                 self.ended = True
-                self.tunnel.send(frame(self.id, Kind.END))
+                return
+        for start in range(0, len(body), MAX_DATA):
+            piece = body[start : start + MAX_DATA]
+            await self._spend(len(piece))
+            await self.tunnel.send(frame(self.id, Kind.DATA, piece))
+        if not more:
+            self.ended = True
+            await self.tunnel.send(frame(self.id, Kind.END))
+
+    async def _spend(self, count: int) -> None:
+        """Wait until the hub has credited room for `count` more bytes, and take it."""
+        while self.credit < count:
+            self.credited.clear()
+            await self.credited.wait()
+            if self.cancelled.is_set():
+                raise _Cancelled("the hub cancelled the request")
+        self.credit -= count
 
 
 def _scope(

@@ -110,7 +110,6 @@ class WorkerNode:
             self.app,
             {"node": self},
             token=self.config.worker_token,
-            max_body_bytes=self.config.max_body_bytes,
             on_connected=connected,
         )
 
