@@ -51,12 +51,12 @@ def test_hub_faults_across_two_hubs_lose_nothing() -> None:
 
 @pytest.mark.timeout(110)
 def test_dial_out_workers_lose_nothing_when_their_tunnels_are_cut() -> None:
-    """Workers that dialed out to the hub, each through its fault proxy: tunnels cut, silent
-    and slow, workers killed and frozen, the hub restarted."""
-    faults = "kill_worker,reset,blackhole,latency,freeze_worker,restart_hub"
+    """Workers that dialed out to the hub, each through its fault proxy: tunnels cut and
+    silent, a worker killed, the hub restarted."""
+    faults = "kill_worker,reset,blackhole,restart_hub"
     command = [sys.executable, "-m", "gollama", "chaos", "--dial-out", "--workers", "2"]
     command += ["--faults", faults, "--json"]
-    command += ["--duration", "26", "--interval", "2.5", "--fault-seconds", "1.5"]
+    command += ["--duration", "18", "--interval", "2.5", "--fault-seconds", "1.5"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=100, check=False)
     verdict = json.loads(done.stdout)
     assert set(verdict["faults"]) == set(faults.split(",")), verdict["timeline"]

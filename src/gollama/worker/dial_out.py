@@ -67,9 +67,11 @@ class DialOut:
         *,
         token: str | None,
         on_connected: Callable[[], None] = lambda: None,
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         """`app` serves the hub's requests (with `state` as its lifespan state); `identity`
         names the tunnel at the hub; `on_connected()` hears of every new connection."""
+        self.ping_interval = ping_interval
         self.session = session
         self.url = ws_url(hub_url)
         self.hub_url = hub_url
@@ -91,7 +93,7 @@ class DialOut:
                 async with self.session.ws_connect(
                     self.url,
                     headers=self.headers,
-                    heartbeat=PING_INTERVAL,
+                    heartbeat=self.ping_interval,
                     max_msg_size=0,  # the hub is trusted; the app refuses a body too large
                 ) as ws:
                     retry = RETRY_FIRST
