@@ -78,6 +78,12 @@ def test_a_worker_registers_over_its_tunnel_at_the_tunnel_url(client: TestClient
         )
         bad = orjson.loads(tunnel.receive_text())
         assert bad["status"] == 400 and bad["body"]["error"]["param"] == "models"
+        direct = {**registration, "direct": {"url": "http://127.0.0.1:8080", "key": None}}
+        call = {"call": 4, "path": "/connectWorker", "body": direct}
+        tunnel.send_text(orjson.dumps(call).decode())
+        refused_direct = orjson.loads(tunnel.receive_text())
+        assert refused_direct["status"] == 400
+        assert refused_direct["body"]["error"]["param"] == "direct"
     # The tunnel closed: the worker is out of rotation until it is back.
     worker = client.get("/stats").json()["workers"][0]
     assert worker["state"] == "failing"

@@ -116,3 +116,18 @@ def test_switches_are_bare_flags_or_words(
 def test_a_switch_with_a_wrong_word_is_named() -> None:
     with pytest.raises(SettingError, match="GOLLAMA_ALLOW_OPEN_REGISTRATION='maybe'"):
         hub([], {"GOLLAMA_ALLOW_OPEN_REGISTRATION": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--dial-out", "--data-path", "direct"], {}, "exclude each other"),
+        ([], {"GOLLAMA_DIAL_OUT": "1", "GOLLAMA_ADVERTISE_URL": "http://w:9001"}, "--advertise"),
+    ],
+)
+def test_dial_out_refuses_what_needs_the_hub_to_connect(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    assert worker_config(build_parser().parse_args(["worker", "--dial-out"]), {}).dial_out
+    with pytest.raises(SettingError, match=message):
+        worker_config(build_parser().parse_args(["worker", *argv]), env)

@@ -265,6 +265,11 @@ def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Re
     if name is not None:
         name = _required_name(payload, "name")
     direct = _direct(payload.get("direct"))
+    if tunnel is not None and direct is not None:
+        raise BadRequest(
+            "a worker on a tunnel has no direct data path: the hub cannot reach its llama-server",
+            param="direct",
+        )
     info = _model_info(payload.get("model_info"))
     return Registration(
         url, tuple(models), slots, healthy, name, in_flight, draining, direct, info, in_slots
