@@ -236,3 +236,17 @@ def test_the_guard_asks_each_path_for_its_own_credential() -> None:
             'gollama_requests_total{endpoint="/v1/chat/completions",model="",status="401"} 1.0'
             in metrics
         )
+
+
+def test_a_second_tunnel_under_a_name_replaces_the_first(client: TestClient) -> None:
+    named = {IDENTITY_HEADER: "w1"}
+    with (
+        client.websocket_connect(TUNNEL_PATH, headers=named) as first,
+        client.websocket_connect(TUNNEL_PATH, headers=named) as second,
+    ):
+        with pytest.raises(WebSocketDisconnect) as closed:
+            first.receive_text()
+        assert "replaced" in closed.value.reason
+        ask = {"call": 1, "path": "/disconnectWorker", "body": {"id": "nobody"}}
+        second.send_text(orjson.dumps(ask).decode())
+        assert orjson.loads(second.receive_text())["status"] == 404  # the new one is served

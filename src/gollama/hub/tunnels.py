@@ -56,9 +56,6 @@ class Tunnels:
         self.registry = registry
         self._open: dict[str, Tunnel] = {}
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def connected(self, url: str) -> bool:
         return url in self._open
 
@@ -82,8 +79,11 @@ class Tunnels:
         loop = asyncio.get_running_loop()
         tunnel = Tunnel(websocket, url)
         replaced = self._open.get(url)
-        if replaced is not None:
-            replaced.end("the worker connected again")
+        if replaced is not None:  # the worker came back, or another uses its name
+            log.warning("a new tunnel from %s replaces the one open", url)
+            replaced.end("another connection of the worker replaced this one")
+            with contextlib.suppress(Exception):
+                await replaced.websocket.close(reason="replaced by a newer connection")
         self._open[url] = tunnel
         worker = self.registry.at(url)
         if worker is not None:
