@@ -109,7 +109,8 @@ async def pair() -> AsyncIterator[Pair]:
 
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
-        await tunnels.serve(websocket, "tunnel://w1", answer_call(calls))
+        control = answer_call(calls)
+        await tunnels.serve(websocket, "tunnel://w1", lambda text: control("tunnel://w1", text))
 
     port = free_port()
     config = uvicorn.Config(

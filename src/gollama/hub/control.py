@@ -98,7 +98,8 @@ async def worker_tunnel(websocket: WebSocket) -> None:
         await websocket.close(code=1008, reason=reason)
         return
     await websocket.accept()
-    await hub.tunnels.serve(websocket, SCHEME + name, lambda url, text: tunnel_call(hub, url, text))
+    url = SCHEME + name
+    await hub.tunnels.serve(websocket, url, lambda text: tunnel_call(hub, url, text))
 
 
 WORKER_CALLS = {"/connectWorker": register, "/heartbeat": beat, "/disconnectWorker": goodbye}
@@ -230,13 +231,15 @@ async def models(request: Request) -> Response:
 def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Registration:
     """A worker's registration or heartbeat; over a tunnel, the worker is at its tunnel's URL
     (whatever it says)."""
-    url = tunnel or payload.get("url")
-    try:
-        url = tunnel or http_url(url if isinstance(url, str) else "")
-    except ValueError:
-        raise BadRequest(
-            "'url' must be the worker's http:// or https:// URL", param="url"
-        ) from None
+    url = tunnel
+    if url is None:
+        given = payload.get("url")
+        try:
+            url = http_url(given if isinstance(given, str) else "")
+        except ValueError:
+            raise BadRequest(
+                "'url' must be the worker's http:// or https:// URL", param="url"
+            ) from None
     models = payload.get("models")
     if (
         not isinstance(models, list)

@@ -22,7 +22,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
-from multidict import CIMultiDict
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gollama._transport import Reply
@@ -45,8 +44,8 @@ log = logging.getLogger(__name__)
 
 # What a stream's reader gets from the tunnel: a frame's kind and payload, or the tunnel's end.
 Arrival = tuple[Kind, bytes] | UpstreamError
-# Answers a control call (its JSON text) of the worker at a tunnel URL with JSON text.
-Control = Callable[[str, str], str]
+# Answers a control call of the tunnel's worker (JSON text) with JSON text.
+Control = Callable[[str], str]
 
 
 class Tunnels:
@@ -77,7 +76,7 @@ class Tunnels:
     async def serve(self, websocket: WebSocket, url: str, control: Control) -> None:
         """Carry the tunnel of the worker at `url` until it closes."""
         loop = asyncio.get_running_loop()
-        tunnel = Tunnel(websocket, url)
+        tunnel = Tunnel(websocket)
         replaced = self._open.get(url)
         if replaced is not None:  # the worker came back, or another uses its name
             log.warning("a new tunnel from %s replaces the one open", url)
@@ -91,7 +90,7 @@ class Tunnels:
         log.info("tunnel from %s open", url)
         reason = "the worker closed its tunnel"
         try:
-            await tunnel.run(lambda text: control(url, text))
+            await tunnel.run(control)
         except (WebSocketDisconnect, OSError, RuntimeError) as exc:
             reason = f"the tunnel broke: {exc or type(exc).__name__}"
         except FrameError as exc:
@@ -109,17 +108,17 @@ class Tunnels:
 
 
 class Tunnel:
-    """One worker's connection: its streams, and one writer for everything sent on it."""
+    """One worker's connection: its streams; requests are sent at once, everything else
+    (credits, cancels, control answers, from code that cannot wait) through one writer."""
 
-    def __init__(self, websocket: WebSocket, url: str) -> None:
+    def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self.url = url
         self.ended: str | None = None  # why the tunnel ended, once it has
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[bytes | str] = asyncio.Queue()
 
-    async def run(self, control: Callable[[str], str]) -> None:
+    async def run(self, control: Control) -> None:
         """Read frames until the worker closes the tunnel; send what the hub has queued."""
         writer = asyncio.create_task(self._write())
         try:
@@ -168,7 +167,7 @@ class Tunnel:
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # a stream the hub gave up on: what was under way still comes
-        if kind is Kind.DATA or kind is Kind.HEAD:
+        if kind in (Kind.HEAD, Kind.DATA):
             stream.uncredited += len(payload)
             if stream.uncredited > WINDOW:
                 raise FrameError(f"stream {stream_id} went past its window of {WINDOW} bytes")
@@ -219,7 +218,7 @@ class _Stream:
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
         self.arrivals: asyncio.Queue[Arrival] = asyncio.Queue()
-        self.uncredited = 0  # bytes of DATA arrived and not credited back yet
+        self.uncredited = 0  # bytes of HEAD and DATA arrived and not credited back yet
 
 
 class TunnelReply(Reply):
@@ -241,7 +240,7 @@ class TunnelReply(Reply):
         self._tunnel = tunnel
         self._stream = stream
         self._status = 0
-        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._headers: dict[str, str] = {}  # by lower-case name
         self._taken = 0  # bytes the reader took since the last credit
         self._idle = limits.sock_read
         loop = asyncio.get_running_loop()
@@ -254,14 +253,14 @@ class TunnelReply(Reply):
         return self._status
 
     def header(self, name: str) -> str | None:
-        return self._headers.get(name)
+        return self._headers.get(name.lower())
 
     async def start(self) -> None:
         kind, payload = await self._next(self._idle)
         if kind is not Kind.HEAD:
             raise UpstreamError(f"the worker answered {kind.name} before the answer's head")
         self._status, headers, first, complete = parse_head(payload)
-        self._headers.extend(headers)
+        self._headers = {name.lower(): value for name, value in headers}
         self._take(len(payload))
         self._first = first
         if complete:

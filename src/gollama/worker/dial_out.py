@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from starlette.types import ASGIApp, Message
+from starlette.types import ASGIApp, Message, Receive
 
 from gollama._auth import bearer
 from gollama._transport import describe
@@ -249,7 +249,7 @@ class _Served:
             with contextlib.suppress(_Cancelled):
                 await self.tunnel.send(frame(self.id, Kind.ABORT, reason.encode()))
 
-    def receiver(self, body: bytes) -> Callable[[], Any]:
+    def receiver(self, body: bytes) -> Receive:
         """The app's `receive`: the body, then the client's disconnect once the hub cancels."""
         messages = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -295,10 +295,10 @@ class _Served:
     async def _spend(self, count: int) -> None:
         """Wait until the hub has credited room for `count` more bytes, and take it."""
         while self.credit < count:
+            if self.cancelled.is_set():  # checked before each wait: a cancel also wakes it
+                raise _Cancelled("the hub cancelled the request")
             self.credited.clear()
             await self.credited.wait()
-            if self.cancelled.is_set():
-                raise _Cancelled("the hub cancelled the request")
         self.credit -= count
 
 

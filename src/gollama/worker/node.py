@@ -70,11 +70,13 @@ class WorkerNode:
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
         self.llama = LlamaServer(upstream, llama_url, bearer(self.llama_key))
-        self.tunnels: aiohttp.ClientSession | None = None
+        self.tunnel_session: aiohttp.ClientSession | None = None
         if config.dial_out:
             self.tunnel_name = tunnel_name(config.name)
             self.url = TUNNEL_SCHEME + self.tunnel_name
-            self.tunnels = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=upstream.tls))
+            self.tunnel_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=upstream.tls)
+            )
         else:
             self.url = config.advertise_url or advertised_url(
                 config.host, config.port, config.hub_url, tls=config.tls_cert is not None
@@ -101,10 +103,10 @@ class WorkerNode:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dial(self, hub_url: str, connected: Callable[[], None]) -> DialOut:
-        assert self.tunnels is not None
+        assert self.tunnel_session is not None
         assert self.app is not None
         return DialOut(
-            self.tunnels,
+            self.tunnel_session,
             hub_url,
             self.tunnel_name,
             self.app,
@@ -162,8 +164,8 @@ class WorkerNode:
             except Exception:
                 log.exception("a background task of the worker had failed")
         await self.hubs.stop()
-        if self.tunnels is not None:
-            await self.tunnels.close()
+        if self.tunnel_session is not None:
+            await self.tunnel_session.close()
         if self.managed is not None:
             await self.managed.stop()
         await self.upstream.close()
