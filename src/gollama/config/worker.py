@@ -57,7 +57,8 @@ class WorkerConfig(ServerConfig):
         "--name",
         "GOLLAMA_WORKER_NAME",
         text,
-        "worker id shown by the hub (default: host:port of the advertised URL)",
+        "worker id shown by the hub (default: host:port of the advertised URL; with "
+        "--dial-out, this machine's name and a random tail)",
     )
     llama_host: str = option(
         "127.0.0.1",
