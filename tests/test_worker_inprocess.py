@@ -58,7 +58,9 @@ async def worker() -> AsyncIterator[tuple[httpx.AsyncClient, Forwarder, list[tup
     llama_app.router.add_post("/v1/chat/completions", llama_answer)
     runner, llama_url = await serve(llama_app)
     upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
-    llama = LlamaServer(upstream, llama_url, {"Authorization": "Bearer llama-key"})
+    llama = LlamaServer(
+        upstream, llama_url, {"Authorization": "Bearer llama-key"}, load_timeout=30.0
+    )
     counted: list[tuple[str, int]] = []
     unreachable: list[str] = []
     forwarder = Forwarder(

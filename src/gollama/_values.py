@@ -89,6 +89,12 @@ def existing_file(text: str) -> str:
     return text
 
 
+def existing_folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise ValueError(f"no such folder: {text}")
+    return text
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:

@@ -8,12 +8,14 @@ Exception
  │    ├── Forbidden           403: not from this machine, where only this machine may call
  │    ├── ModelNotFound       404: no worker has ever served the named model
  │    ├── UnknownWorker       404: a heartbeat or goodbye from a worker the hub does not know
+ │    ├── ModelInUse          409: a model with requests in flight cannot be unloaded there
  │    ├── RequestTimeout      408: the body came too slowly (the connection is closed)
  │    ├── BodyTooLarge        413: the body is over the limit (the connection is closed)
  │    ├── RateLimited         429: a key's own limit, in flight or per minute (Retry-After)
  │    ├── QueueFull           429: the admission queue is at its bound (Retry-After)
  │    ├── HeadersTooLarge     431: the headers are over the limit
  │    ├── UpstreamFailed      502/504: every attempt on a worker failed
+ │    ├── ModelLoadFailed     502: llama-server (router mode) could not load or unload a model
  │    ├── NoWorkerAvailable   503: no healthy worker can take the request (Retry-After)
  │    ├── ShuttingDown        503: the hub is draining (Retry-After)
  │    ├── QueueTimeout        503: no slot became free within the queue timeout (Retry-After)
@@ -110,6 +112,18 @@ class Unauthorized(ApiError):
         self, headers: dict[str, str] | None = None, dialect: Dialect = OPENAI
     ) -> Response:
         return super().response({**(headers or {}), "WWW-Authenticate": self.challenge}, dialect)
+
+
+class ModelInUse(ApiError):
+    status = 409
+    error_type = "invalid_request_error"
+    code = "model_in_use"
+
+
+class ModelLoadFailed(ApiError):
+    status = 502
+    error_type = "server_error"
+    code = "model_load_failed"
 
 
 class Forbidden(ApiError):

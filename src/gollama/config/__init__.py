@@ -82,6 +82,13 @@ def worker_config(flags: argparse.Namespace, environ: Mapping[str, str]) -> Work
             "--dial-out and --advertise exclude each other: the hub is not "
             "told a URL, the worker connects to it"
         )
+    if config.model is not None and config.router:
+        raise SettingError(
+            "--model and --models-dir/--models-preset exclude each other: one model, or "
+            "llama-server's router mode with many"
+        )
+    if config.models_max and not config.router:
+        raise SettingError("--models-max needs --models-dir or --models-preset")
     return config
 
 

@@ -18,6 +18,7 @@ from gollama._values import (
 from gollama.config.option import option
 from gollama.config.server import ServerConfig
 from gollama.hub.models import checked_aliases
+from gollama.hub.placement import checked_pins
 from gollama.hub.routing import POLICIES
 
 
@@ -105,6 +106,31 @@ class HubConfig(ServerConfig):
         "the served model for names nothing else matches (default: with one served model, "
         "that one; with several, such a name gets 404)",
         metavar="MODEL",
+    )
+    pin_models: str = option(
+        "",
+        "--pin-models",
+        "GOLLAMA_PIN_MODELS",
+        checked_pins,
+        "router-mode workers: models kept loaded on N workers each, as name=N pairs, e.g. "
+        "'chat=2,embed=1' (see README, Many models per machine)",
+        metavar="MODEL=N,...",
+    )
+    model_idle_seconds: float = option(
+        30.0,
+        "--model-idle-seconds",
+        "GOLLAMA_MODEL_IDLE_SECONDS",
+        positive_seconds,
+        "router-mode workers: a model unused this long on a worker may be unloaded there to "
+        "make room for another model's extra copy (a model nobody has loaded may take the "
+        "place of any idle one)",
+    )
+    model_load_timeout: float = option(
+        300.0,
+        "--model-load-timeout",
+        "GOLLAMA_MODEL_LOAD_TIMEOUT",
+        positive_seconds,
+        "router-mode workers: longest wait for a model to load on a worker",
     )
     cors_origins: str = option(
         "",

@@ -8,7 +8,9 @@ from typing import Literal, get_args
 from gollama._values import (
     boolean,
     existing_file,
+    existing_folder,
     http_url,
+    non_negative_int,
     one_of,
     port_number,
     positive_seconds,
@@ -82,6 +84,33 @@ class WorkerConfig(ServerConfig):
         "managed mode: start llama-server on this .gguf file on a free local port",
         metavar="PATH.gguf",
     )
+    models_dir: str | None = option(
+        None,
+        "--models-dir",
+        "GOLLAMA_MODELS_DIR",
+        existing_folder,
+        "managed router mode: start llama-server on this folder of .gguf files, one model "
+        "each (its --models-dir); it loads and unloads them as the hub says; see README, "
+        "Many models per machine",
+        metavar="DIR",
+    )
+    models_preset: str | None = option(
+        None,
+        "--models-preset",
+        "GOLLAMA_MODELS_PRESET",
+        existing_file,
+        "managed router mode: llama-server's models preset file (.ini, its --models-preset), "
+        "alone or with --models-dir",
+        metavar="FILE.ini",
+    )
+    models_max: int = option(
+        0,
+        "--models-max",
+        "GOLLAMA_MODELS_MAX",
+        non_negative_int,
+        "managed router mode: most models loaded at once (llama-server's --models-max; 0: its "
+        "default, 4); size it to what the machine's memory holds",
+    )
     llama_args: str = option(
         "",
         "--llama-args",
@@ -142,4 +171,9 @@ class WorkerConfig(ServerConfig):
 
     @property
     def managed(self) -> bool:
-        return self.model is not None
+        return self.model is not None or self.router
+
+    @property
+    def router(self) -> bool:
+        """Managed router mode: llama-server serves a folder or preset of models."""
+        return self.models_dir is not None or self.models_preset is not None

@@ -309,6 +309,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schema=openapi.stats,
     ),
     Endpoint(
+        "/admin/models/load",
+        control.load_model,
+        ADMIN,
+        summary="load a model on a router-mode worker: {model, worker?}",
+        group="status",
+    ),
+    Endpoint(
+        "/admin/models/unload",
+        control.unload_model,
+        ADMIN,
+        summary="unload a model on a router-mode worker (or all): {model, worker?}",
+        group="status",
+    ),
+    Endpoint(
         "/metrics",
         metrics,
         ADMIN,

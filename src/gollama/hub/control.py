@@ -16,6 +16,7 @@ from gollama._asgi import read_object
 from gollama._tunnel import IDENTITY_HEADER, SCHEME
 from gollama._values import http_url
 from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
+from gollama.hub.catalog import Catalog, ModelPlace
 from gollama.hub.registry import Direct, Registration, WorkerState
 from gollama.hub.service import Hub
 
@@ -187,6 +188,7 @@ def stats_body(hub: Hub) -> dict[str, Any]:
         "routing": hub.scheduler.policy.describe(),
         "uptime_s": round(now - hub.started_at, 3),
         "shared": hub.shared.describe() if hub.shared is not None else None,
+        "placement": hub.placement.describe(),
         "requests": hub.accounting.totals.as_dict(),
         "tokens": {
             "prompt_computed": tokens.prompt_computed,
@@ -198,17 +200,23 @@ def stats_body(hub: Hub) -> dict[str, Any]:
 
 async def models(request: Request) -> Response:
     """The models healthy workers serve: llama-server's own entry of each (meta.n_ctx,
-    n_vocab, aliases, architecture ...), with the workers serving it and the hub's aliases."""
+    n_vocab, aliases, architecture ...), with the hub's aliases, the workers that can serve it
+    (`workers`) and those where it is loaded now (`loaded_on`: router-mode workers load a
+    model on demand)."""
     hub: Hub = request.state.hub
     entries: dict[str, dict[str, Any]] = {}
     workers: dict[str, list[str]] = {}
+    loaded: dict[str, list[str]] = {}
     for worker in hub.registry:
         if worker.state is not WorkerState.HEALTHY:
             continue
         named = worker.model_info or {name: {} for name in worker.models}
         for model, entry in named.items():
-            entries.setdefault(model, entry)
+            if "meta" in entry or model not in entries:  # a loaded one's entry says more
+                entries[model] = entry
             workers.setdefault(model, []).append(worker.id)
+            if worker.hosts(model):
+                loaded.setdefault(model, []).append(worker.id)
     created = int(time.time() - (hub.now() - hub.started_at))
     data = []
     for model, entry in sorted(entries.items()):
@@ -223,9 +231,36 @@ async def models(request: Request) -> Response:
                 "id": model,
                 "aliases": aliases,
                 "workers": workers[model],
+                "loaded_on": loaded.get(model, []),
             }
         )
     return json_response({"object": "list", "data": data})
+
+
+async def load_model(request: Request) -> Response:
+    """The operator loads a model on a router-mode worker: `{"model", "worker"?}` (without a
+    worker, where it costs least); answered once it is loaded."""
+    hub: Hub = request.state.hub
+    model, worker = _model_and_worker(await read_object(request, hub.body_limits))
+    return json_response(await hub.placement.load_by_hand(model, worker))
+
+
+async def unload_model(request: Request) -> Response:
+    """The operator unloads a model: `{"model", "worker"?}` (without a worker, everywhere);
+    refused (409) where requests use it."""
+    hub: Hub = request.state.hub
+    model, worker = _model_and_worker(await read_object(request, hub.body_limits))
+    return json_response(await hub.placement.unload_by_hand(model, worker))
+
+
+def _model_and_worker(body: dict[str, Any]) -> tuple[str, str | None]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must name a model", param="model")
+    worker = body.get("worker")
+    if worker is not None and not isinstance(worker, str):
+        raise BadRequest("'worker' must be a worker's id (see /stats)", param="worker")
+    return model, worker
 
 
 def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Registration:
@@ -247,9 +282,11 @@ def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Re
         or not all(isinstance(m, str) and m for m in models)
     ):
         raise BadRequest("'models' must be a non-empty array of model names", param="models")
+    catalog = _catalog(payload.get("router"))
     slots = payload.get("slots")
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise BadRequest("'slots' must be an integer of 1 or more", param="slots")
+    least = 0 if catalog is not None else 1  # a router may have no model loaded
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < least:
+        raise BadRequest(f"'slots' must be an integer of {least} or more", param="slots")
     healthy = payload.get("healthy", True)
     if not isinstance(healthy, bool):
         raise BadRequest("'healthy' must be true or false", param="healthy")
@@ -275,8 +312,70 @@ def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Re
         )
     info = _model_info(payload.get("model_info"))
     return Registration(
-        url, tuple(models), slots, healthy, name, in_flight, draining, direct, info, in_slots
+        url,
+        tuple(models),
+        slots,
+        healthy,
+        name,
+        in_flight,
+        draining,
+        direct,
+        info,
+        in_slots,
+        catalog,
     )
+
+
+MODEL_STATES = frozenset({"unloaded", "loading", "downloading", "loaded", "sleeping"})
+MAX_CATALOG = 1000  # models a router-mode worker may report
+
+
+def _catalog(value: Any) -> Catalog | None:
+    """A router-mode worker's models: {"max_models": N, "models": {id: {"state", "slots",
+    "load_s", "failed"}}, "aliases": {name: id}}."""
+    if value is None:
+        return None
+    wrong = BadRequest(
+        "'router' must be {'max_models': N, 'models': {id: {'state', 'slots', 'load_s'}}, "
+        f"'aliases': {{name: id}}}}, states one of {', '.join(sorted(MODEL_STATES))}, at most "
+        f"{MAX_CATALOG} models",
+        param="router",
+    )
+    if not isinstance(value, dict):
+        raise wrong
+    most, models, aliases = value.get("max_models"), value.get("models"), value.get("aliases", {})
+    if (
+        not isinstance(most, int)
+        or not _count(most)
+        or not isinstance(models, dict)
+        or not 0 < len(models) <= MAX_CATALOG
+        or not isinstance(aliases, dict)
+        or not all(isinstance(k, str) and v in models for k, v in aliases.items())
+    ):
+        raise wrong
+    places = {}
+    for model, entry in models.items():
+        if not isinstance(model, str) or not 0 < len(model) <= 512 or not isinstance(entry, dict):
+            raise wrong
+        state, slots, load = entry.get("state"), entry.get("slots", 0), entry.get("load_s")
+        if state not in MODEL_STATES or not _count(slots):
+            raise wrong
+        if load is not None and (isinstance(load, bool) or not isinstance(load, int | float)):
+            raise wrong
+        in_flight = entry.get("in_flight", 0)
+        if not _count(in_flight):
+            raise wrong
+        seconds = None if load is None else max(0.0, float(load))
+        places[model] = ModelPlace(state, slots, seconds, entry.get("failed") is True, in_flight)
+    return Catalog(most, places, dict(aliases))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _NAME_OF_MODEL(model: str) -> bool:
+    return 0 < len(model) <= 512
 
 
 MODEL_INFO_BYTES = 256 * 1024  # llama-server's /v1/models entries a worker may report

@@ -35,25 +35,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from gollama.errors import (
     ApiError,
+    BadRequest,
     ModelNotFound,
     NoWorkerAvailable,
     QueueFull,
     RelayedError,
     ShuttingDown,
 )
-from gollama.hub.fair_share import ANYONE, DEFAULT_AGING, FairShare, Share
+from gollama.hub.fair_share import DEFAULT_AGING, FairShare, Share
+from gollama.hub.lease import Lease
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import (
     Backlog,
     Candidates,
     Choice,
     Policy,
-    Prediction,
     WaitingFor,
     Want,
 )
@@ -66,54 +67,6 @@ ABOUT_TO_FREE = 0.25  # seconds: past its patience, a waiter still waits for a w
 MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 WINDOW = 8  # waiters that could take a free slot, compared for the least work per pass
 AGING = 0.25  # each second a waiter has waited counts as this many seconds less work
-
-
-class Lease:
-    """One slot on one worker, held by one request until `release()` (safe to call twice); a
-    light lease (`slot` false) holds no slot, only the choice of worker."""
-
-    __slots__ = (
-        "_scheduler",
-        "charged",
-        "prediction",
-        "released",
-        "share",
-        "slot",
-        "started",
-        "taken_at",
-        "waited",
-        "work",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        scheduler: Scheduler,
-        worker: Worker,
-        prediction: Prediction | None,
-        *,
-        slot: bool = True,
-        work: float = 0.0,
-        share: Share = ANYONE,
-        charged: float = 0.0,
-    ) -> None:
-        self._scheduler = scheduler
-        self.worker = worker
-        self.prediction = prediction  # what the policy expected of this placement
-        self.slot = slot
-        self.work = work  # the seconds the policy predicted it holds the slot
-        self.share = share  # whose slot it is
-        self.charged = charged  # the seconds the fair share counted for it at the start
-        self.waited = 0.0  # seconds it waited in the queue
-        self.started = asyncio.get_running_loop().time()
-        self.taken_at = time.perf_counter()
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            if self.slot:
-                self._scheduler._give_back(self)
 
 
 class _Waiter:
@@ -161,6 +114,7 @@ class Scheduler(Watcher):
         # The leases on each worker, for policies that count what its requests have left.
         self._running: dict[Worker, dict[Lease, None]] = {}
         self._light_turn = 0  # light requests go round the least busy workers
+        self.on_wait: Callable[[], None] = lambda: None  # hears of every request that waits
 
     @property
     def waiting(self) -> int:
@@ -190,6 +144,7 @@ class Scheduler(Watcher):
         if retry:
             self._waiters.move_to_end(waiter, last=False)
         self._fair.join(waiter, want.share)
+        self.on_wait()
         if choice is not None:  # it would rather wait for a busy worker than take a free one
             self._hold_out(waiter, choice, waiter.since)
         # Nothing else changed: no slot was freed, so the other waiters need no new pass.
@@ -213,6 +168,8 @@ class Scheduler(Watcher):
             raise ShuttingDown("the hub is shutting down; try again shortly")
         self._check_servable(want)
         fitting = [w for w in self.registry if w.available and want.fits(w)]
+        hosting = [w for w in fitting if w.hosts(want.model)]
+        fitting = hosting or fitting  # router mode: where the model is loaded, if anywhere
         if not fitting:
             raise NoWorkerAvailable(
                 f"no healthy worker can take this request now ({self.describe_capacity(want)})"
@@ -225,7 +182,11 @@ class Scheduler(Watcher):
             == (lightest.in_flight / lightest.slots, lightest.in_flight)
         ]
         self._light_turn += 1
-        return Lease(self, tied[self._light_turn % len(tied)], None, slot=False)
+        return Lease(self._give_back, tied[self._light_turn % len(tied)], None, slot=False)
+
+    def waiters(self) -> Iterator[tuple[Want, float]]:
+        """Each waiter's request and since when it waits (loop time), in arrival order."""
+        return ((waiter.want, waiter.since) for waiter in self._waiters)
 
     def held_out(self) -> dict[Worker, list[float]]:
         """The predicted slot times of the waiters holding out for each busy worker."""
@@ -291,9 +252,9 @@ class Scheduler(Watcher):
 
     def _give_back(self, lease: Lease) -> None:
         worker = lease.worker
-        worker.in_flight -= 1
-        self.in_flight -= 1
         now = asyncio.get_running_loop().time()
+        worker.gave_back(lease.model, now)
+        self.in_flight -= 1
         self._fair.released(lease.share, lease.charged, now - lease.started, now)
         running = self._running[worker]
         del running[lease]
@@ -309,6 +270,12 @@ class Scheduler(Watcher):
             raise ModelNotFound(f"the model {want.model!r} is not served by any worker")
         if any(want.fits(w) for w in self.registry):
             return
+        if want.model is None and any(w.catalog is not None for w in self.registry):
+            raise BadRequest(
+                "name a model in 'model': the workers here serve several models each "
+                "(see /v1/models)",
+                param="model",
+            )
         serving = [w for w in self.registry if w.serves(want.model, None)]
         if serving and all(want.endpoint in w.unsupported for w in serving):
             raise serving[0].unsupported[want.endpoint]  # llama-server's own 501, unchanged
@@ -331,16 +298,24 @@ class Scheduler(Watcher):
     def _lease(self, want: Want, choice: Choice, waiter: _Waiter | None = None) -> Lease:
         """A slot for `want` as `choice` says, at once, or for `waiter`, which waited."""
         worker = choice.worker
-        worker.in_flight += 1  # reserved before any await: no one else can take this slot
+        now = asyncio.get_running_loop().time()
+        worker.took(want.model, now)  # reserved before any await: no one else takes this slot
         self.in_flight += 1
         self._refresh(worker)
-        now = asyncio.get_running_loop().time()
         if waiter is None:
             charged = self._fair.started(want.share, choice.work, now)
         else:
             charged = self._fair.granted(waiter, want.share, choice.work, now)
         prediction = self.policy.placed(want, worker)
-        lease = Lease(self, worker, prediction, work=choice.work, share=want.share, charged=charged)
+        lease = Lease(
+            self._give_back,
+            worker,
+            prediction,
+            work=choice.work,
+            share=want.share,
+            charged=charged,
+            model=want.model,
+        )
         if waiter is not None:
             lease.waited = now - waiter.since
         self._running.setdefault(worker, {})[lease] = None
@@ -463,7 +438,7 @@ class Scheduler(Watcher):
                 continue
             try:
                 self._check_servable(waiter.want)
-            except (ModelNotFound, RelayedError, NoWorkerAvailable) as exc:
+            except (ModelNotFound, RelayedError, NoWorkerAvailable, BadRequest) as exc:
                 self._refuse(waiter, exc)
 
     def _refresh(self, worker: Worker) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from gollama._tokens import Timings, TokenCounts
 from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.errors import RelayedError
+from gollama.hub.catalog import Catalog, ModelPlace
 
 OFFLINE_AFTER_INTERVALS = 3
 FORGET_AFTER = 600.0
@@ -62,6 +63,7 @@ class Registration:
     # llama-server's own /v1/models entry of each model, by id
     model_info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     in_slots: int | None = None  # of `in_flight`, the requests holding a slot
+    catalog: Catalog | None = field(default=None, hash=False, compare=False)  # router mode
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ class Worker:
     tokens: TokenCounts = field(default_factory=TokenCounts)  # from llama.cpp's timings
     direct: Direct | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
+    # Router mode: its models' states, this hub's requests on each, the hub's own load or
+    # unload under way on each ("loading", "unloading", "draining": taking no new request,
+    # unloaded once its last one ends), and when each last had a request (loop time).
+    catalog: Catalog | None = None
+    model_in_flight: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+    last_used: dict[str, float] = field(default_factory=dict)
 
     @property
     def state(self) -> WorkerState:
@@ -130,10 +139,58 @@ class Worker:
         return "half_open" if self.probing else "open"
 
     def serves(self, model: str | None, endpoint: str | None) -> bool:
-        """Serves `model` (any when None) at `endpoint` (any when None)."""
+        """Serves `model` (any when None; a router-mode worker needs a name) at `endpoint`
+        (any when None), now or once it loads the model."""
         if model is not None and model not in self.models:
             return False
+        if model is None and self.catalog is not None:
+            return False
         return endpoint is None or endpoint not in self.unsupported
+
+    def room_for(self, model: str | None) -> bool:
+        """Can take a request for `model` now, as far as the model goes: in router mode, the
+        model serves here, no unload is under way, and this hub's requests leave it a slot."""
+        catalog = self.catalog
+        if catalog is None or model is None:
+            return True
+        model_id = catalog.model_id(model)
+        if model_id is None or not self.hosts(model_id):
+            return False
+        return self.model_in_flight.get(model_id, 0) < catalog.models[model_id].slots
+
+    def hosts(self, model: str | None) -> bool:
+        """`model` (an id or another name) serves here and stays: always for a worker of one
+        model; in router mode, it is loaded (or sleeping) and no unload is under way."""
+        catalog = self.catalog
+        if catalog is None or model is None:
+            return True
+        model_id = catalog.model_id(model)
+        place = catalog.models.get(model_id) if model_id is not None else None
+        if place is None or not place.serving:
+            return False
+        return self.pending.get(model_id or "") not in ("unloading", "draining")
+
+    def reported_in_use(self, model: str) -> int:
+        """Requests on `model` here as the worker last reported (every hub's)."""
+        place = self.catalog.models.get(model) if self.catalog is not None else None
+        return place.in_flight if place is not None else 0
+
+    def took(self, model: str | None, now: float) -> None:
+        """A request of this hub for `model` took a slot here."""
+        self.in_flight += 1
+        if self.catalog is not None and model is not None:
+            model_id = self.catalog.model_id(model) or model
+            self.model_in_flight[model_id] = self.model_in_flight.get(model_id, 0) + 1
+            self.last_used[model_id] = now
+
+    def gave_back(self, model: str | None, now: float) -> None:
+        self.in_flight -= 1
+        if self.catalog is not None and model is not None:
+            model_id = self.catalog.model_id(model) or model
+            left = self.model_in_flight.pop(model_id, 0) - 1
+            if left > 0:
+                self.model_in_flight[model_id] = left
+            self.last_used[model_id] = now
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -159,6 +216,9 @@ class Worker:
             "tokens_generated": self.tokens.generated,
             "uptime_s": round(now - self.registered_at, 3),
             "last_heartbeat_s": round(now - self.last_heartbeat, 3),
+            "router": None
+            if self.catalog is None
+            else self.catalog.describe(self.pending, self.model_in_flight, self.last_used, now),
         }
 
 
@@ -324,6 +384,20 @@ class Registry:
         if take_out is not None:
             self.mark_failed(worker, take_out, now)
 
+    def changed(self, worker: Worker) -> None:
+        """The hub began or ended a load, unload or drain on `worker`: what it takes changed."""
+        self._capacity_changed(worker)
+
+    def model_moved(self, worker: Worker, model: str, place: ModelPlace) -> None:
+        """A load or unload the hub asked `worker` for ended: `model` is now `place`."""
+        catalog = worker.catalog
+        if catalog is None or model not in catalog.models:
+            return
+        models = {**catalog.models, model: place}
+        worker.catalog = Catalog(catalog.max_models, models, catalog.aliases)
+        worker.slots = worker.catalog.slots
+        self._capacity_changed(worker)
+
     def lacks(self, worker: Worker, endpoint: str, answer: RelayedError) -> None:
         """The worker's llama-server does not serve `endpoint` (until it restarts): `answer`,
         its own 501, is what a client gets when no worker serves it."""
@@ -394,6 +468,7 @@ class Registry:
         worker.draining = info.draining
         worker.direct = info.direct
         worker.model_info = info.model_info
+        worker.catalog = info.catalog
         worker.last_heartbeat = now
         worker.offline = False
 

@@ -19,7 +19,9 @@ from gollama.hub.affinity import SharedAffinity
 from gollama.hub.dashboard import History
 from gollama.hub.health import HealthMonitor
 from gollama.hub.metrics import hub_metrics
+from gollama.hub.model_loads import ModelLoads
 from gollama.hub.models import ModelNames
+from gollama.hub.placement import parse_pins
 from gollama.hub.queue import Scheduler
 from gollama.hub.registry import Registry
 from gollama.hub.relay import CutShort
@@ -52,6 +54,7 @@ class Hub:
     accounting: Accounting
     history: History
     model_names: ModelNames
+    placement: ModelLoads  # which model is loaded on which router-mode worker
     responses: ResponseStore
     started_at: float
     shared: Shared | None  # the Redis several hubs share, if any
@@ -103,6 +106,15 @@ class Hub:
         )
         tunnels = Tunnels(registry)
         upstream.tunnels = tunnels  # requests to workers that dialed out go through them
+        placement = ModelLoads(
+            registry,
+            upstream,
+            lambda: ((want.model, since) for want, since in scheduler.waiters()),
+            pins=parse_pins(config.pin_models),
+            idle_seconds=config.model_idle_seconds,
+            load_timeout=config.model_load_timeout,
+        )
+        scheduler.on_wait = placement.wake
         health = HealthMonitor(registry, upstream)
         history = History(accounting, scheduler)
         model_names = ModelNames.parse(config.model_aliases, config.default_model)
@@ -116,7 +128,11 @@ class Hub:
             responses = ResponseStore(
                 ttl=config.responses_ttl, max_bytes=config.responses_max_bytes
             )
-        tasks = [asyncio.create_task(health.run()), asyncio.create_task(history.run())]
+        tasks = [
+            asyncio.create_task(health.run()),
+            asyncio.create_task(history.run()),
+            asyncio.create_task(placement.run()),
+        ]
         if shared is not None:
             await shared.announce()  # workers registering now already hear of the others
             tasks.append(asyncio.create_task(shared.run()))
@@ -141,6 +157,7 @@ class Hub:
             accounting,
             history,
             model_names,
+            placement,
             responses,
             loop.time(),
             shared,

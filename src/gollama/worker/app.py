@@ -34,6 +34,8 @@ def create_app(config: WorkerConfig, drain_hooks: list[DrainHook] | None = None)
         Route("/metrics", metrics, methods=["GET"]),
         Route("/connect", connect, methods=["POST"]),
         Route("/execute", execute, methods=["POST"]),
+        Route("/models/load", load_model, methods=["POST"]),
+        Route("/models/unload", unload_model, methods=["POST"]),
         *(Route(path, forward, methods=["POST"]) for path in sorted(INFERENCE_ENDPOINTS)),
     ]
     app = Starlette(
@@ -67,7 +69,13 @@ async def forward(request: Request) -> Response:
     body = await read_body(request, node.body_limits)
     content_type = request.headers.get("content-type", "application/json")
     return ForwardResponse(
-        node.forwarder, request.url.path, body, rid, received=received, content_type=content_type
+        node.forwarder,
+        request.url.path,
+        body,
+        rid,
+        received=received,
+        content_type=content_type,
+        model=node.model_of(body) if content_type.startswith("application/json") else None,
     )
 
 
@@ -86,7 +94,24 @@ async def execute(request: Request) -> Response:
     body = envelope.get("body")
     if not isinstance(body, dict):
         raise BadRequest("'body' must be a JSON object", param="body")
-    return ForwardResponse(node.forwarder, endpoint, orjson.dumps(body), rid, received=received)
+    payload = orjson.dumps(body)
+    return ForwardResponse(
+        node.forwarder, endpoint, payload, rid, received=received, model=node.model_of(payload)
+    )
+
+
+async def load_model(request: Request) -> Response:
+    """Router mode: load a model (`{"model": ...}`); answered once it serves."""
+    node: WorkerNode = request.state.node
+    body = await read_object(request, node.body_limits)
+    return json_response(await node.load_model(body.get("model")))
+
+
+async def unload_model(request: Request) -> Response:
+    """Router mode: unload a model, unless a request here uses it (409)."""
+    node: WorkerNode = request.state.node
+    body = await read_object(request, node.body_limits)
+    return json_response(await node.unload_model(body.get("model")))
 
 
 def _arrived(request: Request) -> tuple[float, str]:
@@ -145,6 +170,8 @@ async def index(request: Request) -> Response:
                 "/metrics",
                 "/connect",
                 "/execute",
+                "/models/load",
+                "/models/unload",
                 *sorted(INFERENCE_ENDPOINTS),
             ],
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import orjson
@@ -56,13 +57,13 @@ class Forwarder:
         *,
         unreachable: Callable[[str], None],
         forwarded: Callable[[str, int, float], None],
-        slot_limit: Callable[[], int | None] = lambda: None,
+        slot_limit: Callable[[str | None], int | None] = lambda model: None,
         changed: Callable[[], None] = lambda: None,
     ) -> None:
         """`unreachable(reason)` hears when llama-server could not be reached; `forwarded(
-        endpoint, status, seconds)` of every request done; `slot_limit()` says how many
-        requests needing a slot may be in flight (None: as many as come); `changed()` hears
-        of every request that starts or ends."""
+        endpoint, status, seconds)` of every request done; `slot_limit(model)` says how many
+        requests needing a slot (of that model, in router mode) may be in flight (None: as
+        many as come); `changed()` hears of every request that starts or ends."""
         self.upstream = upstream
         self.llama = llama
         self.unreachable = unreachable
@@ -72,6 +73,9 @@ class Forwarder:
         self.in_flight = 0
         self.in_slots = 0  # of them, requests that need a slot
         self.refused_busy = 0
+        # In router mode: the requests in flight for each model, and those needing a slot.
+        self.by_model: Counter[str] = Counter()
+        self.slots_by_model: Counter[str] = Counter()
 
 
 class ForwardResponse(Response):
@@ -86,9 +90,11 @@ class ForwardResponse(Response):
         *,
         received: float,
         content_type: str = "application/json",
+        model: str | None = None,
     ) -> None:
         """`received`: when the request arrived (`time.perf_counter()`); `content_type`: the
-        body's (multipart for an audio transcription)."""
+        body's (multipart for an audio transcription); `model`: the model it names, counted
+        in router mode (a model with requests in flight is not unloaded)."""
         self.forwarder = forwarder
         self.endpoint = endpoint
         self.dialect = dialect_of(endpoint)
@@ -96,26 +102,32 @@ class ForwardResponse(Response):
         self.content_type = content_type
         self.request_id = request_id
         self.received = received
+        self.model = model
         self.status = CLIENT_CLOSED  # until an answer starts
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarder = self.forwarder
         slot = self.endpoint not in LIGHT_ENDPOINTS
-        limit = forwarder.slot_limit()
-        if slot and limit is not None and forwarder.in_slots >= limit:
+        model = self.model
+        limit = forwarder.slot_limit(model)
+        taken = forwarder.in_slots if model is None else forwarder.slots_by_model[model]
+        if slot and limit is not None and taken >= limit:
             forwarder.refused_busy += 1
             await self._send_error(
                 send,
                 f"this worker's {limit} slots are all busy",
                 503,
                 WORKER_BUSY,
-                {"in_flight": forwarder.in_slots, "slots": limit},
+                {"in_flight": taken, "slots": limit},
             )
             forwarder.forwarded(self.endpoint, 503, time.perf_counter() - self.received)
             return
         forwarder.in_flight += 1
         forwarder.in_slots += slot
+        if model is not None:
+            forwarder.by_model[model] += 1
+            forwarder.slots_by_model[model] += slot
         forwarder.changed()
         try:
             await until_disconnect(receive, self._run(send))
@@ -124,6 +136,11 @@ class ForwardResponse(Response):
         finally:
             forwarder.in_flight -= 1
             forwarder.in_slots -= slot
+            if model is not None:
+                forwarder.by_model[model] -= 1
+                forwarder.slots_by_model[model] -= slot
+                if not forwarder.by_model[model]:
+                    del forwarder.by_model[model], forwarder.slots_by_model[model]
             forwarder.changed()
             seconds = time.perf_counter() - self.received
             forwarder.forwarded(self.endpoint, self.status, seconds)

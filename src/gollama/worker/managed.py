@@ -1,5 +1,8 @@
 """Managed mode: the worker runs its own llama-server, restarts it when it dies, stops it on exit.
 
+It serves one model file (`-m`), or in router mode a folder or preset of models, loaded and
+unloaded on demand (`router_args`).
+
 llama-server listens on 127.0.0.1 only (with `--data-path direct`, on the worker's address and
 with an API key), on a free port (a new one at each start). If it exits,
 it is started again after a backoff that doubles up to `RESTART_BACKOFF_MAX` and starts over
@@ -32,19 +35,23 @@ class ManagedLlama:
     def __init__(
         self,
         binary: str,
-        model: Path,
+        model: Path | None,
         extra_args: str = "",
         *,
         host: str = "127.0.0.1",
         api_key: str | None = None,
+        router_args: list[str] | None = None,
     ) -> None:
-        """`host` is the address llama-server listens on; with `api_key` it asks every
-        inference request for it (given in its environment, so `ps` does not show it)."""
+        """`model` is the file it serves, or None in router mode, with `router_args` (e.g.
+        `--models-dir DIR`); `host` is the address llama-server listens on; with `api_key` it
+        asks every inference request for it (given in its environment, so `ps` does not show
+        it)."""
         self.binary = binary
         self.model = model
         self.host = host
         self.api_key = api_key
         self.extra_args = shlex.split(extra_args)
+        self.router_args = router_args or []
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -58,7 +65,10 @@ class ManagedLlama:
         return f"http://{'127.0.0.1' if local else self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        args = [self.binary, "-m", str(self.model), "--host", self.host, "--port", str(self.port)]
+        args = [self.binary, "--host", self.host, "--port", str(self.port)]
+        if self.model is None:
+            return args + self.router_args + self.extra_args
+        args += ["-m", str(self.model)]
         if not {"-a", "--alias"} & set(self.extra_args):
             args += ["--alias", self.model.stem]
         return args + self.extra_args

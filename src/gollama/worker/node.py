@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from starlette.types import ASGIApp
 
 from gollama._asgi import BodyLimits
@@ -25,13 +26,14 @@ from gollama._server import wait_until_idle
 from gollama._transport import Upstream, advertised_url
 from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.config import WorkerConfig
-from gollama.errors import HubUnavailable
+from gollama.errors import BadRequest, HubUnavailable
 from gollama.worker.dial_out import DialOut
 from gollama.worker.forward import Forwarder
 from gollama.worker.hub_link import HubLinks
 from gollama.worker.llama import LlamaServer, LlamaStatus
 from gollama.worker.managed import ManagedLlama
 from gollama.worker.metrics import NodeState, WorkerMetrics
+from gollama.worker.router import RouterModels
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +57,24 @@ class WorkerNode:
         # llama-server's API key: the operator's, or, for a managed one the hub reaches
         # directly, a new one that only this worker and the hub know.
         self.llama_key = config.llama_api_key
-        if self.direct and config.model is not None and self.llama_key is None:
+        if self.direct and config.managed and self.llama_key is None:
             self.llama_key = secrets.token_urlsafe(24)
-        if config.model is not None:
+        if config.managed:
             binary = find_llama_server(config.llama_server)
             self.managed = ManagedLlama(
                 binary,
-                Path(config.model),
+                Path(config.model) if config.model is not None else None,
                 config.llama_args,
                 host=config.host if self.direct else "127.0.0.1",
                 api_key=self.llama_key,
+                router_args=router_args(config),
             )
             llama_url = self.managed.url
         else:
             llama_url = f"http://{config.llama_host}:{config.llama_port}"
-        self.llama = LlamaServer(upstream, llama_url, bearer(self.llama_key))
+        self.llama = LlamaServer(
+            upstream, llama_url, bearer(self.llama_key), load_timeout=config.read_timeout
+        )
         self.tunnel_session: aiohttp.ClientSession | None = None
         if config.dial_out:
             self.tunnel_name = tunnel_name(config.name)
@@ -199,11 +204,18 @@ class WorkerNode:
             restarts=self.managed.restarts if self.managed is not None else None,
         )
 
-    def slot_limit(self) -> int | None:
+    def slot_limit(self, model: str | None) -> int | None:
         """With several hubs, this worker admits at most its llama-server's slots (each hub
-        counts only its own requests); with one, the hub alone decides."""
+        counts only its own requests), in router mode those of the request's model while it
+        is loaded; with one hub, the hub alone decides."""
         known = self._known
-        return known.slots if self.hubs.several and known is not None else None
+        if not self.hubs.several or known is None:
+            return None
+        if known.router is None:
+            return known.slots
+        model = known.router.model_id(model) if model is not None else None
+        state = known.router.models.get(model) if model is not None else None
+        return state.slots if state is not None and state.serving else None
 
     def in_flight_changed(self) -> None:
         """With several hubs, each hears at once how many slots are taken."""
@@ -225,6 +237,16 @@ class WorkerNode:
             "in_slots": self.forwarder.in_slots,
             "draining": self.draining,
         }
+        if known.router is not None:
+            in_use = self.forwarder.by_model
+            info["router"] = {
+                "max_models": known.router.max_models,
+                "models": {
+                    model: state.describe(in_use.get(model, 0))
+                    for model, state in known.router.models.items()
+                },
+                "aliases": known.router.aliases,
+            }
         if self.config.name:
             info["name"] = self.config.name
         if self.direct and not self.hubs.several:  # several hubs: this worker owns the slots
@@ -244,13 +266,53 @@ class WorkerNode:
         """Check llama-server now; tell the hub at once if its health changed."""
         if self.managed is not None:
             self.llama.url = self.managed.url
-        was_healthy = self.llama.status.healthy
+        before = self.llama.status
         status = await self.llama.check()
         if status.healthy:
             self._known = status
-        if status.healthy != was_healthy:
+        if status.healthy != before.healthy or status.router != before.router:
             self.hubs.nudge()
         return status.healthy
+
+    def model_of(self, body: bytes) -> str | None:
+        """In router mode, the id of the model a request's JSON body names (counted while it
+        is in flight); None otherwise."""
+        router = self.llama.router
+        if router is None:
+            return None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        name = payload.get("model") if isinstance(payload, dict) else None
+        return router.state.model_id(name) if isinstance(name, str) else None
+
+    async def load_model(self, name: object) -> dict[str, Any]:
+        """Load a model of a router-mode llama-server (the hub's word); answered once loaded."""
+        model, state = await self._router().load(name, self._models_changed)
+        return {"model": model, **state.describe(self.forwarder.by_model.get(model, 0))}
+
+    async def unload_model(self, name: object) -> dict[str, Any]:
+        """Unload a model, unless a request here uses it."""
+        model, state = await self._router().unload(
+            name, lambda m: self.forwarder.by_model.get(m, 0), self._models_changed
+        )
+        return {"model": model, **state.describe(0)}
+
+    def _router(self) -> RouterModels:
+        router = self.llama.router
+        if router is None:
+            raise BadRequest(
+                "this worker's llama-server serves one model: it loads and unloads none "
+                "(router mode: --models-dir or --models-preset)"
+            )
+        return router
+
+    def _models_changed(self) -> None:
+        """A load or unload moved on: the status, and the hubs, hear of it at once."""
+        if self.llama.router_moved():
+            self._known = self.llama.status
+            self.hubs.nudge()
 
     def llama_unreachable(self, reason: str) -> None:
         was_healthy = self.llama.status.healthy
@@ -272,6 +334,18 @@ def _local(url: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def router_args(config: WorkerConfig) -> list[str]:
+    """llama-server's arguments for a managed router mode (none for one model)."""
+    args = []
+    if config.models_dir is not None:
+        args += ["--models-dir", config.models_dir]
+    if config.models_preset is not None:
+        args += ["--models-preset", config.models_preset]
+    if config.models_max:
+        args += ["--models-max", str(config.models_max)]
+    return args
 
 
 def tunnel_name(name: str | None) -> str:

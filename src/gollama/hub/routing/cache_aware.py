@@ -110,7 +110,9 @@ class CacheAware:
             turn = next(self._turn) % len(pool)
             pool = pool[turn:] + pool[:turn]
         for worker in matched:
-            if worker in candidates or (patient and worker.available and want.fits(worker)):
+            if worker in candidates or (
+                patient and worker.available and want.fits(worker) and worker.hosts(want.model)
+            ):
                 pool.append(worker)
         if not pool:
             return None

@@ -31,7 +31,12 @@ class Want:
     share: Share = ANYONE  # whose request it is, for the queue's fair share
 
     def fits(self, worker: Worker) -> bool:
+        """`worker` could serve it (once healthy, once the model is loaded there)."""
         return worker.serves(self.model, self.endpoint) and worker.id not in self.exclude
+
+    def takes(self, worker: Worker) -> bool:
+        """`worker`, open, can take it now: it fits, and its model has a slot there."""
+        return self.fits(worker) and worker.room_for(self.model)
 
 
 class Candidates:
@@ -51,18 +56,18 @@ class Candidates:
         self._want = want
 
     def __iter__(self) -> Iterator[Worker]:
-        fits = self._want.fits
-        return (w for w in self._open if fits(w))
+        takes = self._want.takes
+        return (w for w in self._open if takes(w))
 
     def __contains__(self, worker: object) -> bool:
-        return isinstance(worker, Worker) and worker in self._positions and self._want.fits(worker)
+        return isinstance(worker, Worker) and worker in self._positions and self._want.takes(worker)
 
     def sample(self, rng: random.Random, count: int) -> list[Worker]:
         """Up to `count` candidates picked at random (all of them when there are few)."""
         if len(self._open) <= count:
             return list(self)
-        fits = self._want.fits
-        picked = {w for w in rng.sample(self._open, count) if fits(w)}
+        takes = self._want.takes
+        picked = {w for w in rng.sample(self._open, count) if takes(w)}
         if len(picked) < count // 2:  # most open workers do not fit: look at all of them
             fitting = list(self)
             return rng.sample(fitting, min(count, len(fitting)))

@@ -1,0 +1,169 @@
+"""Many models per machine: workers in front of real router-mode llama-servers (started
+without a model, on a folder of generated models), the hub loading models where requests need
+them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gollama.tools.testmodel import ModelShape, write_test_model
+from tests.procs import Processes, stats, wait_until
+
+pytestmark = pytest.mark.e2e
+
+# Three models of different sizes; worker 1 has alpha and beta, worker 2 beta and gamma.
+SHAPES = {
+    "alpha": ModelShape(d_model=64, layers=2),
+    "beta": ModelShape(d_model=128, layers=2),
+    "gamma": ModelShape(d_model=256, layers=4),
+}
+LLAMA_ARGS = "--llama-args=-np 2 -c 1024 -t 1"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    made = tmp_path_factory.mktemp("router-models")
+    files = {name: write_test_model(made / f"{name}.gguf", shape) for name, shape in SHAPES.items()}
+    folders = {}
+    for worker, names in {"w1": ("alpha", "beta"), "w2": ("beta", "gamma")}.items():
+        folder = made / worker
+        folder.mkdir()
+        for name in names:
+            shutil.copy(files[name], folder / f"{name}.gguf")
+        folders[worker] = folder
+    return folders
+
+
+def chat(model: str, tokens: int = 8, **extra: object) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Hi {model}"}],
+        "max_tokens": tokens,
+        **extra,
+    }
+
+
+def where(hub_url: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Each model of /v1/models: (the workers that can serve it, those where it is loaded)."""
+    listing = httpx.get(hub_url + "/v1/models", timeout=5).json()["data"]
+    return {m["id"]: (sorted(m["workers"]), sorted(m["loaded_on"])) for m in listing}
+
+
+def states(hub_url: str, worker_id: str) -> dict[str, str]:
+    worker = next(w for w in stats(hub_url)["workers"] if w["id"] == worker_id)
+    return {model: entry["state"] for model, entry in worker["router"]["models"].items()}
+
+
+def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
+    procs: Processes, folders: dict[str, Path], clients: list[openai.OpenAI]
+) -> None:
+    hub = procs.hub()
+    w1 = procs.worker(
+        "w1", hub, "--models-dir", str(folders["w1"]), "--models-max", "1", LLAMA_ARGS
+    )
+    procs.worker("w2", hub, "--models-dir", str(folders["w2"]), "--models-max", "2", LLAMA_ARGS)
+    assert where(hub.url) == {
+        "alpha": (["w1"], []),
+        "beta": (["w1", "w2"], []),
+        "gamma": (["w2"], []),
+    }
+
+    client = openai.OpenAI(base_url=hub.url + "/v1", api_key="none", max_retries=0)
+    clients.append(client)
+    for model in ("alpha", "gamma", "beta"):  # each unloaded: it waits for its load, no error
+        reply = client.chat.completions.create(**chat(model))  # type: ignore[call-overload]
+        assert reply.model == model and reply.choices[0].finish_reason == "length"
+    loaded = where(hub.url)
+    assert loaded["alpha"][1] == ["w1"] and loaded["gamma"][1] == ["w2"]
+    assert loaded["beta"][1] == ["w2"]  # w2 had room; w1 would have had to unload alpha
+    assert states(hub.url, "w1") == {"alpha": "loaded", "beta": "unloaded"}
+    listing = httpx.get(hub.url + "/v1/models").json()["data"]
+    entry = next(m for m in listing if m["id"] == "gamma")
+    assert entry["meta"]["n_embd"] == 256  # llama-server's own entry of the loaded model
+
+    body = stats(hub)
+    assert body["placement"]["loads"] == 3 and body["placement"]["failures"] == 0
+    w1_models = next(w for w in body["workers"] if w["id"] == "w1")["router"]
+    assert w1_models["max_models"] == 1 and w1_models["models"]["alpha"]["load_s"] > 0
+
+    # The operator: load beta on w1 by hand (alpha, idle, makes room), then unload it.
+    answer = httpx.post(
+        hub.url + "/admin/models/load", json={"model": "beta", "worker": "w1"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["evicted"] == "alpha" and answer.json()["state"] == "loaded"
+    assert states(hub.url, "w1") == {"alpha": "unloaded", "beta": "loaded"}
+    answer = httpx.post(hub.url + "/admin/models/unload", json={"model": "beta", "worker": "w1"})
+    assert answer.status_code == 200 and answer.json()["unloaded_on"] == ["w1"]
+    assert states(hub.url, "w1")["beta"] == "unloaded"
+    for wrong, status in (
+        ({"model": "nope"}, 404),
+        ({"model": "beta", "worker": "w9"}, 400),
+        ({"worker": "w1"}, 400),
+    ):
+        answer = httpx.post(hub.url + "/admin/models/load", json=wrong)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["message"]
+
+    # A request without a model cannot be routed to workers of several models each.
+    no_model = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    answer = httpx.post(hub.url + "/v1/chat/completions", json=no_model)
+    assert answer.status_code == 400 and "name a model" in answer.json()["error"]["message"]
+    assert w1.alive()
+
+
+async def test_alternating_models_on_one_instance_never_fail_nor_evict_a_model_in_use(
+    procs: Processes, folders: dict[str, Path]
+) -> None:
+    hub = procs.hub()
+    procs.worker("w1", hub, "--models-dir", str(folders["w1"]), "--models-max", "1", LLAMA_ARGS)
+
+    async def one(client: httpx.AsyncClient, model: str) -> tuple[str, bytes]:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=chat(model, 64, stream=True)
+        ) as reply:
+            assert reply.status_code == 200
+            return model, b"".join([part async for part in reply.aiter_bytes()])
+
+    async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
+        models = ["alpha", "beta"] * 8
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(one(client, m) for m in models)), timeout=120
+        )
+    for model, body in answers:  # a model evicted mid-stream would end it with an error event
+        assert body.rstrip().endswith(b"data: [DONE]"), body[-300:]
+        assert b'"error"' not in body
+        assert f'"model":"{model}"'.encode() in body
+    placement = stats(hub)["placement"]
+    assert placement["loads"] >= 2 and placement["failures"] == 0
+    totals = stats(hub)["requests"]
+    assert totals["completed"] == len(models) and totals["failed"] == 0
+
+
+def test_demand_loads_a_model_on_a_second_worker_and_pins_hold(
+    procs: Processes, folders: dict[str, Path]
+) -> None:
+    hub = procs.hub("--pin-models", "gamma=1")
+    one_slot = "--llama-args=-np 1 -c 1024 -t 1"
+    procs.worker("w1", hub, "--models-dir", str(folders["w1"]), "--models-max", "2", one_slot)
+    procs.worker("w2", hub, "--models-dir", str(folders["w2"]), "--models-max", "2", one_slot)
+    wait_until(lambda: where(hub.url)["gamma"][1] == ["w2"], "the pinned model loaded", hub)
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=chat("beta", 200)) for _ in range(8))
+            )
+        assert all(r.status_code == 200 for r in replies)
+        return [r.headers["x-gollama-worker"] for r in replies]
+
+    served_by = asyncio.run(burst())
+    assert where(hub.url)["beta"][1] == ["w1", "w2"]  # 8 waiting outgrew one slot: a second copy
+    assert set(served_by) == {"w1", "w2"}
+    assert where(hub.url)["gamma"][1] == ["w2"]  # pinned: still loaded
