@@ -4,11 +4,15 @@ from anywhere but the hub. A screenshot is saved to test-artifacts/dashboard.png
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from gollama.tools.testmodel import ModelShape, write_test_model
 from tests.conftest import ARTIFACTS, Cluster
+from tests.procs import Processes
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +82,32 @@ def test_dashboard_follows_a_worker_that_leaves(cluster: Cluster, page: Page) ->
     cluster.workers[1].stop()  # a clean shutdown: the worker says goodbye
     expect(page.locator("#workers tbody tr")).to_have_count(1)
     expect(page.locator("#workers-healthy")).to_have_text("1 / 1")
+
+
+def test_dashboard_shows_which_model_is_loaded_on_which_worker(
+    procs: Processes, page: Page, tmp_path: Path
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("alpha", "beta"):
+        write_test_model(folder / f"{name}.gguf", ModelShape(d_model=64, layers=2))
+    hub = procs.hub()
+    router_args = ("--models-dir", str(folder), "--models-max=1", "--llama-args=-np 2 -t 1")
+    procs.worker("r1", hub, *router_args)
+    procs.worker("r2", hub, *router_args)
+    page.goto(hub.url + "/dashboard")
+    expect(page.locator("#models-section")).to_be_visible()
+    expect(page.locator('#models tbody tr[data-testid="model-row"]')).to_have_count(2)
+    expect(page.locator('#models tr[data-model="alpha"] [data-worker="r1"]')).to_have_text(
+        "unloaded"
+    )
+
+    chat = {"model": "alpha", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    reply = httpx.post(hub.url + "/v1/chat/completions", json=chat, timeout=30)
+    assert reply.status_code == 200
+    where = reply.headers["x-gollama-worker"]
+    loaded = page.locator(f'#models tr[data-model="alpha"] [data-worker="{where}"]')
+    expect(loaded).to_have_text("loaded 0/2")
+    expect(page.locator('#models tr[data-model="beta"] [data-worker="r1"]')).to_have_text(
+        "unloaded"
+    )

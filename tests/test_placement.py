@@ -57,6 +57,21 @@ def test_room_is_made_by_unloading_the_model_idle_longest() -> None:
     assert action == Load(worker, "c", "b", "cold: requests wait for it")
 
 
+def test_room_is_made_by_unloading_the_least_requested_model_per_copy() -> None:
+    registry = Registry(2.0)
+    worker = router(registry, "w", 2, a=LOADED, b=LOADED, c=UNLOADED)
+    worker.last_used.update(a=50.0, b=90.0)  # a idle longer, but asked for more often
+    popular_a = {"a": 12.0, "b": 2.0}
+    (action,) = plan(view(registry, demand={"c": Demand(1, 0.0)}, popularity=popular_a))
+    assert action.model == "c" and isinstance(action, Load) and action.evict == "b"
+    router(registry, "other", 2, a=LOADED)  # a has a second copy: 6 per copy, still above 2
+    (action,) = plan(view(registry, demand={"c": Demand(1, 0.0)}, popularity=popular_a))
+    assert isinstance(action, Load) and action.evict == "b"
+    fewer_a = {"a": 3.0, "b": 2.0}
+    (action,) = plan(view(registry, demand={"c": Demand(1, 0.0)}, popularity=fewer_a))
+    assert isinstance(action, Load) and action.evict == "a"  # 1.5 per copy, b: 2
+
+
 def test_a_model_in_use_is_never_evicted_it_is_drained_first() -> None:
     registry = Registry(2.0)
     worker = router(registry, "w", 1, a=LOADED, b=UNLOADED)
@@ -76,8 +91,11 @@ def test_a_model_in_use_is_never_evicted_it_is_drained_first() -> None:
 def test_a_model_other_hubs_use_is_not_evicted_either() -> None:
     registry = Registry(2.0)
     worker = router(registry, "w", 1, a=ModelPlace("loaded", slots=2, in_flight=1), b=UNLOADED)
-    (action,) = plan(view(registry, demand={"b": Demand(1, 0.0)}))
+    (action,) = plan(view(registry, demand={"b": Demand(1, 0.0)}, shared=True))
     assert isinstance(action, Drain) and action.model == "a" and action.worker is worker
+    # With one hub, the hub's own count is exact and the worker's report only lags behind it.
+    (action,) = plan(view(registry, demand={"b": Demand(1, 0.0)}, shared=False))
+    assert action == Load(worker, "b", "a", "cold: requests wait for it")
 
 
 def test_no_drain_for_a_model_whose_waiters_came_later_than_the_busy_ones() -> None:
@@ -101,26 +119,57 @@ def test_a_model_waited_for_stays_unless_it_is_loaded_elsewhere_too() -> None:
     assert action == Load(only, "b", "a", "cold: requests wait for it")
 
 
-def test_demand_beyond_the_loaded_slots_loads_one_more_copy() -> None:
+def test_waiters_for_a_busy_model_load_one_more_copy_where_there_is_room() -> None:
     registry = Registry(2.0)
     router(registry, "first", 2, a=LOADED)
-    second = router(registry, "second", 2, a=UNLOADED)
-    assert plan(view(registry, demand={"a": Demand(2, 0.0)})) == []  # 2 slots hold 2 waiters
-    (action,) = plan(view(registry, demand={"a": Demand(3, 0.0)}))
-    assert action == Load(second, "a", None, "its requests outgrow its slots")
+    second = router(registry, "second", 2, a=UNLOADED, b=LOADED)
+    (action,) = plan(view(registry, demand={"a": Demand(1, 0.0)}))
+    assert action == Load(second, "a", None, "its slots are all busy")
     second.pending["a"] = "loading"
     assert plan(view(registry, demand={"a": Demand(9, 0.0)})) == []  # one load at a time
 
 
-def test_an_extra_copy_evicts_only_a_model_idle_past_the_idle_time() -> None:
+def test_a_copy_that_evicts_waits_until_the_waiters_outnumber_the_slots() -> None:
+    registry = Registry(2.0)
+    router(registry, "first", 2, a=LOADED)
+    second = router(registry, "second", 1, a=UNLOADED, b=LOADED)
+    second.last_used["b"] = 0.0  # idle long enough
+    assert plan(view(registry, demand={"a": Demand(2, 0.0)})) == []  # 2 slots hold 2 waiters
+    (action,) = plan(view(registry, demand={"a": Demand(3, 0.0)}))
+    assert action == Load(second, "a", "b", "its slots are all busy")
+
+
+def test_an_extra_copy_evicts_a_recent_model_only_when_the_queue_costs_more() -> None:
     registry = Registry(2.0)
     router(registry, "first", 1, a=LOADED)
     second = router(registry, "second", 1, a=UNLOADED, b=LOADED)
     second.last_used["b"] = 95.0
-    busy_a = {"a": Demand(5, 0.0)}
-    assert plan(view(registry, now=100.0, demand=busy_a, idle_seconds=30.0)) == []
-    (action,) = plan(view(registry, now=130.0, demand=busy_a, idle_seconds=30.0))
-    assert action == Load(second, "a", "b", "its requests outgrow its slots")
+    # 3 waiting on 2 slots of 1 s each: 1.5 s of queue, less than loading a and b again (2 s).
+    three = {"a": Demand(3, 0.0)}
+    assert plan(view(registry, now=100.0, demand=three, idle_seconds=30.0)) == []
+    # ... unless b sat idle past the idle time.
+    (action,) = plan(view(registry, now=130.0, demand=three, idle_seconds=30.0))
+    assert action == Load(second, "a", "b", "its slots are all busy")
+    # 5 waiting: 2.5 s of queue, more than the 2 s the swap costs.
+    five = {"a": Demand(5, 0.0)}
+    (action,) = plan(view(registry, now=100.0, demand=five, idle_seconds=30.0))
+    assert action == Load(second, "a", "b", "its slots are all busy")
+    # Slow requests make a short queue long: 3 waiting at 4 s each.
+    slow = view(registry, now=100.0, demand=three, idle_seconds=30.0, service={"a": 4.0})
+    assert plan(slow) == [Load(second, "a", "b", "its slots are all busy")]
+
+
+def test_a_model_asked_for_much_more_takes_the_place_of_one_asked_for_little() -> None:
+    registry = Registry(2.0)
+    router(registry, "first", 1, a=LOADED)
+    second = router(registry, "second", 1, a=UNLOADED, b=LOADED)
+    second.last_used["b"] = 99.0
+    one = {"a": Demand(1, 0.0)}
+    # a: 10 recent requests, 5 per copy with a second one; b: 2. Over twice as many: swap.
+    (action,) = plan(view(registry, demand=one, popularity={"a": 10.0, "b": 2.0}))
+    assert action == Load(second, "a", "b", "its slots are all busy")
+    # b: 3, and 5 is not over twice 3: b stays.
+    assert plan(view(registry, demand=one, popularity={"a": 10.0, "b": 3.0})) == []
 
 
 def test_pins_keep_a_model_loaded_and_are_never_evicted_below_their_count() -> None:

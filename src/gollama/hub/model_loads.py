@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 10.0  # seconds before a failed load is tried on that worker again
 PASS_INTERVAL = 0.25  # seconds between passes while anything waits or drains
 MIN_GAP = 0.02  # seconds between two passes at most
+SERVICE_WEIGHT = 0.2  # of the newest slot time in a model's moving average
+POPULARITY_HALF_LIFE = 60.0  # seconds after which a request counts half for popularity
 
 
 class ModelLoads:
@@ -73,12 +75,29 @@ class ModelLoads:
         self.drains: dict[Worker, tuple[str, str]] = {}
         self.blocked: dict[tuple[str, str], float] = {}  # (worker id, model) -> until
         self.counts = {"loads": 0, "unloads": 0, "drains": 0, "failures": 0}
+        self.service: dict[str, float] = {}  # seconds a request holds a slot, per model
+        # requests per model, each counting less as it ages (halved every POPULARITY_HALF_LIFE)
+        self.popularity: dict[str, tuple[float, float]] = {}  # model -> (count, as of when)
         self._wake = asyncio.Event()
         self._actions: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Something changed (a request waits): pass again soon."""
         self._wake.set()
+
+    def released(self, model: str | None, seconds: float) -> None:
+        """A request for `model` held its slot `seconds`: learned as a moving average."""
+        if model is not None:
+            now = asyncio.get_running_loop().time()
+            self.popularity[model] = (self._popularity(model, now) + 1.0, now)
+            before = self.service.get(model)
+            self.service[model] = (
+                seconds if before is None else before + SERVICE_WEIGHT * (seconds - before)
+            )
+
+    def _popularity(self, model: str, now: float) -> float:
+        count, since = self.popularity.get(model, (0.0, now))
+        return float(count * 0.5 ** ((now - since) / POPULARITY_HALF_LIFE))
 
     async def run(self) -> None:
         try:
@@ -110,6 +129,9 @@ class ModelLoads:
             frozenset(self.blocked),
             now,
             self.idle_seconds,
+            self.service,
+            {model: self._popularity(model, now) for model in self.popularity},
+            self.registry.shared_slots,
         )
 
     def step(self) -> list[Action]:
@@ -160,6 +182,8 @@ class ModelLoads:
                 await self.unload(worker, load.evict)
             log.info("loading model %s on worker %s (%s)", model, worker.id, load.reason)
             await self.load(worker, model)
+        except ModelInUse as exc:  # another hub's request came first: plan again
+            log.info("model %s stays on worker %s for now: %s", load.evict, worker.id, exc)
         except (ApiError, UpstreamError) as exc:
             self.counts["failures"] += 1
             self.blocked[(worker.id, model)] = asyncio.get_running_loop().time() + RETRY_AFTER

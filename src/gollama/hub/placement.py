@@ -9,16 +9,21 @@ the registry's workers, the queue's demand and the pins) gives the actions to st
 1. Cold: a model with waiting requests that no worker serves or is loading is loaded on the
    worker where that costs least: its measured load time there, plus the eviction it needs,
    plus that worker's load. The requests wait in the queue meanwhile (within their deadline).
-2. Demand: a model whose waiting requests outnumber its slots on every worker together, with
-   no load of it under way, is loaded on one more worker that has room for it.
+2. Demand: a model with waiting requests although it serves (all its slots are busy), with no
+   load of it under way, is loaded on one more worker with room for another model. Where that
+   needs an eviction: of a model idle past `idle_seconds`, once its waiting requests outnumber
+   its slots; of one used more recently, when the queue's wait is longer than loading both
+   again, or when it would still have over `SHARE_FACTOR` times the recent requests per copy
+   of the one it replaces (popular models get more copies, in proportion).
 3. Pins (`--pin-models name=N`): a pinned model is kept loaded on N workers.
-4. Room: at `max_models`, one model is unloaded first, the one idle longest of those with no
-   request in flight there (this hub's or, as the worker reports, any hub's), no action under
-   way, not held by a pin, and not waited for unless it is loaded elsewhere too. Only a cold
-   load may evict a model used within `idle_seconds`. When a cold model finds no such room
-   anywhere, the hub drains a model whose waiters came after the cold model's oldest: no new
-   request of it goes to that worker, and once its last one ended it is unloaded and the cold
-   one loaded in its place. A model in use is never evicted.
+4. Room: at `max_models`, one model is unloaded first: of those with no request in flight
+   there (this hub's or, as the worker reports, any hub's), no action under way, not held by a
+   pin, and not waited for unless loaded elsewhere too, the one with the fewest recent requests
+   per loaded copy, then the one idle longest (rule 2 says when an extra copy may evict).
+   When a cold model finds no such room anywhere, the hub drains a model whose waiters came
+   after the cold model's oldest: no new request of it goes to that worker, and once its last
+   one ended it is unloaded and the cold one loaded in its place. A model in use is never
+   evicted.
 
 Each worker has at most one action at a time. The worker itself refuses to unload a model
 with requests in flight (409), which holds with several hubs too. A load that fails is not
@@ -37,7 +42,8 @@ from gollama.hub.registry import Worker
 log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_SECONDS = 2.0  # a model's load time on a worker that never loaded it
-EVICTION_SECONDS = 1.0  # what unloading another model adds to a load's cost
+DEFAULT_SERVICE_SECONDS = 1.0  # a request's slot time for a model none was seen of yet
+SHARE_FACTOR = 2.0  # a model asked for this many times more per copy gets another's place
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,16 @@ class View:
     blocked: frozenset[tuple[str, str]] = frozenset()
     now: float = 0.0
     idle_seconds: float = 30.0
+    service: Mapping[str, float] = field(default_factory=dict)  # seconds a request holds a slot
+    popularity: Mapping[str, float] = field(default_factory=dict)  # recent requests per model
+    shared: bool = False  # other hubs send requests too: the workers' own counts matter
+
+    def in_use(self, worker: Worker, model: str) -> bool:
+        """`model` has requests on `worker`: this hub's, or (with several hubs) any hub's as
+        the worker reports them (with one hub, its reports only lag behind the hub's count)."""
+        if worker.model_in_flight.get(model, 0) > 0:
+            return True
+        return self.shared and worker.reported_in_use(model) > 0
 
     def up_on(self, name: str) -> list[Worker]:
         """The workers where `name` serves, or is loading (reported, or by this hub)."""
@@ -106,7 +122,7 @@ def plan(view: View) -> list[Action]:
     for worker, (draining, then) in view.drains.items():
         if worker in taken or worker not in view.workers:
             continue
-        if not _in_use(worker, draining):
+        if not view.in_use(worker, draining):
             actions.append(Load(worker, then, draining, "drained for a cold model"))
             taken.add(worker)
 
@@ -116,11 +132,17 @@ def plan(view: View) -> list[Action]:
         cold = not up
         if cold and name in draining_for:
             continue
-        if not cold and (
-            demand.waiting <= view.slots_of(name) or any(_loading(w, name) for w in up)
-        ):
+        if not cold and any(_loading(w, name) for w in up):
             continue
-        load = cheapest(view, name, taken, cold=cold)
+        # Requests wait although it serves: every slot of it is busy. One more copy goes where
+        # there is room; where that evicts a model idle past `idle_seconds`, once the waiters
+        # outnumber its slots; where it evicts one used more recently, once the queue's wait
+        # is longer than loading both again.
+        slots = view.slots_of(name)
+        saves = demand.waiting * view.service.get(name, DEFAULT_SERVICE_SECONDS) / max(1, slots)
+        load = cheapest(
+            view, name, taken, cold=cold, evict_idle=demand.waiting > slots, budget=saves
+        )
         if load is not None:
             actions.append(load)
             taken.add(load.worker)
@@ -140,9 +162,20 @@ def plan(view: View) -> list[Action]:
 
 
 def cheapest(
-    view: View, name: str, taken: set[Worker], *, cold: bool, reason: str = ""
+    view: View,
+    name: str,
+    taken: set[Worker],
+    *,
+    cold: bool,
+    evict_idle: bool = True,
+    budget: float | None = None,
+    reason: str = "",
 ) -> Load | None:
-    """Where loading `name` costs least, and what it evicts there; None when nowhere can."""
+    """Where loading `name` costs least, and what it evicts there; None when nowhere can.
+    Cold, it may evict any model that may go; otherwise one idle past `idle_seconds` (with
+    `evict_idle`); with a `budget` (for an extra copy: the seconds of queue it saves), also
+    one used more recently if loading both costs less, or if `name` would still have over
+    `SHARE_FACTOR` times its recent requests per copy."""
     best: tuple[float, int, Load] | None = None
     for worker in view.workers:
         catalog = worker.catalog
@@ -157,26 +190,49 @@ def cheapest(
             continue
         evict = None
         if catalog.max_models and _instances(worker) >= catalog.max_models:
-            evict = _victim(view, worker, recent_too=cold)
+            evict = _victim(view, worker, recent_too=cold) if cold or evict_idle else None
+            if evict is None and not cold and budget is not None:
+                evict = _victim(view, worker, recent_too=True)
+                if evict is not None and not _worth_a_copy(view, worker, name, evict, budget):
+                    evict = None
             if evict is None:
                 continue
         cost = _load_seconds(view, worker, model)
         if evict is not None:  # and bringing it back later
-            cost += EVICTION_SECONDS + _load_seconds(view, worker, evict)
+            cost = _swap_seconds(view, worker, model, evict)
         cost += worker.in_flight / worker.slots if worker.slots else 0.0
-        why = reason or ("cold: requests wait for it" if cold else "its requests outgrow its slots")
+        why = reason or ("cold: requests wait for it" if cold else "its slots are all busy")
         if best is None or (cost, worker.seq) < best[:2]:
             best = (cost, worker.seq, Load(worker, model, evict, why))
     return best[2] if best is not None else None
 
 
+def _worth_a_copy(view: View, worker: Worker, name: str, evict: str, budget: float) -> bool:
+    """An extra copy of `name` on `worker` is worth unloading `evict` there: the queue it
+    saves is longer than loading both again, or `name`, with one copy more, would still have
+    over `SHARE_FACTOR` times the recent requests per copy `evict` has."""
+    assert worker.catalog is not None
+    model = worker.catalog.model_id(name) or name
+    if _swap_seconds(view, worker, model, evict) < budget:
+        return True
+    copies = sum(1 for w in view.workers if w.hosts(name))
+    per_copy = view.popularity.get(name, 0.0) / (copies + 1)
+    return per_copy > SHARE_FACTOR * _demand_per_copy(view, worker, evict)
+
+
+def _swap_seconds(view: View, worker: Worker, model: str, evict: str) -> float:
+    """Loading `model` in place of `evict`, and `evict` again later."""
+    return _load_seconds(view, worker, model) + _load_seconds(view, worker, evict)
+
+
 def _victim(view: View, worker: Worker, *, recent_too: bool) -> str | None:
-    """The model to unload on `worker` to make room: idle longest of those that may go."""
+    """The model to unload on `worker` to make room, of those that may go: the one with the
+    fewest recent requests per copy loaded; of equals, the one idle longest."""
     catalog = worker.catalog
     assert catalog is not None
-    best: tuple[float, str] | None = None
+    best: tuple[float, float, str] | None = None
     for model, place in catalog.models.items():
-        if place.state not in UP or _in_use(worker, model) or model in worker.pending:
+        if place.state not in UP or view.in_use(worker, model) or model in worker.pending:
             continue
         if place.state in ("loading", "downloading"):
             continue
@@ -186,16 +242,23 @@ def _victim(view: View, worker: Worker, *, recent_too: bool) -> str | None:
         if used is not None and not recent_too and view.now - used < view.idle_seconds:
             continue
         idle_since = used if used is not None else float("-inf")
-        if best is None or idle_since < best[0]:
-            best = (idle_since, model)
-    return best[1] if best is not None else None
+        key = (_demand_per_copy(view, worker, model), idle_since)
+        if best is None or key < best[:2]:
+            best = (*key, model)
+    return best[2] if best is not None else None
+
+
+def _demand_per_copy(view: View, worker: Worker, model: str) -> float:
+    """Recent requests for `model` per worker where it is loaded (this one included)."""
+    recent = sum(view.popularity.get(name, 0.0) for name in _names(worker, model))
+    return recent / (1 + _elsewhere(view, worker, model))
 
 
 def _drain(view: View, name: str, demand: Demand, taken: set[Worker]) -> Drain | None:
     """For a cold model with no room anywhere: the busy model to drain for it, on a worker
     that has it in its catalog: the least waited for, whose waiters (if any) all came after
     this model's oldest."""
-    best: tuple[int, int, Drain] | None = None
+    best: tuple[int, float, int, Drain] | None = None
     for worker in view.workers:
         catalog = worker.catalog
         assert catalog is not None
@@ -210,10 +273,14 @@ def _drain(view: View, name: str, demand: Demand, taken: set[Worker]) -> Drain |
             waiting = _waiting_for(view, worker, other)
             if waiting is not None and waiting.since <= demand.since:
                 continue
-            key = (waiting.waiting if waiting else 0, worker.model_in_flight.get(other, 0))
-            if best is None or key < best[:2]:
+            key = (
+                waiting.waiting if waiting else 0,
+                _demand_per_copy(view, worker, other),
+                worker.model_in_flight.get(other, 0),
+            )
+            if best is None or key < best[:3]:
                 best = (*key, Drain(worker, other, model))
-    return best[2] if best is not None else None
+    return best[3] if best is not None else None
 
 
 def _may_go(view: View, worker: Worker, model: str) -> bool:
@@ -281,10 +348,6 @@ def _instances(worker: Worker) -> int:
         for model, place in worker.catalog.models.items()
         if place.state in UP or worker.pending.get(model) == "loading"
     )
-
-
-def _in_use(worker: Worker, model: str) -> bool:
-    return worker.model_in_flight.get(model, 0) > 0 or worker.reported_in_use(model) > 0
 
 
 def acting(worker: Worker) -> bool:

@@ -115,6 +115,8 @@ class Scheduler(Watcher):
         self._running: dict[Worker, dict[Lease, None]] = {}
         self._light_turn = 0  # light requests go round the least busy workers
         self.on_wait: Callable[[], None] = lambda: None  # hears of every request that waits
+        # hears of every slot given back: the model asked for, and the seconds it was held
+        self.on_release: Callable[[str | None, float], None] = lambda model, seconds: None
 
     @property
     def waiting(self) -> int:
@@ -254,6 +256,7 @@ class Scheduler(Watcher):
         worker = lease.worker
         now = asyncio.get_running_loop().time()
         worker.gave_back(lease.model, now)
+        self.on_release(lease.model, now - lease.started)
         self.in_flight -= 1
         self._fair.released(lease.share, lease.charged, now - lease.started, now)
         running = self._running[worker]

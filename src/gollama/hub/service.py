@@ -115,6 +115,7 @@ class Hub:
             load_timeout=config.model_load_timeout,
         )
         scheduler.on_wait = placement.wake
+        scheduler.on_release = placement.released
         health = HealthMonitor(registry, upstream)
         history = History(accounting, scheduler)
         model_names = ModelNames.parse(config.model_aliases, config.default_model)

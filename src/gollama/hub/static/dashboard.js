@@ -76,6 +76,49 @@ function renderWorkers(workers) {
   }
 }
 
+// Router-mode workers: one row per model, one column per worker, each cell its state there
+// (with slots busy / slots while it serves); empty where the worker does not have the model.
+function renderModels(workers) {
+  const routers = workers.filter((w) => w.router);
+  byId("models-section").hidden = routers.length === 0;
+  const table = byId("models");
+  const head = table.tHead.rows[0];
+  head.replaceChildren();
+  const corner = document.createElement("th");
+  corner.textContent = "model";
+  head.append(corner);
+  for (const w of routers) {
+    const th = document.createElement("th");
+    th.textContent = `${w.id} (≤ ${w.router.max_models || "∞"})`;
+    head.append(th);
+  }
+  const names = [...new Set(routers.flatMap((w) => Object.keys(w.router.models)))].sort();
+  const body = table.tBodies[0];
+  body.replaceChildren();
+  for (const name of names) {
+    const row = body.insertRow();
+    row.dataset.testid = "model-row";
+    row.dataset.model = name;
+    cell(row, name);
+    for (const w of routers) {
+      const m = w.router.models[name];
+      if (!m) {
+        cell(row, "");
+        continue;
+      }
+      const serving = m.state === "loaded" || m.state === "sleeping";
+      const text = serving ? `${m.state} ${m.in_flight}/${m.slots}` : m.state;
+      const td = cell(row, "");
+      const badge = document.createElement("span");
+      badge.className = `model-state ${m.state}`;
+      badge.textContent = text;
+      badge.title = m.load_s === null ? "" : `last load ${m.load_s.toFixed(2)} s`;
+      td.dataset.worker = w.id;
+      td.append(badge);
+    }
+  }
+}
+
 function renderTenants(tenants) {
   const body = byId("tenants").tBodies[0];
   body.replaceChildren();
@@ -111,6 +154,7 @@ function render(data) {
   byId("summary").textContent =
     `policy ${data.policy} · up ${duration(data.uptime_s)}`;
   renderWorkers(data.workers);
+  renderModels(data.workers);
   renderTenants(data.tenants || {});
 
   const h = data.history;
