@@ -17,7 +17,7 @@ from tests.procs import Processes, stats, wait_until
 
 pytestmark = pytest.mark.e2e
 
-# Three models of different sizes; worker 1 has alpha and beta, worker 2 beta and gamma.
+# Models of different sizes; worker 1 has alpha and beta, worker 2 beta, gamma and slow.
 SHAPES = {
     "alpha": ModelShape(d_model=64, layers=2),
     "beta": ModelShape(d_model=128, layers=2),
@@ -27,11 +27,12 @@ LLAMA_ARGS = "--llama-args=-np 2 -c 1024 -t 1"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> dict[str, Path]:
     made = tmp_path_factory.mktemp("router-models")
     files = {name: write_test_model(made / f"{name}.gguf", shape) for name, shape in SHAPES.items()}
+    files["slow"] = models["slow"]  # 85 MB, ~140 tokens/s: a request stays in flight a while
     folders = {}
-    for worker, names in {"w1": ("alpha", "beta"), "w2": ("beta", "gamma")}.items():
+    for worker, names in {"w1": ("alpha", "beta"), "w2": ("beta", "gamma", "slow")}.items():
         folder = made / worker
         folder.mkdir()
         for name in names:
@@ -67,11 +68,14 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
     w1 = procs.worker(
         "w1", hub, "--models-dir", str(folders["w1"]), "--models-max", "1", LLAMA_ARGS
     )
-    procs.worker("w2", hub, "--models-dir", str(folders["w2"]), "--models-max", "2", LLAMA_ARGS)
+    w2 = procs.worker(
+        "w2", hub, "--models-dir", str(folders["w2"]), "--models-max", "2", LLAMA_ARGS
+    )
     assert where(hub.url) == {
         "alpha": (["w1"], []),
         "beta": (["w1", "w2"], []),
         "gamma": (["w2"], []),
+        "slow": (["w2"], []),
     }
 
     client = openai.OpenAI(base_url=hub.url + "/v1", api_key="none", max_retries=0)
@@ -111,11 +115,25 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["message"]
 
+    # The worker itself never unloads a model a request of its own is using.
+    health = httpx.get(w2.url + "/health", timeout=5).json()
+    assert health["router"]["models"]["gamma"]["state"] == "loaded"
+    with httpx.stream(
+        "POST", hub.url + "/v1/chat/completions", json=chat("slow", 300, stream=True), timeout=60
+    ) as streaming:
+        chunks = streaming.iter_bytes()
+        next(chunks)  # under way, for about two seconds more (one iterator: closing it ends it)
+        refused = httpx.post(w2.url + "/models/unload", json={"model": "slow"}, timeout=10)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "model_in_use"
+        rest = b"".join(chunks)
+    assert rest.rstrip().endswith(b"data: [DONE]")
+
     # A request without a model cannot be routed to workers of several models each.
     no_model = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     answer = httpx.post(hub.url + "/v1/chat/completions", json=no_model)
     assert answer.status_code == 400 and "name a model" in answer.json()["error"]["message"]
-    assert w1.alive()
+    assert w1.alive() and w2.alive()
 
 
 async def test_alternating_models_on_one_instance_never_fail_nor_evict_a_model_in_use(

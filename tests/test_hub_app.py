@@ -97,6 +97,8 @@ def test_a_worker_registers_over_its_tunnel_at_the_tunnel_url(client: TestClient
         ("/chat", Access.CLIENT),
         ("/v1/models", Access.CLIENT),
         ("/stats", Access.ADMIN),
+        ("/admin/models/load", Access.ADMIN),
+        ("/admin/models/unload", Access.ADMIN),
         (TUNNEL_PATH, Access.WORKER),
         ("/dashboard", Access.ADMIN),
         ("/dashboard/static/dashboard.js", Access.ADMIN),
@@ -227,6 +229,13 @@ def test_the_guard_asks_each_path_for_its_own_credential() -> None:
         assert refused.headers["www-authenticate"].startswith("Bearer")
         assert client.get("/stats", headers={"Authorization": f"Bearer {key}"}).status_code == 401
         assert client.get("/stats", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        load = {"model": "coder"}
+        assert client.post("/admin/models/load", json=load).status_code == 401
+        by_admin = client.post(
+            "/admin/models/load", json=load, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert by_admin.status_code == 404  # past the guard: no router-mode worker has it
+        assert "no router-mode worker" in by_admin.json()["error"]["message"]
         assert client.get("/health").status_code == 503  # always open
         big = {"X-Padding": "x" * 4096}
         assert client.get("/health", headers=big).status_code == 431

@@ -140,6 +140,8 @@ async def health(request: Request) -> Response:
         "hub": {"url": node.config.hub_url, "id": node.hubs.worker_id},
         "hubs": node.hubs.describe(),
     }
+    if status.router is not None:  # router mode: every model's state
+        body["router"] = status.router.describe(node.forwarder.by_model)
     if not healthy:
         body["reason"] = status.reason
     if node.managed is not None:

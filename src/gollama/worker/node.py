@@ -238,15 +238,7 @@ class WorkerNode:
             "draining": self.draining,
         }
         if known.router is not None:
-            in_use = self.forwarder.by_model
-            info["router"] = {
-                "max_models": known.router.max_models,
-                "models": {
-                    model: state.describe(in_use.get(model, 0))
-                    for model, state in known.router.models.items()
-                },
-                "aliases": known.router.aliases,
-            }
+            info["router"] = known.router.describe(self.forwarder.by_model)
         if self.config.name:
             info["name"] = self.config.name
         if self.direct and not self.hubs.several:  # several hubs: this worker owns the slots

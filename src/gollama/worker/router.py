@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +76,16 @@ class RouterState:
 
     def model_id(self, name: str) -> str | None:
         return name if name in self.models else self.aliases.get(name)
+
+    def describe(self, in_use: Mapping[str, int]) -> dict[str, Any]:
+        """For the hubs and /health: each model's state, with the requests on it (`in_use`)."""
+        return {
+            "max_models": self.max_models,
+            "models": {
+                model: state.describe(in_use.get(model, 0)) for model, state in self.models.items()
+            },
+            "aliases": self.aliases,
+        }
 
 
 class RouterModels:
