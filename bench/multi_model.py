@@ -31,7 +31,6 @@ import asyncio
 import importlib.util
 import random
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import aiohttp
 from common import HOST, RESULTS, LocalCluster, Proc, start_gollama, wait_ok
-from overhead import find_nginx, start_nginx
+from overhead import find_nginx, start_nginx, start_sglang
 
 from gollama._processes import free_port, free_ports
 from gollama.tools.models import real_model
@@ -157,30 +156,6 @@ def start_routers(cluster: LocalCluster, models: Path, cell: Cell) -> list[Proc]
     ]
 
 
-def start_sglang(cluster: LocalCluster, llamas: list[Proc]) -> Proc:
-    port, metrics = free_ports(2)
-    command = [
-        sys.executable,
-        "-m",
-        "sglang_router.launch_router",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--worker-urls",
-        *(llama.url for llama in llamas),
-        "--policy",
-        "round_robin",
-        "--log-level",
-        "warn",
-        "--prometheus-host",
-        HOST,
-        "--prometheus-port",
-        str(metrics),
-    ]
-    return cluster.spawn("sglang-router", command, port)
-
-
 def loads_in(llamas: list[Proc]) -> int:
     return sum(
         llama.log.read_text(errors="replace").count("spawning server instance with name=")
@@ -245,7 +220,8 @@ async def run_router(router: str, cell: Cell, folder: Path, nginx: str | None) -
                 )
                 url = ports.hub_url
             elif router == SGLANG:
-                url = start_sglang(cluster, llamas).url
+                port, metrics = free_ports(2)
+                url = start_sglang(cluster, port, metrics, [llama.port for llama in llamas]).url
                 await wait_ok(session, url + "/health")
             else:
                 assert nginx is not None
