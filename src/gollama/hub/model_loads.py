@@ -102,7 +102,7 @@ class ModelLoads:
     async def run(self) -> None:
         try:
             while True:
-                busy = bool(self.drains) or any(True for _ in self.waiters())
+                busy = bool(self.drains) or (self._routers() and any(True for _ in self.waiters()))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PASS_INTERVAL if busy else 5.0):
                         await self._wake.wait()
@@ -134,8 +134,14 @@ class ModelLoads:
             self.registry.shared_slots,
         )
 
+    def _routers(self) -> bool:
+        """Some worker is in router mode (else there is nothing to place)."""
+        return any(worker.catalog is not None for worker in self.registry)
+
     def step(self) -> list[Action]:
         """One pass: start what `plan` says."""
+        if not self._routers():
+            return []
         view = self.view()
         if not view.workers:
             return []
