@@ -93,6 +93,10 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
 
     body = stats(hub)
     assert body["placement"]["loads"] == 3 and body["placement"]["failures"] == 0
+    metrics = httpx.get(hub.url + "/metrics", timeout=5).text
+    assert 'gollama_worker_model_loaded{model="alpha",worker="w1"} 1.0' in metrics
+    assert 'gollama_worker_model_loaded{model="beta",worker="w1"} 0.0' in metrics
+    assert 'gollama_model_placement_total{action="loads"} 3.0' in metrics
     w1_models = next(w for w in body["workers"] if w["id"] == "w1")["router"]
     assert w1_models["max_models"] == 1 and w1_models["models"]["alpha"]["load_s"] > 0
 

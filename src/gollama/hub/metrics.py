@@ -5,7 +5,7 @@ disappear the moment it leaves. All names start with `gollama_`; times are in se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import Metric
@@ -155,4 +155,30 @@ class _ClusterCollector(Collector):
             "Tokens the worker generated",
             ["worker"],
             [((w.id,), w.tokens.generated) for w in workers],
+        )
+        yield gauge(
+            "gollama_worker_model_loaded",
+            "Router-mode workers: 1 for each model loaded (or sleeping) there, 0 for the others",
+            ["worker", "model"],
+            [
+                ((w.id, model), int(place.serving))
+                for w in workers
+                if w.catalog is not None
+                for model, place in w.catalog.models.items()
+            ],
+        )
+
+
+class PlacementCollector(Collector):
+    """What the hub did to place models on router-mode workers (`ModelLoads.counts`)."""
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter(
+            "gollama_model_placement",
+            "Loads, unloads and drains the hub asked router-mode workers for, and failed ones",
+            ["action"],
+            [((action,), count) for action, count in self.counts.items()],
         )

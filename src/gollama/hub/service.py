@@ -18,7 +18,7 @@ from gollama.hub.accounting import Accounting
 from gollama.hub.affinity import SharedAffinity
 from gollama.hub.dashboard import History
 from gollama.hub.health import HealthMonitor
-from gollama.hub.metrics import hub_metrics
+from gollama.hub.metrics import PlacementCollector, hub_metrics
 from gollama.hub.model_loads import ModelLoads
 from gollama.hub.models import ModelNames
 from gollama.hub.placement import parse_pins
@@ -114,6 +114,7 @@ class Hub:
             idle_seconds=config.model_idle_seconds,
             load_timeout=config.model_load_timeout,
         )
+        prometheus.register(PlacementCollector(placement.counts))
         scheduler.on_wait = placement.wake
         scheduler.on_release = placement.released
         health = HealthMonitor(registry, upstream)
