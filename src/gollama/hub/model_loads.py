@@ -87,6 +87,8 @@ class ModelLoads:
 
     def released(self, model: str | None, seconds: float) -> None:
         """A request for `model` held its slot `seconds`: learned as a moving average."""
+        if self.drains:
+            self.wake()  # maybe the last request of a model being drained: swap it now
         if model is not None:
             now = asyncio.get_running_loop().time()
             self.popularity[model] = (self._popularity(model, now) + 1.0, now)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SERVING = frozenset({"loaded", "sleeping"})  # states in which requests are served
 CALL_TIMEOUT = 3.0
-POLL_INTERVAL = 0.05  # while a load or unload asked for here is under way
+POLL_INTERVAL = 0.02  # while a load or unload asked for here is under way
 UNLOAD_TIMEOUT = 30.0
 
 
