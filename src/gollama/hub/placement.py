@@ -7,8 +7,9 @@ asks `Worker.room_for`); this module decides the loads. Each pass (`plan`, a pur
 the registry's workers, the queue's demand and the pins) gives the actions to start:
 
 1. Cold: a model with waiting requests that no worker serves or is loading is loaded on the
-   worker where that costs least: its measured load time there, plus the eviction it needs,
-   plus that worker's load. The requests wait in the queue meanwhile (within their deadline).
+   worker where that costs least: its measured load time there, plus the eviction it needs
+   (the evicted model's load time, and `EVICTION_PENALTY`), plus that worker's load. The
+   requests wait in the queue meanwhile (within their deadline).
 2. Demand: a model with waiting requests although it serves (all its slots are busy), with no
    load of it under way, is loaded on one more worker with room for another model. Where that
    needs an eviction: of a model idle past `idle_seconds`, once its waiting requests outnumber
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_SECONDS = 2.0  # a model's load time on a worker that never loaded it
 DEFAULT_SERVICE_SECONDS = 1.0  # a request's slot time for a model none was seen of yet
+EVICTION_PENALTY = 0.5  # seconds a load that evicts counts more than one into free room
 SHARE_FACTOR = 2.0  # a model asked for this many times more per copy gets another's place
 
 
@@ -198,8 +200,8 @@ def cheapest(
             if evict is None:
                 continue
         cost = _load_seconds(view, worker, model)
-        if evict is not None:  # and bringing it back later
-            cost = _swap_seconds(view, worker, model, evict)
+        if evict is not None:  # bringing it back later, and the chance it is wanted meanwhile
+            cost = _swap_seconds(view, worker, model, evict) + EVICTION_PENALTY
         cost += worker.in_flight / worker.slots if worker.slots else 0.0
         why = reason or ("cold: requests wait for it" if cold else "its slots are all busy")
         if best is None or (cost, worker.seq) < best[:2]:
