@@ -189,3 +189,37 @@ def test_demand_loads_a_model_on_a_second_worker_and_pins_hold(
     assert where(hub.url)["beta"][1] == ["w1", "w2"]  # 8 waiting outgrew one slot: a second copy
     assert set(served_by) == {"w1", "w2"}
     assert where(hub.url)["gamma"][1] == ["w2"]  # pinned: still loaded
+
+
+async def test_two_hubs_share_one_router_worker_without_failures(
+    procs: Processes, folders: dict[str, Path]
+) -> None:
+    redis = procs.redis()
+    hubs = [procs.hub("--redis", redis.redis_url, name=f"hub-{n}") for n in "ab"]
+    worker = procs.worker(
+        "w1", hubs[0], "--models-dir", str(folders["w1"]), "--models-max=1", LLAMA_ARGS
+    )
+
+    def on_both() -> bool:
+        return all(any(w["id"] == "w1" for w in stats(hub)["workers"]) for hub in hubs)
+
+    wait_until(on_both, "w1 on both hubs", worker, timeout=15)
+
+    async def one(client: httpx.AsyncClient, n: int) -> bytes:
+        model = ("alpha", "beta")[n % 2]
+        hub = hubs[(n // 2) % 2]  # each hub gets both models
+        async with client.stream(
+            "POST", hub.url + "/v1/chat/completions", json=chat(model, 48, stream=True)
+        ) as reply:
+            assert reply.status_code == 200
+            return b"".join([part async for part in reply.aiter_bytes()])
+
+    async with httpx.AsyncClient(timeout=90) as client:
+        bodies = await asyncio.wait_for(asyncio.gather(*(one(client, n) for n in range(16))), 150)
+    for body in bodies:
+        assert body.rstrip().endswith(b"data: [DONE]"), body[-300:]
+        assert b'"error"' not in body
+    placements = [stats(hub)["placement"] for hub in hubs]
+    assert sum(p["loads"] for p in placements) >= 2  # the models took turns on the one instance
+    for hub in hubs:
+        assert stats(hub)["requests"]["failed"] == 0
