@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from starlette.requests import Request
@@ -345,8 +345,7 @@ def _catalog(value: Any) -> Catalog | None:
         raise wrong
     most, models, aliases = value.get("max_models"), value.get("models"), value.get("aliases", {})
     if (
-        not isinstance(most, int)
-        or not _count(most)
+        not _count(most)
         or not isinstance(models, dict)
         or not 0 < len(models) <= MAX_CATALOG
         or not isinstance(aliases, dict)
@@ -370,7 +369,7 @@ def _catalog(value: Any) -> Catalog | None:
     return Catalog(most, places, dict(aliases))
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -33,14 +33,11 @@ tried again on that worker for `RETRY_AFTER` seconds.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gollama.hub.catalog import UP
 from gollama.hub.registry import Worker
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_SECONDS = 2.0  # a model's load time on a worker that never loaded it
 DEFAULT_SERVICE_SECONDS = 1.0  # a request's slot time for a model none was seen of yet

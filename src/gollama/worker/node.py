@@ -206,14 +206,13 @@ class WorkerNode:
 
     def slot_limit(self, model: str | None) -> int | None:
         """With several hubs, this worker admits at most its llama-server's slots (each hub
-        counts only its own requests), in router mode those of the request's model while it
-        is loaded; with one hub, the hub alone decides."""
+        counts only its own requests), in router mode those of the request's model (its id,
+        `model_of`) while it is loaded; with one hub, the hub alone decides."""
         known = self._known
         if not self.hubs.several or known is None:
             return None
         if known.router is None:
             return known.slots
-        model = known.router.model_id(model) if model is not None else None
         state = known.router.models.get(model) if model is not None else None
         return state.slots if state is not None and state.serving else None
 
