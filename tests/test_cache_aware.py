@@ -172,6 +172,46 @@ def test_a_request_waits_for_its_busy_worker_when_that_is_cheaper() -> None:
     assert choice.patience > 1  # computing the document elsewhere: worth waiting that long
 
 
+def test_a_choice_to_wait_names_the_workers_that_could_change_it() -> None:
+    """It stands unless a worker holding some of the prompt opens (the scheduler need not ask
+    again at every freed slot), and says what it would be if it could not wait."""
+    pool = workers(3)
+    policy = CacheAware()
+    want = chat(conversation(DOC, "q1"))
+    serve(policy, want, pool[0], seconds=0.2)
+    serve(policy, want, pool[1], seconds=0.2)
+    busy(pool[0], 0.2)
+    busy(pool[1], 0.2)
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert choice.wait and choice.worker in pool[:2]
+    assert choice.unless_open is not None and set(choice.unless_open) == set(pool[:2])
+    assert choice.otherwise is not None
+    assert choice.otherwise.worker is pool[2] and not choice.otherwise.wait
+    impatient = choose(policy, chat(conversation(DOC, "q1", "q2")), pool, patient=False)
+    assert impatient.worker is pool[2] and impatient.work == choice.otherwise.work
+
+
+def test_a_choice_to_wait_made_with_no_open_worker_is_asked_again_when_one_opens() -> None:
+    """Nothing open to compare with: it stands only if waiting beats what a worker holding
+    none of the prompt would cost with one slot just freed."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=0.2)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=0.2)
+    busy(pool[0], 0.2)
+    busy(pool[1], 0.2)
+    soon = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert soon.wait and soon.unless_open is not None  # 0.2 s beats the whole document
+    RUNNING.clear()
+    for worker in pool:
+        worker.in_flight = 0
+    busy(pool[0], 60.0)
+    busy(pool[1], 0.2)
+    late = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert late.wait and late.worker is pool[0] and late.otherwise is None
+    assert late.unless_open is None  # a minute: any worker that opens is worth a look
+
+
 def test_affinity_never_piles_work_on_one_worker_while_another_idles() -> None:
     pool = workers(2)
     policy = CacheAware()

@@ -409,3 +409,96 @@ async def test_a_waiter_that_leaves_no_longer_counts_as_load_on_its_worker() -> 
     await asyncio.gather(waiter, return_exceptions=True)
     assert scheduler.held_out() == {}  # newcomers see a unclaimed
     held.release()
+
+
+class StandsUnless(PrefersA):
+    """Prefers a for "sticky" (wait 10 s) and says its choice stands unless `unless` opens;
+    counts how often it is asked for "sticky"; with `otherwise`, says what it would choose if
+    it could not wait."""
+
+    name = "stands_unless"
+
+    def __init__(self, sticky_worker: Worker, unless: list[Worker]) -> None:
+        super().__init__(sticky_worker, expected_wait=10.0)
+        self.unless = unless
+        self.asked = 0
+
+    def choose(
+        self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+    ) -> Choice | None:
+        if want.model == "sticky":
+            self.asked += 1
+            if not self.sticky_worker.available:  # it failed: any worker will do
+                free = list(candidates)
+                return Choice(free[0]) if free else None
+        choice = super().choose(want, candidates, backlog, patient=patient)
+        if choice is None or not choice.wait:
+            return choice
+        return Choice(choice.worker, wait=True, expected_wait=10.0, unless_open=self.unless)
+
+
+async def test_a_choice_to_hold_out_stands_until_a_worker_that_could_change_it_opens() -> None:
+    registry = Registry(heartbeat_interval=2.0)
+    a, b, c = (
+        registry.register(Registration(f"http://{n}:9001", ("sticky",), 1, True, n), 0.0)
+        for n in "abc"
+    )
+    policy = StandsUnless(a, unless=[c])
+    scheduler = Scheduler(registry, policy, queue_size=10)
+    held_a = await scheduler.acquire(Want("sticky", "/v1/chat/completions"))
+    held_c = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    waiter = asyncio.create_task(scheduler.acquire(Want("sticky", "/v1/chat/completions")))
+    await settle()
+    asked = policy.asked
+    for _ in range(5):  # b frees again and again: the waiter is not asked again
+        other = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+        assert other.worker is b
+        other.release()
+        await settle()
+    assert policy.asked == asked and not waiter.done()
+    held_c.release()  # c could change its mind: it is asked, and still holds out
+    await settle()
+    assert policy.asked == asked + 1 and not waiter.done()
+    held_b = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    held_c = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    if held_b.worker is c:
+        held_b, held_c = held_c, held_b
+    registry.mark_failed(a, "reset", 0.0)  # its worker failed: when b frees, it is asked
+    held_b.release()
+    lease = await asyncio.wait_for(waiter, 1)
+    assert lease.worker is b
+    for done in (lease, held_c, held_a):
+        done.release()
+
+
+async def test_past_its_patience_a_waiter_takes_what_the_policy_said_otherwise() -> None:
+    registry = Registry(heartbeat_interval=2.0)
+    a, b = (
+        registry.register(Registration(f"http://{n}:9001", ("sticky",), 1, True, n), 0.0)
+        for n in "ab"
+    )
+
+    class Otherwise(PrefersA):
+        def choose(
+            self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+        ) -> Choice | None:
+            assert patient, "asked a second time, though it said what it would do otherwise"
+            choice = super().choose(want, candidates, backlog, patient=patient)
+            if choice is None or not choice.wait:
+                return choice
+            free = list(candidates)
+            instead = Choice(free[0], work=0.5) if free else None
+            return Choice(choice.worker, wait=True, expected_wait=1.0, otherwise=instead)
+
+    scheduler = Scheduler(registry, Otherwise(a, expected_wait=1.0), queue_size=10)
+    held = await scheduler.acquire(Want("sticky", "/v1/chat/completions"))
+    waiter = asyncio.create_task(scheduler.acquire(Want("sticky", "/v1/chat/completions")))
+    await settle()
+    for w in scheduler._waiters:  # its patience ran out
+        assert w.patience_until is not None
+        w.patience_until = w.stands_until = 0.0
+    scheduler.capacity_changed(b)
+    lease = await asyncio.wait_for(waiter, 1)
+    assert lease.worker is b and lease.work == 0.5
+    lease.release()
+    held.release()

@@ -14,8 +14,11 @@ from the hub in flight, so llama-server never queues internally and this queue i
   waits for (with the slot time the policy predicted for it), so those behind it see that
   worker's queue. It waits at most a few times the wait the policy estimated, or as long as the
   policy says going elsewhere would cost, if that is longer; after that it takes any free
-  worker. A free slot is never left idle while waiters could use it: once a few waiters have
-  held out, the next one takes it.
+  worker (what the policy said it would do otherwise, without asking again). Until then its
+  choice stands without asking the policy again at each freed slot, unless a worker that could
+  change its mind opens (the policy names them: for cache_aware, those holding part of its
+  prompt), or its worker fails, or workers come or go. A free slot is never left idle while
+  waiters could use it: once a few waiters have held out, the next one takes it.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not. With fair share, a full queue makes room for a
@@ -70,7 +73,18 @@ AGING = 0.25  # each second a waiter has waited counts as this many seconds less
 
 
 class _Waiter:
-    __slots__ = ("future", "patience_until", "retry", "since", "target", "timer", "want")
+    __slots__ = (
+        "future",
+        "patience_until",
+        "retry",
+        "since",
+        "stands_until",
+        "target",
+        "timer",
+        "unless_open",
+        "want",
+        "work",
+    )
 
     def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
         self.want = want
@@ -80,6 +94,11 @@ class _Waiter:
         self.patience_until: float | None = None  # set once it chose to wait for a busy worker
         self.timer: asyncio.TimerHandle | None = None
         self.target: Worker | None = None  # the busy worker it holds out for
+        self.work = 0.0  # the seconds it would hold a slot there, as the policy predicted
+        # Until when its choice to hold out stands without asking the policy again (0: ask
+        # at every pass), unless one of `unless_open` opens (`Choice.unless_open`).
+        self.stands_until = 0.0
+        self.unless_open: Collection[Worker] = ()
 
 
 class Scheduler(Watcher):
@@ -209,6 +228,8 @@ class Scheduler(Watcher):
     def capacity_changed(self, worker: Worker | None) -> None:
         """`worker` changed state or slots (None: workers came or went): serve or fail the
         waiters."""
+        if worker is None or not worker.available:
+            self._reconsider(worker)
         if worker is None:
             self._reopen_all()
             self._fail_unservable()
@@ -220,6 +241,7 @@ class Scheduler(Watcher):
         """`worker` left (or, with `cache_only`, its llama-server started afresh): the policy
         forgets what it knew of it."""
         self.policy.forget(worker)
+        self._reconsider(worker)
         if not cache_only:
             self._close(worker)
 
@@ -368,7 +390,8 @@ class Scheduler(Watcher):
         open worker, the one with the least work left wins, each second it has waited counting
         as `AGING` seconds less: short jobs (a prompt the server holds) go before long ones, and
         a long one is passed over only by jobs that came after it by less than the work they
-        save / `AGING`. Policies that estimate no work keep the plain line order.
+        save / `AGING`. Policies that estimate no work keep the plain line order. Once
+        `MAX_DECLINED` waiters held out, the next that takes an open worker ends the search.
         """
         now = backlog.now
         looked = 0
@@ -378,9 +401,15 @@ class Scheduler(Watcher):
             if waiter.future.done():
                 continue
             patient = declined < MAX_DECLINED
+            if patient and now < waiter.stands_until:  # it held out: does that still stand?
+                target = self._standing(waiter)
+                if target is not None:
+                    ahead.setdefault(target, []).append(waiter.work)
+                    declined += 1
+                    continue
             choice = self._choose(waiter.want, backlog, patient=patient)
             if choice is not None and choice.wait and not self._still_patient(waiter, choice, now):
-                choice = self._choose(waiter.want, backlog, patient=False)
+                choice = choice.otherwise or self._choose(waiter.want, backlog, patient=False)
             if choice is None:
                 continue
             if choice.wait:
@@ -395,9 +424,29 @@ class Scheduler(Watcher):
             if key < best_key:
                 best, best_key = (waiter, choice), key
             looked += 1
-            if looked >= WINDOW:
+            if looked >= WINDOW or not patient:  # enough held out: the slot goes now
                 break
         return best, declined
+
+    def _standing(self, waiter: _Waiter) -> Worker | None:
+        """The busy worker `waiter` holds out for, if that choice stands without asking the
+        policy again: neither it nor any of the workers that could change its mind
+        (`Choice.unless_open`) is open. Its worker failing, or workers coming or going, end
+        the choice at once (`_reconsider`), its patience running out ends it by the clock.
+        With a thousand workers and thousands waiting, a freed slot's pass then need not ask
+        again for every waiter that holds out."""
+        positions = self._positions
+        if waiter.target in positions or not positions.keys().isdisjoint(waiter.unless_open):
+            return None
+        return waiter.target
+
+    def _reconsider(self, worker: Worker | None) -> None:
+        """The waiters holding out for `worker` (None: for any) are asked again at the next
+        pass."""
+        tables = self._held_out.values() if worker is None else [self._held_out.get(worker, {})]
+        for waiters in tables:
+            for waiter in waiters:
+                waiter.stands_until = 0.0
 
     @staticmethod
     def _still_patient(waiter: _Waiter, choice: Choice, now: float) -> bool:
@@ -415,21 +464,30 @@ class Scheduler(Watcher):
         if waiter.target is not choice.worker:
             self._stop_holding_out(waiter)
             waiter.target = choice.worker
-        self._held_out.setdefault(choice.worker, {})[waiter] = choice.work
+        self._held_out.setdefault(choice.worker, {})[waiter] = waiter.work = choice.work
         loop = asyncio.get_running_loop()
         if waiter.patience_until is None:
             patience = max(PATIENCE_FACTOR * choice.expected_wait, choice.patience)
             waiter.patience_until = now + patience + PATIENCE_MIN
             waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
+            look_again = waiter.patience_until
         elif now >= waiter.patience_until:
             if waiter.timer is not None:
                 waiter.timer.cancel()
-            waiter.timer = loop.call_at(now + ABOUT_TO_FREE, self._dispatch)
+            look_again = now + ABOUT_TO_FREE
+            waiter.timer = loop.call_at(look_again, self._dispatch)
+        else:
+            look_again = waiter.patience_until
+        if choice.unless_open is None:  # ask again at every pass
+            waiter.stands_until, waiter.unless_open = 0.0, ()
+        else:
+            waiter.stands_until, waiter.unless_open = look_again, choice.unless_open
 
     def _stop_holding_out(self, waiter: _Waiter) -> None:
         target = waiter.target
         if target is not None:
             waiter.target = None
+            waiter.stands_until, waiter.unless_open = 0.0, ()
             held = self._held_out[target]
             held.pop(waiter, None)
             if not held:

@@ -105,50 +105,76 @@ class CacheAware:
         prompt = want.prompt
         chars = prompt.chars if prompt is not None else 0
         matched = self.index.matches(prompt) if prompt is not None else {}
-        pool = candidates.sample(self._rng, SAMPLE)
-        if len(pool) > 1:  # ties go round the pool
-            turn = next(self._turn) % len(pool)
-            pool = pool[turn:] + pool[:turn]
+        sampled = candidates.sample(self._rng, SAMPLE)
+        if len(sampled) > 1:  # ties go round the pool
+            turn = next(self._turn) % len(sampled)
+            sampled = sampled[turn:] + sampled[:turn]
+        busy: list[Worker] = []  # holders that are busy, worth waiting for
         for worker in matched:
-            if worker in candidates or (
-                patient and worker.available and want.fits(worker) and worker.hosts(want.model)
-            ):
-                pool.append(worker)
-        if not pool:
+            if worker in candidates:
+                if worker not in sampled:
+                    sampled.append(worker)
+            elif patient and worker.available and want.fits(worker) and worker.hosts(want.model):
+                busy.append(worker)
+        if not sampled and not busy:
             return None
         best_held = max(matched.values(), default=0)
         cluster = self._cluster_rates()
         estimates = [
             self._estimate(
-                worker,
-                worker in candidates,
-                want,
-                chars,
-                matched.get(worker, 0),
-                best_held,
-                backlog,
-                cluster,
+                worker, is_open, want, chars, matched.get(worker, 0), best_held, backlog, cluster
             )
-            for worker in pool
+            for workers, is_open in ((sampled, True), (busy, False))
+            for worker in workers
         ]
-        lowest = min(estimates, key=lambda e: e.cost)
+        return self._decide(estimates, matched, chars, best_held, backlog, cluster, patient)
+
+    def _decide(
+        self,
+        estimates: list[Estimate],
+        matched: dict[Worker, int],
+        chars: int,
+        best_held: int,
+        backlog: Backlog,
+        cluster: Rates,
+        patient: bool,
+    ) -> Choice:
+        """The choice among `estimates` (each worker's, not empty)."""
+        lowest = min(estimates, key=_cost)
         if lowest.wait > 0 or not lowest.open:  # waiting is cheapest
             # worth waiting for as long as going to the best open worker would cost
             elsewhere = [e.cost for e in estimates if e.wait == 0 and e.open]
+            # The wait only shrinks as the holder works, and a worker that holds none of the
+            # prompt costs about what the open ones here did (none open: about what one like
+            # the holder would cost with one slot just freed): the choice stands unless a
+            # worker holding some of the prompt opens.
+            cold = (
+                min(elsewhere)
+                if elsewhere
+                else self._cold_cost(lowest.worker, chars, best_held, backlog, cluster)
+            )
+            open_ones = [e for e in estimates if e.open] if patient else []
             return Choice(
                 lowest.worker,
                 wait=True,
                 expected_wait=lowest.wait,
                 work=lowest.work,
                 patience=min(elsewhere, default=0.0),
+                unless_open=matched.keys() if lowest.cost <= cold else None,
+                otherwise=self._decide(
+                    open_ones, matched, chars, best_held, backlog, cluster, patient=False
+                )
+                if open_ones
+                else None,
             )
         # Among free workers, near ties (measured speeds are noisy) go to the least busy, and
         # then round the pool, which starts at a new place each time.
         tied = lowest.cost * NEAR_TIE + NEAR_TIE_S
+        ahead = backlog.ahead
         chosen = min(
             (e for e in estimates if e.cost <= tied and e.wait == 0 and e.open),
             key=lambda e: (
-                (e.worker.in_flight + e.worker.elsewhere + len(backlog.ahead.get(e.worker, ())))
+                (e.worker.in_flight + e.worker.elsewhere + len(ahead.get(e.worker, ())))
                 / e.worker.slots
             ),
         )
@@ -215,12 +241,27 @@ class CacheAware:
         work = prefill + reply / decode_tps
         ahead = backlog.ahead.get(worker, ())
         busy = worker.in_flight + worker.elsewhere + len(ahead)
-        wait = _first_free_slot(worker, backlog, ahead, work) if busy >= worker.slots else 0.0
-        share_busy = busy_share(worker, busy)
+        slots = worker.slots
+        if busy >= slots:
+            wait = _first_free_slot(worker, backlog, ahead, work)
+            share_busy = (slots - 1) / slots  # as busy_share, inline: this runs per worker
+        else:
+            wait = 0.0
+            share_busy = busy / slots
         weighted = prefill * (1 + share_busy) * (1 + backlog.crowd)
         moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
         cost = wait + weighted + moved + 1e-6 * share_busy
         return Estimate(worker, is_open, cost, wait, work)
+
+    def _cold_cost(
+        self, like: Worker, chars: int, best_held: int, backlog: Backlog, cluster: Rates
+    ) -> float:
+        """The cost (as `_estimate` weighs it) of the prompt on a worker that holds none of it,
+        at the cluster's speeds, with all its slots but one busy, like `like` once it frees
+        one."""
+        seconds_per_char = cluster.tokens_per_char / cluster.prefill_tps
+        weighted = chars * seconds_per_char * (1 + busy_share(like, like.slots - 1))
+        return weighted * (1 + backlog.crowd) + best_held * seconds_per_char * MOVE
 
     def _cluster_rates(self) -> Rates:
         """The speeds measured over the cluster, else the fallback, for workers not measured
@@ -232,6 +273,10 @@ class CacheAware:
             overall.reply_tokens or FALLBACK.reply_tokens,
             overall.decode_tps or FALLBACK.decode_tps,
         )
+
+
+def _cost(estimate: Estimate) -> float:
+    return estimate.cost
 
 
 def _first_free_slot(

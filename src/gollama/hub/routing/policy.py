@@ -65,9 +65,12 @@ class Candidates:
     def sample(self, rng: random.Random, count: int) -> list[Worker]:
         """Up to `count` candidates picked at random (all of them when there are few)."""
         if len(self._open) <= count:
-            return list(self)
-        takes = self._want.takes
-        picked = {w for w in rng.sample(self._open, count) if takes(w)}
+            takes = self._want.takes
+            return [w for w in self._open if takes(w)]
+        takes, workers, size, draw = self._want.takes, self._open, len(self._open), rng.random
+        # `count` draws with replacement (a repeat is rare among many, and costs one pick):
+        # several times cheaper than `rng.sample` without it
+        picked = {w for w in (workers[int(draw() * size)] for _ in range(count)) if takes(w)}
         if len(picked) < count // 2:  # most open workers do not fit: look at all of them
             fitting = list(self)
             return rng.sample(fitting, min(count, len(fitting)))
@@ -131,6 +134,13 @@ class Choice:
     expected_wait: float = 0.0
     work: float = 0.0
     patience: float = 0.0  # with `wait`: seconds worth holding out (what going elsewhere costs)
+    # With `wait`: the choice stands, while its patience lasts and the worker stays busy, unless
+    # one of these workers opens (so the scheduler need not ask again at every freed slot).
+    # None: ask again at every chance.
+    unless_open: Collection[Worker] | None = None
+    # With `wait`: the choice if it may not wait (as `choose` with `patient` false would
+    # answer; None: ask again).
+    otherwise: Choice | None = None
 
 
 @dataclass(frozen=True, slots=True)
