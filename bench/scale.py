@@ -31,7 +31,7 @@ import random
 import time
 import tracemalloc
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,7 @@ class Row:
     p50_us: float
     p99_us: float
     max_us: float
+    p99_no_gc_us: float  # p99 of the same decisions less the garbage collector's pauses in them
     waited: float | None = None
     bytes_per_queued: float | None = None
     index_links: int | None = None
@@ -107,37 +108,75 @@ def finish(scheduler: Scheduler, lease: Lease, want: Want) -> None:
     lease.release()
 
 
+class Collector:
+    """The seconds Python's garbage collector has run so far (heard through `gc.callbacks`).
+
+    A collection runs when enough objects were allocated, wherever that happens: a timed
+    decision pays for what the untimed code around it allocated too, and less untimed work
+    between decisions puts more of the pauses into them. So each row also gives the p99 of
+    the decisions less the pauses inside them."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._heard)
+
+    def _heard(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+
+
+COLLECTOR = Collector()
+
+
 class TimedScheduler(Scheduler):
     """The hub's scheduler, timing the work it does for one watched request: the check that
-    some worker can serve it, the policy's choice and taking the slot."""
+    some worker can serve it, the policy's choice and taking the slot (and the collector's
+    pauses within, apart)."""
 
     watched: Want | None = None
     spent = 0.0
+    collected = 0.0
 
     def _check_servable(self, want: Want) -> None:
-        started = time.perf_counter()
+        started, collected = time.perf_counter(), COLLECTOR.total
         try:
             super()._check_servable(want)
         finally:
-            self._count(want, started)
+            self._count(want, started, collected)
 
     def _choose(self, want: Want, backlog: Backlog, *, patient: bool) -> Choice | None:
-        started = time.perf_counter()
+        started, collected = time.perf_counter(), COLLECTOR.total
         try:
             return super()._choose(want, backlog, patient=patient)
         finally:
-            self._count(want, started)
+            self._count(want, started, collected)
 
     def _lease(self, want: Want, choice: Choice, waiter: Any = None) -> Lease:
-        started = time.perf_counter()
+        started, collected = time.perf_counter(), COLLECTOR.total
         try:
             return super()._lease(want, choice, waiter)
         finally:
-            self._count(want, started)
+            self._count(want, started, collected)
 
-    def _count(self, want: Want, started: float) -> None:
+    def _count(self, want: Want, started: float, collected: float) -> None:
         if want is self.watched:
             self.spent += time.perf_counter() - started
+            self.collected += COLLECTOR.total - collected
+
+
+@dataclass
+class Timed:
+    """Decision times, and the same less the collector's pauses within each."""
+
+    times: list[float] = field(default_factory=list)
+    without_gc: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float, collected: float) -> None:
+        self.times.append(seconds)
+        self.without_gc.append(seconds - collected)
 
 
 def cluster(policy: str, workers: int, slots: int) -> TimedScheduler:
@@ -153,17 +192,20 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
-async def decide(scheduler: TimedScheduler, want: Want) -> tuple[float, float, asyncio.Task[Lease]]:
+async def decide(
+    scheduler: TimedScheduler, want: Want
+) -> tuple[float, float, float, asyncio.Task[Lease]]:
     """For an arriving request: the scheduler's work to give it a slot or decide it waits,
-    and the wall time of its task's first step plus one turn of the event loop (see
-    `loop_turn`), which also runs whatever else was due (other waiters, timers)."""
-    scheduler.watched, scheduler.spent = want, 0.0
+    the collector's pauses within it, and the wall time of its task's first step plus one
+    turn of the event loop (see `loop_turn`), which also runs whatever else was due (other
+    waiters, timers)."""
+    scheduler.watched, scheduler.spent, scheduler.collected = want, 0.0, 0.0
     started = time.perf_counter()
     task = asyncio.create_task(scheduler.acquire(want))
     await asyncio.sleep(0)
     wall = time.perf_counter() - started
     scheduler.watched = None
-    return scheduler.spent, wall, task
+    return scheduler.spent, scheduler.collected, wall, task
 
 
 async def loop_turn() -> float:
@@ -184,11 +226,12 @@ async def loop_turn() -> float:
 
 async def free_decisions(
     scheduler: TimedScheduler, requests: Iterator[Want], count: int, slots_busy: float
-) -> tuple[list[float], list[float], float]:
+) -> tuple[Timed, list[float], float]:
     """Decision times while slots are free and `slots_busy` of all slots are held by other
     requests, which end and are replaced as the measured ones come (so a request that waits
-    for a busy worker holding its prompt is served soon, as on a real hub); and the share of
-    measured requests that chose to wait rather than take a free worker."""
+    for a busy worker holding its prompt is served soon, as on a real hub), with their wall
+    times; and the share of measured requests that chose to wait rather than take a free
+    worker."""
     total = sum(w.slots for w in scheduler.registry)
     rng = random.Random(11)
     held: dict[asyncio.Task[Lease], Want] = {}
@@ -201,7 +244,7 @@ async def free_decisions(
     for _ in range(busy):
         hold_one()
     await asyncio.sleep(0)
-    times, walls, waited = [], [], 0
+    timed, walls, waited = Timed(), [], 0
     for _ in range(count):
         running = [task for task in held if task.done()]
         if running and len(held) >= busy:  # one of the other requests ends
@@ -212,8 +255,8 @@ async def free_decisions(
         for _ in range(2):  # their first steps run now, not within the measured decision
             await asyncio.sleep(0)
         want = next(requests)
-        took, wall, measured = await decide(scheduler, want)
-        times.append(took)
+        took, collected, wall, measured = await decide(scheduler, want)
+        timed.add(took, collected)
         walls.append(wall)
         if measured.done():
             finish(scheduler, measured.result(), want)
@@ -226,12 +269,12 @@ async def free_decisions(
         if task.done() and not task.cancelled():
             finish(scheduler, task.result(), want)
     await asyncio.gather(*held, return_exceptions=True)
-    return times, walls, waited / count
+    return timed, walls, waited / count
 
 
 async def queued_decisions(
     scheduler: Scheduler, requests: Iterator[Want], count: int, queued: int
-) -> tuple[list[float], float]:
+) -> tuple[Timed, float]:
     """Decision times when every slot is busy and `queued` requests wait; also the bytes one
     queued request takes."""
     held: list[tuple[Lease, Want]] = []
@@ -252,13 +295,13 @@ async def queued_decisions(
     await asyncio.sleep(0)
     per_queued = (tracemalloc.get_traced_memory()[0] - before) / max(queued, 1)
     tracemalloc.stop()
-    times = []
+    timed = Timed()
     rng = random.Random(7)
     for _ in range(count):
         lease, want = held.pop(rng.randrange(len(held)))
-        started = time.perf_counter()
+        started, collected = time.perf_counter(), COLLECTOR.total
         finish(scheduler, lease, want)  # the release hands the slot to a waiter
-        times.append(time.perf_counter() - started)
+        timed.add(time.perf_counter() - started, COLLECTOR.total - collected)
         await asyncio.sleep(0)
         for task in [t for t in waiting if t.done()]:
             held.append((task.result(), waiting.pop(task)))
@@ -271,7 +314,7 @@ async def queued_decisions(
     await asyncio.gather(*waiting, return_exceptions=True)
     for lease, want in held:
         finish(scheduler, lease, want)
-    return times, per_queued
+    return timed, per_queued
 
 
 def index_size(scheduler: Scheduler) -> tuple[int, float] | None:
@@ -324,11 +367,12 @@ def _row(
     policy: str,
     workers: int,
     queued: int,
-    times: list[float],
+    timed: Timed,
     per_queued: float | None,
     size: tuple[int, float] | None,
     waited: float | None = None,
 ) -> Row:
+    times = timed.times
     return Row(
         policy,
         workers,
@@ -336,6 +380,7 @@ def _row(
         percentile(times, 0.5) * 1e6,
         percentile(times, 0.99) * 1e6,
         max(times) * 1e6,
+        percentile(timed.without_gc, 0.99) * 1e6,
         waited,
         per_queued,
         size[0] if size else None,
@@ -351,6 +396,7 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
         "decision p50 µs",
         "p99 µs",
         "max µs",
+        "p99 less GC pauses µs",
         "chose to wait",
         "with loop turn p50/p99 µs",
         "bytes / queued request",
@@ -373,6 +419,7 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
             f"{row.p50_us:.0f}",
             f"{row.p99_us:.0f}",
             f"{row.max_us:.0f}",
+            f"{row.p99_no_gc_us:.0f}",
             f"{row.waited:.1%}" if row.waited is not None else "",
             f"{row.wall_p50_us:.0f}/{row.wall_p99_us:.0f}"
             if row.wall_p50_us is not None and row.wall_p99_us is not None
@@ -397,6 +444,9 @@ def render(rows: list[Row], args: argparse.Namespace, turn: float) -> tuple[Tabl
             "waiters, timers). 'chose to wait': requests that preferred a busy worker holding",
             "their prompt. Otherwise every slot is busy, N requests wait, and the time is that of",
             "handing a freed slot to a waiter (the release and the pass over the queue).",
+            "'p99 less GC pauses': the same decisions less the pauses of Python's garbage",
+            "collector inside them; a collection runs once enough objects were allocated,",
+            "wherever that happens, so a decision also pays for the untimed work around it.",
             "Bytes per queued request exclude the request body.",
             "",
             *lines,
