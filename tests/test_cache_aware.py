@@ -173,8 +173,9 @@ def test_a_request_waits_for_its_busy_worker_when_that_is_cheaper() -> None:
 
 
 def test_a_choice_to_wait_names_the_workers_that_could_change_it() -> None:
-    """It stands unless a worker holding some of the prompt opens (the scheduler need not ask
-    again at every freed slot), and says what it would be if it could not wait."""
+    """It stands unless another worker holding enough of the prompt to be cheaper, were it
+    idle, opens (the scheduler need not ask again at every freed slot); it says what it would
+    be if it could not wait."""
     pool = workers(3)
     policy = CacheAware()
     want = chat(conversation(DOC, "q1"))
@@ -184,11 +185,25 @@ def test_a_choice_to_wait_names_the_workers_that_could_change_it() -> None:
     busy(pool[1], 0.2)
     choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
     assert choice.wait and choice.worker in pool[:2]
-    assert choice.unless_open is not None and set(choice.unless_open) == set(pool[:2])
+    other_holder = pool[1] if choice.worker is pool[0] else pool[0]
+    assert choice.unless_open is not None and list(choice.unless_open) == [other_holder]
     assert choice.otherwise is not None
     assert choice.otherwise.worker is pool[2] and not choice.otherwise.wait
     impatient = choose(policy, chat(conversation(DOC, "q1", "q2")), pool, patient=False)
     assert impatient.worker is pool[2] and impatient.work == choice.otherwise.work
+
+
+def test_a_holder_of_too_little_of_the_prompt_cannot_change_a_choice_to_wait() -> None:
+    pool = workers(3)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=0.2)
+    serve(policy, chat(conversation(DOC[:600], "x")), pool[1], seconds=0.2)  # a small part
+    serve(policy, chat(conversation("other", "y")), pool[2], seconds=0.2)
+    busy(pool[0], 0.2)
+    busy(pool[1], 0.2)
+    choice = choose(policy, chat(conversation(DOC, "q1", "q2")), pool)
+    assert choice.wait and choice.worker is pool[0]
+    assert choice.unless_open is not None and list(choice.unless_open) == []
 
 
 def test_a_choice_to_wait_made_with_no_open_worker_is_asked_again_when_one_opens() -> None:

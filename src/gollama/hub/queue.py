@@ -14,11 +14,9 @@ from the hub in flight, so llama-server never queues internally and this queue i
   waits for (with the slot time the policy predicted for it), so those behind it see that
   worker's queue. It waits at most a few times the wait the policy estimated, or as long as the
   policy says going elsewhere would cost, if that is longer; after that it takes any free
-  worker (what the policy said it would do otherwise, without asking again). Until then its
-  choice stands without asking the policy again at each freed slot, unless a worker that could
-  change its mind opens (the policy names them: for cache_aware, those holding part of its
-  prompt), or its worker fails, or workers come or go. A free slot is never left idle while
-  waiters could use it: once a few waiters have held out, the next one takes it.
+  worker. Until then its choice stands without asking the policy again at each freed slot,
+  unless a worker that could change its mind opens (see `hold_outs`). A free slot is never
+  left idle while waiters could use it: once a few waiters have held out, the next one takes it.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not. With fair share, a full queue makes room for a
@@ -51,6 +49,7 @@ from gollama.errors import (
     ShuttingDown,
 )
 from gollama.hub.fair_share import DEFAULT_AGING, FairShare, Share
+from gollama.hub.hold_outs import HoldOuts, Waiter, still_patient
 from gollama.hub.lease import Lease
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import (
@@ -58,47 +57,14 @@ from gollama.hub.routing.policy import (
     Candidates,
     Choice,
     Policy,
-    WaitingFor,
     Want,
 )
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
-PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
-PATIENCE_MIN = 0.25  # seconds, on top
-ABOUT_TO_FREE = 0.25  # seconds: past its patience, a waiter still waits for a worker this close
 MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 WINDOW = 8  # waiters that could take a free slot, compared for the least work per pass
 AGING = 0.25  # each second a waiter has waited counts as this many seconds less work
-
-
-class _Waiter:
-    __slots__ = (
-        "future",
-        "patience_until",
-        "retry",
-        "since",
-        "stands_until",
-        "target",
-        "timer",
-        "unless_open",
-        "want",
-        "work",
-    )
-
-    def __init__(self, want: Want, future: asyncio.Future[Lease], retry: bool) -> None:
-        self.want = want
-        self.future = future
-        self.retry = retry
-        self.since = asyncio.get_running_loop().time()
-        self.patience_until: float | None = None  # set once it chose to wait for a busy worker
-        self.timer: asyncio.TimerHandle | None = None
-        self.target: Worker | None = None  # the busy worker it holds out for
-        self.work = 0.0  # the seconds it would hold a slot there, as the policy predicted
-        # Until when its choice to hold out stands without asking the policy again (0: ask
-        # at every pass), unless one of `unless_open` opens (`Choice.unless_open`).
-        self.stands_until = 0.0
-        self.unless_open: Collection[Worker] = ()
 
 
 class Scheduler(Watcher):
@@ -120,8 +86,8 @@ class Scheduler(Watcher):
         self.max_in_flight = max_in_flight  # 0: only the slots limit
         self.in_flight = 0
         self.closed = False  # shutting down: no new request is admitted
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()  # in arrival order
-        self._fair: FairShare[_Waiter] = FairShare(enabled=fair_share, aging=priority_aging)
+        self._waiters: OrderedDict[Waiter, None] = OrderedDict()  # in arrival order
+        self._fair: FairShare[Waiter] = FairShare(enabled=fair_share, aging=priority_aging)
         # Workers that can take a request now (healthy, a free slot), kept up to date as
         # leases come and go, so no decision walks the whole registry.
         self._open: list[Worker] = []
@@ -129,7 +95,7 @@ class Scheduler(Watcher):
         self._seen_changes = -1  # the registry's `changes` the open list was built for
         self._total_slots = 0  # of the workers registered when the open list was built
         # Waiters holding out for each busy worker, with the seconds each would hold its slot.
-        self._held_out: dict[Worker, dict[_Waiter, float]] = {}
+        self._holds = HoldOuts(look_again=self._dispatch)
         # The leases on each worker, for policies that count what its requests have left.
         self._running: dict[Worker, dict[Lease, None]] = {}
         self._light_turn = 0  # light requests go round the least busy workers
@@ -153,21 +119,21 @@ class Scheduler(Watcher):
         # Every change of capacity serves the waiters first, so a free slot found here is one
         # no waiter can use or wants: taking it jumps nobody's turn.
         choice = self._choose(
-            want, self._backlog(WaitingFor(self._held_out), len(self._waiters)), patient=True
+            want, self._backlog(self._holds.view(), len(self._waiters)), patient=True
         )
         if choice is not None and not choice.wait:
             return self._lease(want, choice)
         if len(self._waiters) >= self.queue_size and not retry:
             self._make_room(want.share)
 
-        waiter = _Waiter(want, asyncio.get_running_loop().create_future(), retry)
+        waiter = Waiter(want, asyncio.get_running_loop().create_future(), retry)
         self._waiters[waiter] = None
         if retry:
             self._waiters.move_to_end(waiter, last=False)
         self._fair.join(waiter, want.share)
         self.on_wait()
         if choice is not None:  # it would rather wait for a busy worker than take a free one
-            self._hold_out(waiter, choice, waiter.since)
+            self._holds.hold_out(waiter, choice, waiter.since)
         # Nothing else changed: no slot was freed, so the other waiters need no new pass.
         try:
             return await waiter.future
@@ -178,7 +144,7 @@ class Scheduler(Watcher):
         finally:
             self._waiters.pop(waiter, None)
             self._fair.leave(waiter)
-            self._stop_holding_out(waiter)
+            self._holds.stop(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
 
@@ -211,7 +177,7 @@ class Scheduler(Watcher):
 
     def held_out(self) -> dict[Worker, list[float]]:
         """The predicted slot times of the waiters holding out for each busy worker."""
-        return {worker: list(waiters.values()) for worker, waiters in self._held_out.items()}
+        return self._holds.describe()
 
     def describe_tenants(self) -> dict[str, dict[str, Any]]:
         """Per tenant (API key), as `FairShare.describe` (the loop's clock is monotonic)."""
@@ -229,7 +195,7 @@ class Scheduler(Watcher):
         """`worker` changed state or slots (None: workers came or went): serve or fail the
         waiters."""
         if worker is None or not worker.available:
-            self._reconsider(worker)
+            self._holds.reconsider(worker)
         if worker is None:
             self._reopen_all()
             self._fail_unservable()
@@ -241,7 +207,7 @@ class Scheduler(Watcher):
         """`worker` left (or, with `cache_only`, its llama-server started afresh): the policy
         forgets what it knew of it."""
         self.policy.forget(worker)
-        self._reconsider(worker)
+        self._holds.reconsider(worker)
         if not cache_only:
             self._close(worker)
 
@@ -267,11 +233,11 @@ class Scheduler(Watcher):
             ),
         )
 
-    def _refuse(self, waiter: _Waiter, error: ApiError | RelayedError) -> None:
+    def _refuse(self, waiter: Waiter, error: ApiError | RelayedError) -> None:
         """Take `waiter` out of the queue with `error`."""
         del self._waiters[waiter]
         self._fair.leave(waiter)
-        self._stop_holding_out(waiter)
+        self._holds.stop(waiter)
         waiter.future.set_exception(error)
 
     def _give_back(self, lease: Lease) -> None:
@@ -320,7 +286,7 @@ class Scheduler(Watcher):
         candidates = Candidates(self._open, self._positions, want)
         return self.policy.choose(want, candidates, backlog, patient=patient)
 
-    def _lease(self, want: Want, choice: Choice, waiter: _Waiter | None = None) -> Lease:
+    def _lease(self, want: Want, choice: Choice, waiter: Waiter | None = None) -> Lease:
         """A slot for `want` as `choice` says, at once, or for `waiter`, which waited."""
         worker = choice.worker
         now = asyncio.get_running_loop().time()
@@ -360,7 +326,7 @@ class Scheduler(Watcher):
             del self._waiters[waiter]
             waiter.future.set_result(self._lease(waiter.want, choice, waiter))
 
-    def _pick_waiter(self) -> tuple[_Waiter, Choice] | None:
+    def _pick_waiter(self) -> tuple[Waiter, Choice] | None:
         """The waiter to serve now, and where; notes who holds out for whom.
 
         Lines (a tenant's waiters of one class) are looked at in the fair share's order; the
@@ -378,11 +344,11 @@ class Scheduler(Watcher):
 
     def _best_of(
         self,
-        waiters: Iterable[_Waiter],
+        waiters: Iterable[Waiter],
         backlog: Backlog,
         ahead: dict[Worker, list[float]],
         declined: int,
-    ) -> tuple[tuple[_Waiter, Choice] | None, int]:
+    ) -> tuple[tuple[Waiter, Choice] | None, int]:
         """The waiter of one line to serve now and where, if any; and the count of waiters
         that held out so far.
 
@@ -392,106 +358,66 @@ class Scheduler(Watcher):
         a long one is passed over only by jobs that came after it by less than the work they
         save / `AGING`. Policies that estimate no work keep the plain line order. Once
         `MAX_DECLINED` waiters held out, the next that takes an open worker ends the search.
+        A waiter that would have taken a slot in an earlier pass (and lost to less work) is
+        compared by the work estimated then, and asked again only when it is the one to serve:
+        a pass does not ask the policy again for every waiter of the window.
         """
         now = backlog.now
-        looked = 0
-        best: tuple[_Waiter, Choice] | None = None
-        best_key = float("inf")
+        window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
         for waiter in waiters:  # not copied: a line may be long
             if waiter.future.done():
                 continue
             patient = declined < MAX_DECLINED
             if patient and now < waiter.stands_until:  # it held out: does that still stand?
-                target = self._standing(waiter)
+                target = self._holds.standing(waiter, self._positions)
                 if target is not None:
                     ahead.setdefault(target, []).append(waiter.work)
                     declined += 1
                     continue
-            choice = self._choose(waiter.want, backlog, patient=patient)
-            if choice is not None and choice.wait and not self._still_patient(waiter, choice, now):
-                choice = choice.otherwise or self._choose(waiter.want, backlog, patient=False)
+            if patient and waiter.would_take is not None:
+                key = waiter.would_take - AGING * (now - waiter.since)
+                window.append((key, len(window), waiter, None))
+            else:
+                choice = self._ask(waiter, backlog, patient, now)
+                if choice is None:
+                    continue
+                if choice.wait:
+                    ahead.setdefault(choice.worker, []).append(choice.work)
+                    declined += 1
+                    continue
+                if choice.work <= 0 and not window:
+                    return (waiter, choice), declined  # nothing after it can have less work
+                key = choice.work - AGING * (now - waiter.since)
+                window.append((key, len(window), waiter, choice))
+            if len(window) >= WINDOW or not patient:  # enough held out: the slot goes now
+                break
+        window.sort(key=_first_two)
+        for _, _, waiter, known in window:
+            choice = known or self._ask(waiter, backlog, declined < MAX_DECLINED, now)
             if choice is None:
                 continue
-            if choice.wait:
+            if choice.wait:  # it changed its mind: it holds out now
                 ahead.setdefault(choice.worker, []).append(choice.work)
-                self._hold_out(waiter, choice, now)
                 declined += 1
                 continue
-            self._stop_holding_out(waiter)
-            if choice.work <= 0 and best is None:
-                return (waiter, choice), declined  # nothing after it can have less work
-            key = choice.work - AGING * (now - waiter.since)
-            if key < best_key:
-                best, best_key = (waiter, choice), key
-            looked += 1
-            if looked >= WINDOW or not patient:  # enough held out: the slot goes now
-                break
-        return best, declined
+            return (waiter, choice), declined
+        return None, declined
 
-    def _standing(self, waiter: _Waiter) -> Worker | None:
-        """The busy worker `waiter` holds out for, if that choice stands without asking the
-        policy again: neither it nor any of the workers that could change its mind
-        (`Choice.unless_open`) is open. Its worker failing, or workers coming or going, end
-        the choice at once (`_reconsider`), its patience running out ends it by the clock.
-        With a thousand workers and thousands waiting, a freed slot's pass then need not ask
-        again for every waiter that holds out."""
-        positions = self._positions
-        if waiter.target in positions or not positions.keys().isdisjoint(waiter.unless_open):
+    def _ask(self, waiter: Waiter, backlog: Backlog, patient: bool, now: float) -> Choice | None:
+        """The policy's choice for `waiter` now (past its patience, what it would choose
+        without waiting); a choice to wait makes it hold out, one to take an open worker is
+        remembered (`would_take`)."""
+        choice = self._choose(waiter.want, backlog, patient=patient)
+        if choice is not None and choice.wait and not still_patient(waiter, choice, now):
+            choice = choice.otherwise or self._choose(waiter.want, backlog, patient=False)
+        if choice is None:
             return None
-        return waiter.target
-
-    def _reconsider(self, worker: Worker | None) -> None:
-        """The waiters holding out for `worker` (None: for any) are asked again at the next
-        pass."""
-        tables = self._held_out.values() if worker is None else [self._held_out.get(worker, {})]
-        for waiters in tables:
-            for waiter in waiters:
-                waiter.stands_until = 0.0
-
-    @staticmethod
-    def _still_patient(waiter: _Waiter, choice: Choice, now: float) -> bool:
-        """Whether the waiter may go on holding out as `choice` says: within its patience, or
-        past it for a worker about to free (the policy counts a job past its predicted time
-        as having a growing share of its overrun left, so this ends)."""
-        until = waiter.patience_until
-        return until is None or now < until or choice.expected_wait <= ABOUT_TO_FREE
-
-    def _hold_out(self, waiter: _Waiter, choice: Choice, now: float) -> None:
-        """The waiter holds out for a busy worker: it counts as load on it, for newcomers too;
-        past its patience (set the first time: a few times the wait it was estimated, or what
-        the policy says going elsewhere costs, if longer), any worker will do, unless the one
-        it waits for is about to free: then it looks again shortly."""
-        if waiter.target is not choice.worker:
-            self._stop_holding_out(waiter)
-            waiter.target = choice.worker
-        self._held_out.setdefault(choice.worker, {})[waiter] = waiter.work = choice.work
-        loop = asyncio.get_running_loop()
-        if waiter.patience_until is None:
-            patience = max(PATIENCE_FACTOR * choice.expected_wait, choice.patience)
-            waiter.patience_until = now + patience + PATIENCE_MIN
-            waiter.timer = loop.call_at(waiter.patience_until, self._dispatch)
-            look_again = waiter.patience_until
-        elif now >= waiter.patience_until:
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-            look_again = now + ABOUT_TO_FREE
-            waiter.timer = loop.call_at(look_again, self._dispatch)
+        if choice.wait:
+            self._holds.hold_out(waiter, choice, now)
         else:
-            look_again = waiter.patience_until
-        if choice.unless_open is None:  # ask again at every pass
-            waiter.stands_until, waiter.unless_open = 0.0, ()
-        else:
-            waiter.stands_until, waiter.unless_open = look_again, choice.unless_open
-
-    def _stop_holding_out(self, waiter: _Waiter) -> None:
-        target = waiter.target
-        if target is not None:
-            waiter.target = None
-            waiter.stands_until, waiter.unless_open = 0.0, ()
-            held = self._held_out[target]
-            held.pop(waiter, None)
-            if not held:
-                del self._held_out[target]
+            self._holds.stop(waiter)
+            waiter.would_take = choice.work
+        return choice
 
     def _fail_unservable(self) -> None:
         for waiter in list(self._waiters):
@@ -529,6 +455,10 @@ class Scheduler(Watcher):
         self._open, self._positions = [], {}
         for worker in self.registry:
             self._refresh(worker)
+
+
+def _first_two(entry: tuple[float, int, Waiter, Choice | None]) -> tuple[float, int]:
+    return entry[0], entry[1]
 
 
 def _holds_lease(future: asyncio.Future[Lease]) -> bool:

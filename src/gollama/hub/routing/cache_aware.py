@@ -21,8 +21,10 @@ tied and go to the least busy, then round, so noise in the measured speeds does 
 cold request to one worker. When the cheapest is a busy worker holding the prompt, the request
 waits for it (it keeps its place in the hub's queue); the hub asks again when the wait is up,
 with what is left by then, so a holder about to free is still waited for and one stuck on a
-long job is given up. Requests waiting for a worker count as load on it, so affinity never
-piles work on one worker while others idle.
+long job is given up. Until then the choice stands unless a worker holding part of the prompt
+opens (`Choice.unless_open`: a worker holding none of it costs about what those compared did),
+and it says what it would be without waiting (`Choice.otherwise`). Requests waiting for a
+worker count as load on it, so affinity never piles work on one worker while others idle.
 
 A request's predicted slot time (`Choice.work`) is its prefill there plus its reply: its token
 limit, or the replies the worker has been giving, at the worker's measured generation speed.
@@ -147,12 +149,18 @@ class CacheAware:
             # The wait only shrinks as the holder works, and a worker that holds none of the
             # prompt costs about what the open ones here did (none open: about what one like
             # the holder would cost with one slot just freed): the choice stands unless a
-            # worker holding some of the prompt opens.
+            # worker holding enough of the prompt to be cheaper, were it idle, opens.
             cold = (
                 min(elsewhere)
                 if elsewhere
                 else self._cold_cost(lowest.worker, chars, best_held, backlog, cluster)
             )
+            could_change = [
+                worker
+                for worker, held in matched.items()
+                if worker is not lowest.worker
+                and self._idle_cost(worker, chars, held, best_held, backlog, cluster) < lowest.cost
+            ]
             open_ones = [e for e in estimates if e.open] if patient else []
             return Choice(
                 lowest.worker,
@@ -160,7 +168,7 @@ class CacheAware:
                 expected_wait=lowest.wait,
                 work=lowest.work,
                 patience=min(elsewhere, default=0.0),
-                unless_open=matched.keys() if lowest.cost <= cold else None,
+                unless_open=could_change if lowest.cost <= cold else None,
                 otherwise=self._decide(
                     open_ones, matched, chars, best_held, backlog, cluster, patient=False
                 )
@@ -252,6 +260,25 @@ class CacheAware:
         moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
         cost = wait + weighted + moved + 1e-6 * share_busy
         return Estimate(worker, is_open, cost, wait, work)
+
+    def _idle_cost(
+        self,
+        worker: Worker,
+        chars: int,
+        held: int,
+        best_held: int,
+        backlog: Backlog,
+        cluster: Rates,
+    ) -> float:
+        """The least the prompt could cost on `worker`, which holds `held` characters of it:
+        as `_estimate` weighs it with nothing running there."""
+        cache = self.index.caches.get(worker)
+        speeds = cache.speeds if cache is not None else None
+        prefill_tps = (speeds and speeds.prefill_tps) or cluster.prefill_tps
+        per_char = (speeds and speeds.tokens_per_char) or cluster.tokens_per_char
+        seconds_per_char = per_char / prefill_tps
+        moved = max(0, best_held - held) * seconds_per_char * MOVE
+        return (chars - held) * seconds_per_char * (1 + backlog.crowd) + moved
 
     def _cold_cost(
         self, like: Worker, chars: int, best_held: int, backlog: Backlog, cluster: Rates
