@@ -503,3 +503,40 @@ async def test_past_its_patience_a_waiter_takes_what_the_policy_said_otherwise()
     assert lease.worker is b and lease.work == 0.5
     lease.release()
     held.release()
+
+
+async def test_a_waiter_that_lost_to_less_work_is_asked_again_only_when_it_is_served() -> None:
+    _, scheduler = work_scheduler()
+    asked: list[str] = []
+    policy = scheduler.policy
+    assert isinstance(policy, Work)
+    choose = policy.choose
+
+    def counting(
+        want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+    ) -> Choice | None:
+        asked.append(want.model or "")
+        return choose(want, candidates, backlog, patient=patient)
+
+    policy.choose = counting  # type: ignore[method-assign]
+    held = await scheduler.acquire(Want("work-0.1", "/v1/chat/completions"))
+    long = asyncio.create_task(scheduler.acquire(Want("work-5", "/v1/chat/completions")))
+    short = asyncio.create_task(scheduler.acquire(Want("work-0.1", "/v1/chat/completions")))
+    await settle()
+    asked.clear()
+    held.release()
+    await settle()
+    assert short.done() and not long.done() and sorted(asked) == ["work-0.1", "work-5"]
+    asked.clear()
+    other = asyncio.create_task(scheduler.acquire(Want("work-0.1", "/v1/chat/completions")))
+    await settle()
+    asked.clear()
+    short.result().release()
+    await settle()
+    # the newcomer is asked; the long job, known to take a slot, is not asked again
+    assert other.done() and not long.done() and asked == ["work-0.1"]
+    asked.clear()
+    other.result().release()
+    await settle()
+    assert long.done() and asked == ["work-5"]  # served: asked once, where it goes now
+    long.result().release()
