@@ -540,3 +540,55 @@ async def test_a_waiter_that_lost_to_less_work_is_asked_again_only_when_it_is_se
     await settle()
     assert long.done() and asked == ["work-5"]  # served: asked once, where it goes now
     long.result().release()
+
+
+async def test_waiters_past_their_patience_are_asked_again_only_when_served() -> None:
+    registry = Registry(heartbeat_interval=2.0)
+    a, b = (
+        registry.register(
+            Registration(f"http://{n}:9001", ("sticky-0.5", "sticky-0.2"), 1, True, n), 0.0
+        )
+        for n in "ab"
+    )
+    asked: list[str] = []
+
+    class Otherwise(SimplePolicy):
+        """Holds out for a; otherwise the first free worker, with the work its name says."""
+
+        name = "otherwise"
+
+        def choose(
+            self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+        ) -> Choice | None:
+            free = list(candidates)
+            if want.model is None:  # the others' requests: any free worker
+                return Choice(free[0]) if free else None
+            asked.append(want.model)
+            work = float(want.model.split("-")[1])
+            instead = Choice(free[0], work=work) if free else None
+            if a in free:
+                return Choice(a, work=work)
+            return Choice(a, wait=True, expected_wait=1.0, otherwise=instead)
+
+    scheduler = Scheduler(registry, Otherwise(), queue_size=10)
+    on_a = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    on_b = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    assert (on_a.worker, on_b.worker) == (a, b)
+    long = asyncio.create_task(scheduler.acquire(Want("sticky-0.5", "/v1/chat/completions")))
+    short = asyncio.create_task(scheduler.acquire(Want("sticky-0.2", "/v1/chat/completions")))
+    await settle()
+    on_b.release()  # b frees: both hold out for a, and say what they would take otherwise
+    await settle()
+    assert not long.done() and not short.done()
+    on_b = await scheduler.acquire(Want(None, "/v1/chat/completions"))  # b busy again
+    for w in scheduler._waiters:  # both ran out of patience
+        w.patience_until = w.stands_until = 0.0
+    asked.clear()
+    on_b.release()
+    await settle()
+    # ranked by what they said they would take: only the one served is asked again
+    assert short.done() and short.result().worker is b and asked == ["sticky-0.2"]
+    for lease in (short.result(), on_a):
+        lease.release()
+    await asyncio.wait_for(long, 1)
+    long.result().release()

@@ -62,7 +62,8 @@ class Waiter:
         # at every pass), unless one of `unless_open` opens (`Choice.unless_open`).
         self.stands_until = 0.0
         self.unless_open: Collection[Worker] = ()
-        # the work the policy estimated when it last said it would take an open worker
+        # the work the policy estimated when it last said it would take an open worker (or,
+        # holding out, would take one were it not allowed to wait: `Choice.otherwise`)
         self.would_take: float | None = None
 
 
@@ -93,7 +94,7 @@ class HoldOuts:
     def hold_out(self, waiter: Waiter, choice: Choice, now: float) -> None:
         """`waiter` holds out for `choice.worker`: it counts as load on it; its patience is set
         the first time; past it, it looks again `ABOUT_TO_FREE` later."""
-        waiter.would_take = None
+        waiter.would_take = choice.otherwise.work if choice.otherwise is not None else None
         if waiter.target is not choice.worker:
             self.stop(waiter)
             waiter.target = choice.worker

@@ -358,9 +358,10 @@ class Scheduler(Watcher):
         a long one is passed over only by jobs that came after it by less than the work they
         save / `AGING`. Policies that estimate no work keep the plain line order. Once
         `MAX_DECLINED` waiters held out, the next that takes an open worker ends the search.
-        A waiter that would have taken a slot in an earlier pass (and lost to less work) is
-        compared by the work estimated then, and asked again only when it is the one to serve:
-        a pass does not ask the policy again for every waiter of the window.
+        A waiter that would have taken a slot in an earlier pass (and lost to less work), or
+        whose patience ran out, is compared by the work estimated then (`Waiter.would_take`)
+        and asked again only when it is the one to serve: a pass does not ask the policy again
+        for every waiter of the window.
         """
         now = backlog.now
         window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
@@ -374,7 +375,7 @@ class Scheduler(Watcher):
                     ahead.setdefault(target, []).append(waiter.work)
                     declined += 1
                     continue
-            if patient and waiter.would_take is not None:
+            if patient and waiter.would_take is not None and self._known_taker(waiter, now):
                 key = waiter.would_take - AGING * (now - waiter.since)
                 window.append((key, len(window), waiter, None))
             else:
@@ -402,6 +403,19 @@ class Scheduler(Watcher):
                 continue
             return (waiter, choice), declined
         return None, declined
+
+    def _known_taker(self, waiter: Waiter, now: float) -> bool:
+        """Whether `waiter` is known to take an open worker, without asking: it holds out for
+        none, or its patience ran out and neither its worker nor one that could change its
+        mind is open."""
+        if waiter.target is None:
+            return True
+        until = waiter.patience_until
+        return (
+            until is not None
+            and now >= until
+            and self._holds.standing(waiter, self._positions) is not None
+        )
 
     def _ask(self, waiter: Waiter, backlog: Backlog, patient: bool, now: float) -> Choice | None:
         """The policy's choice for `waiter` now (past its patience, what it would choose
