@@ -8,7 +8,7 @@ import pytest
 
 from gollama.errors import ModelNotFound, NoWorkerAvailable, QueueFull, RelayedError
 from gollama.hub.hold_outs import PATIENCE_MIN
-from gollama.hub.queue import AGING, Lease, Scheduler, Want
+from gollama.hub.queue import AGING, WINDOW, Lease, Scheduler, Want
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice
 from gollama.hub.routing.simple import LeastBusy, SimplePolicy
@@ -592,3 +592,35 @@ async def test_waiters_past_their_patience_are_asked_again_only_when_served() ->
         lease.release()
     await asyncio.wait_for(long, 1)
     long.result().release()
+
+
+async def test_waiters_known_to_take_a_slot_that_cannot_take_this_one_do_not_block_the_line() -> (
+    None
+):
+    """A full window of waiters known to take a slot, none able to take the one that freed
+    (another model): the pass looks further down the line."""
+    registry = Registry(heartbeat_interval=2.0)
+    a = registry.register(Registration("http://a:9001", ("work-2",), 1, True, "a"), 0.0)
+    registry.register(Registration("http://b:9001", ("work-1", "work-2"), 1, True, "b"), 0.0)
+    scheduler = Scheduler(registry, Work(), queue_size=20)
+    held = [await scheduler.acquire(Want("work-2", "/v1/chat/completions")) for _ in "ab"]
+    others = [
+        asyncio.create_task(scheduler.acquire(Want("work-1", "/v1/chat/completions")))
+        for _ in range(WINDOW)
+    ]
+    last = asyncio.create_task(scheduler.acquire(Want("work-2", "/v1/chat/completions")))
+    await settle()
+    for waiter in scheduler._waiters:  # as if they had said, in an earlier pass, they would take b
+        if waiter.want.model == "work-1":
+            waiter.would_take = 0.1
+    on_a = next(lease for lease in held if lease.worker is a)
+    on_a.release()
+    await settle()
+    assert last.done() and last.result().worker is a
+    assert not any(task.done() for task in others)
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    for lease in [*held, last.result()]:
+        if lease is not on_a:
+            lease.release()

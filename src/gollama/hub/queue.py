@@ -364,45 +364,51 @@ class Scheduler(Watcher):
         for every waiter of the window.
         """
         now = backlog.now
-        window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
-        for waiter in waiters:  # not copied: a line may be long
-            if waiter.future.done():
-                continue
-            patient = declined < MAX_DECLINED
-            if patient and now < waiter.stands_until:  # it held out: does that still stand?
-                target = self._holds.standing(waiter, self._positions)
-                if target is not None:
-                    ahead.setdefault(target, []).append(waiter.work)
-                    declined += 1
+        rest = iter(waiters)  # not copied: a line may be long
+        while True:
+            window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
+            full = False
+            for waiter in rest:
+                if waiter.future.done():
                     continue
-            if patient and waiter.would_take is not None and self._known_taker(waiter, now):
-                key = waiter.would_take - AGING * (now - waiter.since)
-                window.append((key, len(window), waiter, None))
-            else:
-                choice = self._ask(waiter, backlog, patient, now)
-                if choice is None:
+                patient = declined < MAX_DECLINED
+                if patient and now < waiter.stands_until:  # it held out: does that stand?
+                    target = self._holds.standing(waiter, self._positions)
+                    if target is not None:
+                        ahead.setdefault(target, []).append(waiter.work)
+                        declined += 1
+                        continue
+                if patient and waiter.would_take is not None and self._known_taker(waiter, now):
+                    key = waiter.would_take - AGING * (now - waiter.since)
+                    window.append((key, len(window), waiter, None))
+                else:
+                    choice = self._ask(waiter, backlog, patient, now)
+                    if choice is None:
+                        continue
+                    if choice.wait:
+                        ahead.setdefault(choice.worker, []).append(choice.work)
+                        declined += 1
+                        continue
+                    if choice.work <= 0 and not window:
+                        return (waiter, choice), declined  # none after it has less work
+                    key = choice.work - AGING * (now - waiter.since)
+                    window.append((key, len(window), waiter, choice))
+                if len(window) >= WINDOW or not patient:  # enough held out: the slot goes now
+                    full = True
+                    break
+            window.sort(key=_first_two)
+            for _, _, waiter, known in window:
+                choice = known or self._ask(waiter, backlog, declined < MAX_DECLINED, now)
+                if choice is None:  # it cannot take what is open (another model, say)
                     continue
-                if choice.wait:
+                if choice.wait:  # it changed its mind: it holds out now
                     ahead.setdefault(choice.worker, []).append(choice.work)
                     declined += 1
                     continue
-                if choice.work <= 0 and not window:
-                    return (waiter, choice), declined  # nothing after it can have less work
-                key = choice.work - AGING * (now - waiter.since)
-                window.append((key, len(window), waiter, choice))
-            if len(window) >= WINDOW or not patient:  # enough held out: the slot goes now
-                break
-        window.sort(key=_first_two)
-        for _, _, waiter, known in window:
-            choice = known or self._ask(waiter, backlog, declined < MAX_DECLINED, now)
-            if choice is None:
-                continue
-            if choice.wait:  # it changed its mind: it holds out now
-                ahead.setdefault(choice.worker, []).append(choice.work)
-                declined += 1
-                continue
-            return (waiter, choice), declined
-        return None, declined
+                return (waiter, choice), declined
+            if not full:
+                return None, declined
+            # none of a full window took a slot when asked again: look further down the line
 
     def _known_taker(self, waiter: Waiter, now: float) -> bool:
         """Whether `waiter` is known to take an open worker, without asking: it holds out for
