@@ -21,10 +21,11 @@ tied and go to the least busy, then round, so noise in the measured speeds does 
 cold request to one worker. When the cheapest is a busy worker holding the prompt, the request
 waits for it (it keeps its place in the hub's queue); the hub asks again when the wait is up,
 with what is left by then, so a holder about to free is still waited for and one stuck on a
-long job is given up. Until then the choice stands unless a worker holding part of the prompt
-opens (`Choice.unless_open`: a worker holding none of it costs about what those compared did),
-and it says what it would be without waiting (`Choice.otherwise`). Requests waiting for a
-worker count as load on it, so affinity never piles work on one worker while others idle.
+long job is given up. Until then the choice stands unless another worker holding enough of the
+prompt to be cheaper, were it idle, opens (`Choice.unless_open`: a worker holding none of it
+costs about what those compared did), and it says what it would be without waiting
+(`Choice.otherwise`). Requests waiting for a worker count as load on it, so affinity never
+piles work on one worker while others idle.
 
 A request's predicted slot time (`Choice.work`) is its prefill there plus its reply: its token
 limit, or the replies the worker has been giving, at the worker's measured generation speed.
@@ -155,12 +156,6 @@ class CacheAware:
                 if elsewhere
                 else self._cold_cost(lowest.worker, chars, best_held, backlog, cluster)
             )
-            could_change = [
-                worker
-                for worker, held in matched.items()
-                if worker is not lowest.worker
-                and self._idle_cost(worker, chars, held, best_held, backlog, cluster) < lowest.cost
-            ]
             open_ones = [e for e in estimates if e.open] if patient else []
             return Choice(
                 lowest.worker,
@@ -168,7 +163,9 @@ class CacheAware:
                 expected_wait=lowest.wait,
                 work=lowest.work,
                 patience=min(elsewhere, default=0.0),
-                unless_open=could_change if lowest.cost <= cold else None,
+                unless_open=self._could_change(lowest, matched, chars, best_held, backlog, cluster)
+                if lowest.cost <= cold
+                else None,
                 otherwise=self._decide(
                     open_ones, matched, chars, best_held, backlog, cluster, patient=False
                 )
@@ -260,6 +257,24 @@ class CacheAware:
         moved = (best_held - cached) * per_char / prefill_tps * MOVE if best_held > cached else 0
         cost = wait + weighted + moved + 1e-6 * share_busy
         return Estimate(worker, is_open, cost, wait, work)
+
+    def _could_change(
+        self,
+        waiting: Estimate,
+        matched: dict[Worker, int],
+        chars: int,
+        best_held: int,
+        backlog: Backlog,
+        cluster: Rates,
+    ) -> list[Worker]:
+        """The other holders of the prompt that would cost less than `waiting` were they idle:
+        the workers whose opening could change a choice to wait."""
+        return [
+            worker
+            for worker, held in matched.items()
+            if worker is not waiting.worker
+            and self._idle_cost(worker, chars, held, best_held, backlog, cluster) < waiting.cost
+        ]
 
     def _idle_cost(
         self,
