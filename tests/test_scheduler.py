@@ -8,7 +8,7 @@ import pytest
 
 from gollama.errors import ModelNotFound, NoWorkerAvailable, QueueFull, RelayedError
 from gollama.hub.hold_outs import PATIENCE_MIN
-from gollama.hub.queue import AGING, WINDOW, Lease, Scheduler, Want
+from gollama.hub.queue import AGING, MAX_DECLINED, WINDOW, Lease, Scheduler, Want
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice
 from gollama.hub.routing.simple import LeastBusy, SimplePolicy
@@ -624,3 +624,50 @@ async def test_waiters_known_to_take_a_slot_that_cannot_take_this_one_do_not_blo
     for lease in [*held, last.result()]:
         if lease is not on_a:
             lease.release()
+
+
+async def test_once_enough_waiters_held_out_the_best_taker_seen_is_served() -> None:
+    """After `MAX_DECLINED` hold-outs the slot goes to the best waiter seen that takes it; the
+    waiters behind are not asked (a pass stays short with thousands waiting)."""
+    registry = Registry(heartbeat_interval=2.0)
+    models = ("hold", "work-2", "work-0.1")
+    a, b = (
+        registry.register(Registration(f"http://{n}:9001", models, 1, True, n), 0.0) for n in "ab"
+    )
+    asked: list[str] = []
+
+    class HoldsForA(Work):
+        """Model "hold" holds out for a (the choice stands while a is busy); the others take
+        the first free worker with the work their name says."""
+
+        def choose(
+            self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
+        ) -> Choice | None:
+            asked.append(want.model or "")
+            if want.model == "hold" and patient and a not in candidates:
+                return Choice(a, wait=True, expected_wait=60.0, unless_open=())
+            return super().choose(want, candidates, backlog, patient=patient)
+
+    scheduler = Scheduler(registry, HoldsForA(), queue_size=50)
+    on_a = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    on_b = await scheduler.acquire(Want(None, "/v1/chat/completions"))
+    assert (on_a.worker, on_b.worker) == (a, b)
+    first = asyncio.create_task(scheduler.acquire(Want("work-2", "/v1/chat/completions")))
+    await settle()
+    holding = [
+        asyncio.create_task(scheduler.acquire(Want("hold", "/v1/chat/completions")))
+        for _ in range(MAX_DECLINED)
+    ]
+    short = asyncio.create_task(scheduler.acquire(Want("work-0.1", "/v1/chat/completions")))
+    await settle()
+    asked.clear()
+    on_b.release()
+    await settle()
+    # the hold-outs stand without being asked; the short job behind them is not looked at
+    assert first.done() and first.result().worker is b and asked == ["work-2"]
+    assert not short.done() and not any(task.done() for task in holding)
+    for task in [*holding, short]:
+        task.cancel()
+    await asyncio.gather(*holding, short, return_exceptions=True)
+    for lease in (on_a, first.result()):
+        lease.release()

@@ -19,21 +19,22 @@ tenant, in the order the scheduler and its routing policy choose.
 - A retry goes first: it has waited its turn already.
 
 A line is one tenant's waiters of one class, oldest first (a retry at the front). Each line
-keeps its rank (class, virtual time, head's arrival), worked out again only when one of them
-changed (and for batch lines, which age): ordering 100 lines per freed slot is then one sort of
-an almost sorted list (a few µs), however many requests each line holds.
+keeps its rank (class, virtual time, head's arrival) and its place among the others, worked out
+again only when one of them changed (and for batch lines, which age): ordering 100 lines per
+freed slot then moves the two or three whose rank changed, however many requests each holds.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar
 
-_RANK = attrgetter("rank")  # a sort key in C: lines are ordered at every freed slot
+_RANK = attrgetter("rank")  # a key in C: lines are placed by it at every freed slot
 MAX_TENANTS = 1000  # past this many, idle tenants are forgotten
 TYPICAL_WORK = 1.0  # seconds charged for a request of a tenant whose slot times are unknown
 HALF_LIFE = 60.0  # seconds: the service and waits shown in /stats are of about the last minute
@@ -63,6 +64,7 @@ class Share:
     priority: Priority = Priority.INTERACTIVE
 
 
+PRIORITIES = tuple(Priority)  # iterating a tuple is several times cheaper than an enum
 ANYONE = Share()  # requests without a key or tenant
 
 
@@ -128,7 +130,7 @@ class Tenant:
 class Line(Generic[W]):
     """One tenant's waiters of one class, oldest first."""
 
-    __slots__ = ("key", "priority", "rank", "tenant", "waiters")
+    __slots__ = ("key", "ordered", "priority", "rank", "tenant", "waiters")
 
     def __init__(self, tenant: Tenant, key: tuple[str, Priority]) -> None:
         self.tenant = tenant
@@ -136,6 +138,7 @@ class Line(Generic[W]):
         self.priority = key[1]
         self.waiters: OrderedDict[W, None] = OrderedDict()
         self.rank: tuple[int, float, float] = (-1, 0.0, 0.0)  # see `FairShare.lines`
+        self.ordered = False  # whether it has its place in `FairShare._order`
 
     def ranked(self, aged: float) -> tuple[int, float, float]:
         """Its place among the lines (lowest first): its class (-1 for a retry at its head; a
@@ -158,8 +161,10 @@ class FairShare(Generic[W]):
         self.clock = 0.0  # the virtual time of the tenants being served
         self.tenants: dict[str, Tenant] = {}
         self._lines: dict[tuple[str, Priority], Line[W]] = {}
-        self._order: list[Line[W]] = []  # the lines, as last ordered
-        self._changed: set[Line[W]] = set()  # lines whose rank may have changed since
+        self._order: list[Line[W]] = []  # the lines, in the order of their ranks
+        # lines whose rank may have changed since they took their place in `_order` (or that
+        # have none yet)
+        self._changed: set[Line[W]] = set()
         self._batch: set[Line[W]] = set()  # the batch lines among them
         self._line_of: dict[W, Line[W]] = {}
         self._tenant_of: dict[W, Tenant] = {}
@@ -180,7 +185,6 @@ class FairShare(Generic[W]):
             if not owner.lines:  # it was not waiting: no credit for the quiet spell
                 owner.virtual = max(owner.virtual, self.clock)
             owner.lines += 1
-            self._order.append(line)
             self._changed.add(line)
             if line.priority is Priority.BATCH:
                 self._batch.add(line)
@@ -200,7 +204,8 @@ class FairShare(Generic[W]):
         if not line.waiters:
             del self._lines[line.key]
             line.tenant.lines -= 1
-            self._order.remove(line)
+            if line.ordered:
+                self._order.remove(line)
             self._changed.discard(line)
             self._batch.discard(line)
         else:
@@ -238,16 +243,16 @@ class FairShare(Generic[W]):
         """The lines with waiters, the one to serve first first: by class (a retry at the head
         first; a batch line whose head waited `aging` seconds as interactive), then the
         tenant's virtual time, then when the head came (`Line.ranked`)."""
-        order = self._order
-        if len(order) < 2:
-            return list(order)
+        order, changed = self._order, self._changed
+        changed.update(self._batch)  # they age as time goes by
         aged = now - self.aging  # a head that came by then has waited `aging`
-        for line in self._changed:
+        for line in changed:  # each takes its new place; the others keep theirs
+            if line.ordered:
+                del order[order.index(line)]
             line.rank = line.ranked(aged)
-        self._changed.clear()
-        for line in self._batch:  # they age as time goes by
-            line.rank = line.ranked(aged)
-        order.sort(key=_RANK)
+            insort(order, line, key=_RANK)
+            line.ordered = True
+        changed.clear()
         return list(order)
 
     def granted(self, waiter: W, share: Share, work: float, now: float) -> float:
@@ -295,7 +300,7 @@ class FairShare(Generic[W]):
     def _moved(self, tenant: Tenant) -> None:
         """`tenant`'s virtual time changed: so may the ranks of its lines."""
         if tenant.lines:
-            for priority in Priority:
+            for priority in PRIORITIES:
                 line = self._lines.get((tenant.name, priority))
                 if line is not None:
                     self._changed.add(line)

@@ -16,7 +16,8 @@ from the hub in flight, so llama-server never queues internally and this queue i
   policy says going elsewhere would cost, if that is longer; after that it takes any free
   worker. Until then its choice stands without asking the policy again at each freed slot,
   unless a worker that could change its mind opens (see `hold_outs`). A free slot is never
-  left idle while waiters could use it: once a few waiters have held out, the next one takes it.
+  left idle while waiters could use it: once a few waiters have held out, it goes to the best
+  of those seen so far that would take it, or else to the next one that does.
 - A retry goes to the front: it has waited its turn already.
 - The queue is bounded (`queue_size`): one more waiter is refused with `QueueFull` (429);
   a retry, which was admitted already, is not. With fair share, a full queue makes room for a
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -333,7 +334,7 @@ class Scheduler(Watcher):
         first with a waiter that takes an open worker is served (`_best_of`). Waiters that would
         rather wait for a busy worker are passed over (counting as load on it), in every line.
         """
-        ahead: dict[Worker, list[float]] = {}
+        ahead: defaultdict[Worker, list[float]] = defaultdict(list)
         backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
         declined = 0
         for line in self._fair.lines(backlog.now):
@@ -346,7 +347,7 @@ class Scheduler(Watcher):
         self,
         waiters: Iterable[Waiter],
         backlog: Backlog,
-        ahead: dict[Worker, list[float]],
+        ahead: defaultdict[Worker, list[float]],
         declined: int,
     ) -> tuple[tuple[Waiter, Choice] | None, int]:
         """The waiter of one line to serve now and where, if any; and the count of waiters
@@ -357,13 +358,15 @@ class Scheduler(Watcher):
         as `AGING` seconds less: short jobs (a prompt the server holds) go before long ones, and
         a long one is passed over only by jobs that came after it by less than the work they
         save / `AGING`. Policies that estimate no work keep the plain line order. Once
-        `MAX_DECLINED` waiters held out, the next that takes an open worker ends the search.
+        `MAX_DECLINED` waiters held out, the search ends: the slot goes to the best of those
+        seen that take an open worker, or if there is none yet, to the next that does.
         A waiter that would have taken a slot in an earlier pass (and lost to less work), or
         whose patience ran out, is compared by the work estimated then (`Waiter.would_take`)
         and asked again only when it is the one to serve: a pass does not ask the policy again
         for every waiter of the window.
         """
         now = backlog.now
+        open_workers = self._positions
         rest = iter(waiters)  # not copied: a line may be long
         while True:
             window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
@@ -372,10 +375,13 @@ class Scheduler(Watcher):
                 if waiter.future.done():
                     continue
                 patient = declined < MAX_DECLINED
+                if not patient and window:  # enough held out: the slot goes now
+                    full = True
+                    break
                 if patient and now < waiter.stands_until:  # it held out: does that stand?
-                    target = self._holds.standing(waiter, self._positions)
+                    target = self._holds.standing(waiter, open_workers)
                     if target is not None:
-                        ahead.setdefault(target, []).append(waiter.work)
+                        ahead[target].append(waiter.work)
                         declined += 1
                         continue
                 if patient and waiter.would_take is not None and self._known_taker(waiter, now):
@@ -386,7 +392,7 @@ class Scheduler(Watcher):
                     if choice is None:
                         continue
                     if choice.wait:
-                        ahead.setdefault(choice.worker, []).append(choice.work)
+                        ahead[choice.worker].append(choice.work)
                         declined += 1
                         continue
                     if choice.work <= 0 and not window:
@@ -402,7 +408,7 @@ class Scheduler(Watcher):
                 if choice is None:  # it cannot take what is open (another model, say)
                     continue
                 if choice.wait:  # it changed its mind: it holds out now
-                    ahead.setdefault(choice.worker, []).append(choice.work)
+                    ahead[choice.worker].append(choice.work)
                     declined += 1
                     continue
                 return (waiter, choice), declined

@@ -99,6 +99,7 @@ class CacheAware:
     def __init__(self, max_links: int = DEFAULT_MAX_LINKS, rng: random.Random | None = None):
         self.index = PrefixIndex(max_links)
         self.overall = Speeds()  # measured over every worker
+        self._rates: Rates | None = None  # `_cluster_rates`, until `overall` learns again
         self._rng = rng or random.Random()
         self._turn = itertools.count()
 
@@ -198,6 +199,7 @@ class CacheAware:
 
     def observe(self, worker: Worker, outcome: Outcome) -> None:
         self.overall.learn(outcome)
+        self._rates = None
         self.index.observe(worker, outcome)
 
     def forget(self, worker: Worker) -> None:
@@ -308,13 +310,15 @@ class CacheAware:
     def _cluster_rates(self) -> Rates:
         """The speeds measured over the cluster, else the fallback, for workers not measured
         yet."""
-        overall = self.overall
-        return Rates(
-            overall.prefill_tps or FALLBACK.prefill_tps,
-            overall.tokens_per_char or FALLBACK.tokens_per_char,
-            overall.reply_tokens or FALLBACK.reply_tokens,
-            overall.decode_tps or FALLBACK.decode_tps,
-        )
+        if self._rates is None:
+            overall = self.overall
+            self._rates = Rates(
+                overall.prefill_tps or FALLBACK.prefill_tps,
+                overall.tokens_per_char or FALLBACK.tokens_per_char,
+                overall.reply_tokens or FALLBACK.reply_tokens,
+                overall.decode_tps or FALLBACK.decode_tps,
+            )
+        return self._rates
 
 
 def _cost(estimate: Estimate) -> float:
