@@ -222,11 +222,16 @@ class PrefixIndex:
 
     def _hold(self, worker: Worker, cache: WorkerCache, links: Iterable[int]) -> None:
         stamp = cache.clock
-        held = cache.links
+        held, holders = cache.links, self.holders
         for link in links:
+            if link in held:
+                held.move_to_end(link)
             held[link] = stamp
-            held.move_to_end(link)
-            self.holders.setdefault(link, {})[worker] = None
+            workers = holders.get(link)
+            if workers is None:  # not `setdefault`: no dict made for nothing
+                holders[link] = {worker: None}
+            else:
+                workers[worker] = None
         oldest_kept = stamp - cache.capacity
         while held:
             link, first_stamp = next(iter(held.items()))
