@@ -141,10 +141,21 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
 
 
 async def test_alternating_models_on_one_instance_never_fail_nor_evict_a_model_in_use(
-    procs: Processes, folders: dict[str, Path]
+    procs: Processes, folders: dict[str, Path], tmp_path: Path
 ) -> None:
+    """On a worker of a preset (llama-server's --models-preset): its sections are the models,
+    and a preset's alias names its model through the hub."""
+    preset = tmp_path / "models.ini"
+    preset.write_text(
+        "version = 1\n\n"
+        f"[alpha]\nmodel = {folders['w1'] / 'alpha.gguf'}\nalias = first\n\n"
+        f"[beta]\nmodel = {folders['w1'] / 'beta.gguf'}\n"
+    )
     hub = procs.hub()
-    procs.worker("w1", hub, "--models-dir", str(folders["w1"]), "--models-max", "1", LLAMA_ARGS)
+    procs.worker("w1", hub, "--models-preset", str(preset), "--models-max", "1", LLAMA_ARGS)
+    assert where(hub.url) == {"alpha": (["w1"], []), "beta": (["w1"], [])}
+    listing = httpx.get(hub.url + "/v1/models", timeout=5).json()["data"]
+    assert {m["id"]: m["aliases"] for m in listing} == {"alpha": ["first"], "beta": []}
 
     async def one(client: httpx.AsyncClient, model: str) -> tuple[str, bytes]:
         async with client.stream(
@@ -154,14 +165,15 @@ async def test_alternating_models_on_one_instance_never_fail_nor_evict_a_model_i
             return model, b"".join([part async for part in reply.aiter_bytes()])
 
     async with httpx.AsyncClient(base_url=hub.url, timeout=60) as client:
-        models = ["alpha", "beta"] * 8
+        models = ["alpha", "beta", "first", "beta"] * 4
         answers = await asyncio.wait_for(
             asyncio.gather(*(one(client, m) for m in models)), timeout=120
         )
     for model, body in answers:  # a model evicted mid-stream would end it with an error event
         assert body.rstrip().endswith(b"data: [DONE]"), body[-300:]
         assert b'"error"' not in body
-        assert f'"model":"{model}"'.encode() in body
+        served = "alpha" if model == "first" else model  # the alias's model answers
+        assert f'"model":"{served}"'.encode() in body, (model, body[:300])
     placement = stats(hub)["placement"]
     assert placement["loads"] >= 2 and placement["failures"] == 0
     totals = stats(hub)["requests"]
