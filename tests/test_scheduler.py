@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gollama.errors import ModelNotFound, NoWorkerAvailable, QueueFull, RelayedError
-from gollama.hub.hold_outs import PATIENCE_MIN
-from gollama.hub.queue import AGING, MAX_DECLINED, WINDOW, Lease, Scheduler, Want
+from gollama.hub.hold_outs import MAX_DECLINED, PATIENCE_MIN
+from gollama.hub.queue import AGING, WINDOW, Lease, Scheduler, Want
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing.policy import Backlog, Candidates, Choice
 from gollama.hub.routing.simple import LeastBusy, SimplePolicy

@@ -13,16 +13,20 @@ prompt). The waiter then holds out for it:
   (`standing`), unless the worker it waits for or one of those the policy named as able to
   change its mind (`Choice.unless_open`) is open; its worker failing, or workers coming or
   going, end it at once (`reconsider`).
+- A freed slot is never left idle for hold-outs: once `MAX_DECLINED` waiters held out in one
+  pass over the queue (`Pass`), the slot goes to the best waiter seen that takes it, or else to
+  the next one, which may not hold out.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 from gollama.hub.registry import Worker
-from gollama.hub.routing.policy import Choice, WaitingFor, Want
+from gollama.hub.routing.policy import Backlog, Choice, WaitingFor, Want
 
 if TYPE_CHECKING:
     from gollama.hub.lease import Lease
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 PATIENCE_FACTOR = 3.0  # a waiter holds out for its preferred worker this many estimated waits
 PATIENCE_MIN = 0.25  # seconds, on top
 ABOUT_TO_FREE = 0.25  # seconds: past its patience, a waiter still waits for a worker this close
+MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 
 
 class Waiter:
@@ -145,3 +150,25 @@ class HoldOuts:
         for waiters in tables:
             for waiter in waiters:
                 waiter.stands_until = 0.0
+
+
+class Pass:
+    """One pass over the queue to serve a freed slot: what it has seen so far."""
+
+    __slots__ = ("ahead", "backlog", "declined")
+
+    def __init__(self, backlog: Backlog, ahead: defaultdict[Worker, list[float]]) -> None:
+        self.backlog = backlog
+        self.ahead = ahead  # the work of the waiters that held out, per busy worker
+        self.declined = 0  # waiters that held out
+
+    @property
+    def patient(self) -> bool:
+        """Whether a waiter may still hold out for a busy worker: once `MAX_DECLINED` did, the
+        slot goes to the best taker seen, or else to the next waiter."""
+        return self.declined < MAX_DECLINED
+
+    def held_out(self, worker: Worker, work: float) -> None:
+        """A waiter holds out for `worker` with `work` seconds: load on it, for those behind."""
+        self.ahead[worker].append(work)
+        self.declined += 1

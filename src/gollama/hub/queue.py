@@ -50,7 +50,7 @@ from gollama.errors import (
     ShuttingDown,
 )
 from gollama.hub.fair_share import DEFAULT_AGING, FairShare, Share
-from gollama.hub.hold_outs import HoldOuts, Waiter, still_patient
+from gollama.hub.hold_outs import HoldOuts, Pass, Waiter, still_patient
 from gollama.hub.lease import Lease
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import (
@@ -63,7 +63,6 @@ from gollama.hub.routing.policy import (
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
-MAX_DECLINED = 16  # waiters a pass lets hold out; after that, a free slot goes to the next
 WINDOW = 8  # waiters that could take a free slot, compared for the least work per pass
 AGING = 0.25  # each second a waiter has waited counts as this many seconds less work
 
@@ -336,36 +335,29 @@ class Scheduler(Watcher):
         """
         ahead: defaultdict[Worker, list[float]] = defaultdict(list)
         backlog = self._backlog(ahead, len(self._waiters) - 1)  # the one choosing is not ahead
-        declined = 0
+        walk = Pass(backlog, ahead)
         for line in self._fair.lines(backlog.now):
-            best, declined = self._best_of(line.waiters, backlog, ahead, declined)
+            best = self._best_of(line.waiters, walk)
             if best is not None:
                 return best
         return None
 
-    def _best_of(
-        self,
-        waiters: Iterable[Waiter],
-        backlog: Backlog,
-        ahead: defaultdict[Worker, list[float]],
-        declined: int,
-    ) -> tuple[tuple[Waiter, Choice] | None, int]:
-        """The waiter of one line to serve now and where, if any; and the count of waiters
-        that held out so far.
+    def _best_of(self, waiters: Iterable[Waiter], walk: Pass) -> tuple[Waiter, Choice] | None:
+        """The waiter of one line to serve now and where, if any.
 
         In line order, each waiter's policy chooses. Of the first `WINDOW` that would take an
         open worker, the one with the least work left wins, each second it has waited counting
         as `AGING` seconds less: short jobs (a prompt the server holds) go before long ones, and
         a long one is passed over only by jobs that came after it by less than the work they
-        save / `AGING`. Policies that estimate no work keep the plain line order. Once
-        `MAX_DECLINED` waiters held out, the search ends: the slot goes to the best of those
-        seen that take an open worker, or if there is none yet, to the next that does.
+        save / `AGING`. Policies that estimate no work keep the plain line order.
         A waiter that would have taken a slot in an earlier pass (and lost to less work), or
         whose patience ran out, is compared by the work estimated then (`Waiter.would_take`)
         and asked again only when it is the one to serve: a pass does not ask the policy again
-        for every waiter of the window.
+        for every waiter of the window. Once the pass is no longer patient (`Pass.patient`),
+        the search ends: the slot goes to the best of those seen that take an open worker, or
+        if there is none yet, to the next that does.
         """
-        now = backlog.now
+        now = walk.backlog.now
         open_workers = self._positions
         rest = iter(waiters)  # not copied: a line may be long
         while True:
@@ -374,29 +366,27 @@ class Scheduler(Watcher):
             for waiter in rest:
                 if waiter.future.done():
                     continue
-                patient = declined < MAX_DECLINED
+                patient = walk.patient
                 if not patient and window:  # enough held out: the slot goes now
                     full = True
                     break
                 if patient and now < waiter.stands_until:  # it held out: does that stand?
                     target = self._holds.standing(waiter, open_workers)
                     if target is not None:
-                        ahead[target].append(waiter.work)
-                        declined += 1
+                        walk.held_out(target, waiter.work)
                         continue
                 if patient and waiter.would_take is not None and self._known_taker(waiter, now):
                     key = waiter.would_take - AGING * (now - waiter.since)
                     window.append((key, len(window), waiter, None))
                 else:
-                    choice = self._ask(waiter, backlog, patient, now)
+                    choice = self._ask(waiter, walk, patient)
                     if choice is None:
                         continue
                     if choice.wait:
-                        ahead[choice.worker].append(choice.work)
-                        declined += 1
+                        walk.held_out(choice.worker, choice.work)
                         continue
                     if choice.work <= 0 and not window:
-                        return (waiter, choice), declined  # none after it has less work
+                        return waiter, choice  # none after it has less work
                     key = choice.work - AGING * (now - waiter.since)
                     window.append((key, len(window), waiter, choice))
                 if len(window) >= WINDOW or not patient:  # enough held out: the slot goes now
@@ -404,16 +394,15 @@ class Scheduler(Watcher):
                     break
             window.sort(key=_first_two)
             for _, _, waiter, known in window:
-                choice = known or self._ask(waiter, backlog, declined < MAX_DECLINED, now)
+                choice = known or self._ask(waiter, walk, walk.patient)
                 if choice is None:  # it cannot take what is open (another model, say)
                     continue
                 if choice.wait:  # it changed its mind: it holds out now
-                    ahead[choice.worker].append(choice.work)
-                    declined += 1
+                    walk.held_out(choice.worker, choice.work)
                     continue
-                return (waiter, choice), declined
+                return waiter, choice
             if not full:
-                return None, declined
+                return None
             # none of a full window took a slot when asked again: look further down the line
 
     def _known_taker(self, waiter: Waiter, now: float) -> bool:
@@ -429,10 +418,11 @@ class Scheduler(Watcher):
             and self._holds.standing(waiter, self._positions) is not None
         )
 
-    def _ask(self, waiter: Waiter, backlog: Backlog, patient: bool, now: float) -> Choice | None:
+    def _ask(self, waiter: Waiter, walk: Pass, patient: bool) -> Choice | None:
         """The policy's choice for `waiter` now (past its patience, what it would choose
         without waiting); a choice to wait makes it hold out, one to take an open worker is
         remembered (`would_take`)."""
+        backlog, now = walk.backlog, walk.backlog.now
         choice = self._choose(waiter.want, backlog, patient=patient)
         if choice is not None and choice.wait and not still_patient(waiter, choice, now):
             choice = choice.otherwise or self._choose(waiter.want, backlog, patient=False)

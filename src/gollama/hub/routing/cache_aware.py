@@ -108,8 +108,10 @@ class CacheAware:
     ) -> Choice | None:
         prompt = want.prompt
         chars = prompt.chars if prompt is not None else 0
-        matched = self.index.matches(prompt) if prompt is not None else {}
         sampled = candidates.sample(self._rng, SAMPLE)
+        if not patient and len(sampled) == 1 and candidates.few(SAMPLE):
+            return self._forced(want, sampled[0], chars, backlog)
+        matched = self.index.matches(prompt) if prompt is not None else {}
         if len(sampled) > 1:  # ties go round the pool
             turn = next(self._turn) % len(sampled)
             sampled = sampled[turn:] + sampled[:turn]
@@ -132,6 +134,16 @@ class CacheAware:
             for worker in workers
         ]
         return self._decide(estimates, matched, chars, best_held, backlog, cluster, patient)
+
+    def _forced(self, want: Want, worker: Worker, chars: int, backlog: Backlog) -> Choice:
+        """The choice when `worker` is the one candidate and the request may not wait (with
+        a thousand workers busy and thousands waiting, the usual choice for a freed slot): its
+        work there, without looking up who else holds the prompt."""
+        held = self.index.held(worker, want.prompt) if want.prompt is not None else 0
+        estimate = self._estimate(
+            worker, True, want, chars, held, held, backlog, self._cluster_rates()
+        )
+        return Choice(worker, work=estimate.work)
 
     def _decide(
         self,

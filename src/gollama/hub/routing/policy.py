@@ -62,6 +62,10 @@ class Candidates:
     def __contains__(self, worker: object) -> bool:
         return isinstance(worker, Worker) and worker in self._positions and self._want.takes(worker)
 
+    def few(self, count: int) -> bool:
+        """Whether `sample(count)` returns every candidate."""
+        return len(self._open) <= count
+
     def sample(self, rng: random.Random, count: int) -> list[Worker]:
         """Up to `count` candidates picked at random (all of them when there are few)."""
         if len(self._open) <= count:

@@ -128,15 +128,16 @@ class PrefixIndex:
                     matched[worker] = end
         return matched
 
+    def held(self, worker: Worker, prompt: PromptKey) -> int:
+        """How many of `prompt`'s characters `worker` holds (as `matches` would say for it
+        alone)."""
+        cache = self.caches.get(worker)
+        return 0 if cache is None else _deepest(cache, prompt)[0]
+
     def place(self, worker: Worker, prompt: PromptKey) -> Prediction:
         """`prompt` goes to `worker`: it will hold all of it. Returns what was predicted."""
         cache = self.cache(worker)
-        cached, stamp = 0, cache.clock
-        for link, end in zip(reversed(prompt.links), reversed(prompt.ends), strict=True):
-            found = cache.links.get(link)
-            if found is not None:
-                cached, stamp = end, found
-                break
+        cached, stamp = _deepest(cache, prompt)
         prediction = Prediction(
             cached, stamp, cache.clock, busy_share(worker, worker.in_flight - 1)
         )
@@ -253,6 +254,17 @@ class PrefixIndex:
             workers.pop(worker, None)
             if not workers:
                 del self.holders[link]
+
+
+def _deepest(cache: WorkerCache, prompt: PromptKey) -> tuple[int, int]:
+    """The characters of `prompt` that `cache` holds, and the cache clock of the deepest link
+    of them (the clock now when it holds none)."""
+    links = cache.links
+    for link, end in zip(reversed(prompt.links), reversed(prompt.ends), strict=True):
+        stamp = links.get(link)
+        if stamp is not None:
+            return end, stamp
+    return 0, cache.clock
 
 
 def _average(old: float | None, new: float) -> float:
