@@ -299,6 +299,21 @@ def test_an_impatient_request_takes_a_free_worker() -> None:
     assert choice.worker is pool[1] and not choice.wait
 
 
+def test_an_impatient_request_with_one_candidate_counts_what_that_worker_holds() -> None:
+    """One open worker and no waiting allowed: the choice is forced, and its work there is what
+    the full comparison estimates (only that worker's share of the prompt is looked up)."""
+    pool = workers(2)
+    policy = CacheAware(rng=random.Random(1))
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], reply="answer 1")
+    follow_up = chat(conversation(DOC, "q1", "q2"))
+    held = choose(policy, follow_up, pool[:1], patient=False)
+    compared = choose(policy, follow_up, pool[:1], patient=True)  # the full comparison
+    cold = choose(policy, follow_up, pool[1:], patient=False)
+    assert (held.worker, compared.worker, cold.worker) == (pool[0], pool[0], pool[1])
+    assert not (held.wait or compared.wait or cold.wait)
+    assert held.work == compared.work < cold.work
+
+
 def test_the_index_is_bounded_and_evicts_the_least_recently_used() -> None:
     (worker,) = workers(1)
     policy = CacheAware(max_links=50)
