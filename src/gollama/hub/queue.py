@@ -258,6 +258,8 @@ class Scheduler(Watcher):
         """Fail at once when no registered worker could ever serve `want`; a request that some
         worker could serve once it is healthy again waits (within its timeout)."""
         if want.model is not None and want.model not in self.registry.known_models():
+            if not len(self.registry):  # a hub just (re)started: its workers may come soon
+                raise NoWorkerAvailable(f"no worker is registered to serve {want.model!r}")
             raise ModelNotFound(f"the model {want.model!r} is not served by any worker")
         if any(want.fits(w) for w in self.registry):
             return
