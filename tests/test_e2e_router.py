@@ -119,6 +119,24 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["message"]
 
+    # A model a hub had loaded for its waiting requests is kept from other hubs until one of
+    # them starts there (another hub's swap would otherwise unload it first), not from that hub.
+    for path, bad in (("load", {"model": "alpha", "awaited_by": 1}), ("unload", {"by": "h"})):
+        answer = httpx.post(w1.url + f"/models/{path}", json=bad, timeout=10)
+        assert answer.status_code == 400, answer.text
+    for unloader in ("hub-a", "hub-b"):
+        done = httpx.post(
+            w1.url + "/models/load", json={"model": "alpha", "awaited_by": "hub-a"}, timeout=30
+        )
+        assert done.status_code == 200, done.text
+        unload = {"model": "alpha", "by": unloader}
+        answer = httpx.post(w1.url + "/models/unload", json=unload, timeout=10)
+        if unloader == "hub-b":
+            assert answer.status_code == 409 and "not come yet" in answer.text, answer.text
+            assert httpx.post(w1.url + "/v1/chat/completions", json=chat("alpha")).is_success
+            answer = httpx.post(w1.url + "/models/unload", json=unload, timeout=10)
+        assert answer.status_code == 200, answer.text
+
     # The worker itself never unloads a model a request of its own is using.
     health = httpx.get(w2.url + "/health", timeout=5).json()
     assert health["router"]["models"]["gamma"]["state"] == "loaded"

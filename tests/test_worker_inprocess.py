@@ -72,7 +72,10 @@ async def worker() -> AsyncIterator[tuple[httpx.AsyncClient, Forwarder, list[tup
 
     async def forward(request: Request) -> Response:
         body = await request.body()
-        return ForwardResponse(forwarder, request.url.path, body, "rid-1", received=0.0)
+        model = orjson.loads(body).get("model") if body else None  # as the worker counts it
+        return ForwardResponse(
+            forwarder, request.url.path, body, "rid-1", received=0.0, model=model
+        )
 
     app = Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])])
     transport = httpx.ASGITransport(app=app)
@@ -117,6 +120,20 @@ async def test_an_unreachable_llama_server_gets_the_workers_own_code(worker: Any
     assert reply.status_code == 502
     assert reply.json()["error"]["code"] == "llama_server_unreachable"
     assert counted == [("/v1/chat/completions", 502)]
+
+
+async def test_a_request_for_a_model_being_unloaded_is_turned_away_as_busy(worker: Any) -> None:
+    """Router mode: while the worker unloads a model, a request for it gets 503 worker_busy
+    (the hub tries another worker or waits) instead of making llama-server load it again."""
+    client, forwarder, counted = worker
+    forwarder.turned_away = lambda model: "it is being unloaded" if model == "old" else None
+    reply = await client.post("/v1/chat/completions", json={"model": "old"})
+    assert reply.status_code == 503
+    error = reply.json()["error"]
+    assert (error["code"], error["message"]) == ("worker_busy", "it is being unloaded")
+    assert forwarder.refused_busy == 1 and forwarder.by_model["old"] == 0
+    assert (await client.post("/v1/chat/completions", json={"model": "new"})).status_code == 200
+    assert counted == [("/v1/chat/completions", 503), ("/v1/chat/completions", 200)]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,7 @@ from gollama.hub.registry import Registry, Worker
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 10.0  # seconds before a failed load is tried on that worker again
+RETRY_BUSY = 0.5  # ... and one the worker turned down for now (409: its models are in use)
 PASS_INTERVAL = 0.25  # seconds between passes while anything waits or drains
 MIN_GAP = 0.02  # seconds between two passes at most
 SERVICE_WEIGHT = 0.2  # of the newest slot time in a model's moving average
@@ -75,6 +77,9 @@ class ModelLoads:
         self.drains: dict[Worker, tuple[str, str]] = {}
         self.blocked: dict[tuple[str, str], float] = {}  # (worker id, model) -> until
         self.counts = {"loads": 0, "unloads": 0, "drains": 0, "failures": 0}
+        # this hub, to the workers: a model it had loaded for its waiting requests is kept
+        # from other hubs a while, not from it
+        self.name = secrets.token_hex(6)
         self.service: dict[str, float] = {}  # seconds a request holds a slot, per model
         # requests per model, each counting less as it ages (halved every POPULARITY_HALF_LIFE)
         self.popularity: dict[str, tuple[float, float]] = {}  # model -> (count, as of when)
@@ -190,8 +195,9 @@ class ModelLoads:
                 await self.unload(worker, load.evict)
             log.info("loading model %s on worker %s (%s)", model, worker.id, load.reason)
             await self.load(worker, model)
-        except ModelInUse as exc:  # another hub's request came first: plan again
-            log.info("model %s stays on worker %s for now: %s", load.evict, worker.id, exc)
+        except ModelInUse as exc:  # another hub's requests came first: plan again shortly
+            self.blocked[(worker.id, model)] = asyncio.get_running_loop().time() + RETRY_BUSY
+            log.info("model %s not loaded on worker %s for now: %s", model, worker.id, exc)
         except (ApiError, UpstreamError) as exc:
             self.counts["failures"] += 1
             self.blocked[(worker.id, model)] = asyncio.get_running_loop().time() + RETRY_AFTER
@@ -204,8 +210,11 @@ class ModelLoads:
             self.wake()
 
     async def load(self, worker: Worker, model: str) -> ModelPlace:
-        """Ask `worker` to load `model` and wait until it serves."""
-        place = await self._call(worker, "/models/load", model, self.load_timeout)
+        """Ask `worker` to load `model` and wait until it serves (kept there a while for the
+        requests waiting for it, if any: another hub's swap does not unload it first)."""
+        awaited = any(wanted == model for wanted, _ in self.waiters())
+        extra = {"awaited_by": self.name} if awaited else {}
+        place = await self._call(worker, "/models/load", model, self.load_timeout, extra)
         self.counts["loads"] += 1
         return place
 
@@ -214,13 +223,23 @@ class ModelLoads:
         if worker.model_in_flight.get(model, 0):
             raise ModelInUse(f"{model!r} has requests of this hub in flight on {worker.id}")
         log.info("unloading model %s on worker %s", model, worker.id)
-        place = await self._call(worker, "/models/unload", model, self.load_timeout)
+        place = await self._call(
+            worker, "/models/unload", model, self.load_timeout, {"by": self.name}
+        )
         self.counts["unloads"] += 1
         return place
 
-    async def _call(self, worker: Worker, path: str, model: str, time_limit: float) -> ModelPlace:
+    async def _call(
+        self,
+        worker: Worker,
+        path: str,
+        model: str,
+        time_limit: float,
+        extra: Mapping[str, str],
+    ) -> ModelPlace:
+        payload = {"model": model, **extra}
         status, body = await self.upstream.call_json(
-            "POST", worker.url + path, orjson.dumps({"model": model}), time_limit=time_limit
+            "POST", worker.url + path, orjson.dumps(payload), time_limit=time_limit
         )
         if status != 200 or not isinstance(body, dict):
             message = structured_message(body) or f"the worker answered {status}"

@@ -101,17 +101,27 @@ async def execute(request: Request) -> Response:
 
 
 async def load_model(request: Request) -> Response:
-    """Router mode: load a model (`{"model": ...}`); answered once it serves."""
+    """Router mode: load a model (`{"model": ...}`); answered once it serves. With
+    `"awaited_by": HUB`, requests wait for it on that hub: no other keeps it from them."""
     node: WorkerNode = request.state.node
     body = await read_object(request, node.body_limits)
-    return json_response(await node.load_model(body.get("model")))
+    awaited_by = _name(body, "awaited_by")
+    return json_response(await node.load_model(body.get("model"), awaited_by))
 
 
 async def unload_model(request: Request) -> Response:
-    """Router mode: unload a model, unless a request here uses it (409)."""
+    """Router mode: unload a model (`"by": HUB`, who asks), unless a request here uses it or
+    another hub's requests are on their way to it (409)."""
     node: WorkerNode = request.state.node
     body = await read_object(request, node.body_limits)
-    return json_response(await node.unload_model(body.get("model")))
+    return json_response(await node.unload_model(body.get("model"), _name(body, "by")))
+
+
+def _name(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise BadRequest(f"{field!r} must name a hub", param=field)
+    return value
 
 
 def _arrived(request: Request) -> tuple[float, str]:

@@ -58,17 +58,21 @@ class Forwarder:
         unreachable: Callable[[str], None],
         forwarded: Callable[[str, int, float], None],
         slot_limit: Callable[[str | None], int | None] = lambda model: None,
+        turned_away: Callable[[str], str | None] = lambda model: None,
         changed: Callable[[], None] = lambda: None,
     ) -> None:
         """`unreachable(reason)` hears when llama-server could not be reached; `forwarded(
         endpoint, status, seconds)` of every request done; `slot_limit(model)` says how many
         requests needing a slot (of that model, in router mode) may be in flight (None: as
-        many as come); `changed()` hears of every request that starts or ends."""
+        many as come); `turned_away(model)` why a request for that model (router mode) is
+        refused as busy now, if it is; `changed()` hears of every request that starts or
+        ends."""
         self.upstream = upstream
         self.llama = llama
         self.unreachable = unreachable
         self.forwarded = forwarded
         self.slot_limit = slot_limit
+        self.turned_away = turned_away
         self.changed = changed
         self.in_flight = 0
         self.in_slots = 0  # of them, requests that need a slot
@@ -76,6 +80,7 @@ class Forwarder:
         # In router mode: the requests in flight for each model, and those needing a slot.
         self.by_model: Counter[str] = Counter()
         self.slots_by_model: Counter[str] = Counter()
+        self.started_by_model: Counter[str] = Counter()  # requests ever started, per model
 
 
 class ForwardResponse(Response):
@@ -113,14 +118,13 @@ class ForwardResponse(Response):
         limit = forwarder.slot_limit(model)
         taken = forwarder.in_slots if model is None else forwarder.slots_by_model[model]
         if slot and limit is not None and taken >= limit:
+            refusal: str | None = f"this worker's {limit} slots are all busy"
+        else:
+            refusal = forwarder.turned_away(model) if model is not None else None
+        if refusal is not None:
             forwarder.refused_busy += 1
-            await self._send_error(
-                send,
-                f"this worker's {limit} slots are all busy",
-                503,
-                WORKER_BUSY,
-                {"in_flight": taken, "slots": limit},
-            )
+            detail = {"in_flight": taken} if limit is None else {"in_flight": taken, "slots": limit}
+            await self._send_error(send, refusal, 503, WORKER_BUSY, detail)
             forwarder.forwarded(self.endpoint, 503, time.perf_counter() - self.received)
             return
         forwarder.in_flight += 1
@@ -128,6 +132,7 @@ class ForwardResponse(Response):
         if model is not None:
             forwarder.by_model[model] += 1
             forwarder.slots_by_model[model] += slot
+            forwarder.started_by_model[model] += 1
         forwarder.changed()
         try:
             await until_disconnect(receive, self._run(send))

@@ -41,6 +41,9 @@ CHECK_INTERVAL = 1.0  # how often llama-server's health is checked once it has b
 STARTUP_CHECK_INTERVAL = 0.25  # ... and before that
 CONNECT_TIMEOUT = 3.0
 LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
+# seconds a model loaded for a hub's waiting requests is kept from other hubs, unless one of
+# the requests starts
+AWAITED_SECONDS = 5.0
 
 
 class WorkerNode:
@@ -101,11 +104,15 @@ class WorkerNode:
             unreachable=self.llama_unreachable,
             forwarded=self.metrics.forwarded,
             slot_limit=self.slot_limit,
+            turned_away=self.turned_away,
             changed=self.in_flight_changed,
         )
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
         self._known: LlamaStatus | None = None  # models and slots, once seen healthy
         self._tasks: list[asyncio.Task[None]] = []
+        # models loaded for a hub's waiting requests: when, how many requests had started on
+        # them by then, and the hub
+        self._awaited: dict[str, tuple[float, int, str]] = {}
 
     def _dial(self, hub_url: str, connected: Callable[[], None]) -> DialOut:
         assert self.tunnel_session is not None
@@ -216,6 +223,14 @@ class WorkerNode:
         state = known.router.models.get(model) if model is not None else None
         return state.slots if state is not None and state.serving else None
 
+    def turned_away(self, model: str) -> str | None:
+        """Router mode: a request for a model being unloaded here is refused (503 busy; the
+        hub tries another worker or waits), or llama-server would load it again at once."""
+        router = self.llama.router
+        if router is not None and model in router.unloading:
+            return f"the model {model!r} is being unloaded on this worker"
+        return None
+
     def in_flight_changed(self) -> None:
         """With several hubs, each hears at once how many slots are taken."""
         if self.hubs.several:
@@ -278,17 +293,39 @@ class WorkerNode:
         name = payload.get("model") if isinstance(payload, dict) else None
         return router.state.model_id(name) if isinstance(name, str) else None
 
-    async def load_model(self, name: object) -> dict[str, Any]:
-        """Load a model of a router-mode llama-server (the hub's word); answered once loaded."""
+    async def load_model(self, name: object, awaited_by: str | None = None) -> dict[str, Any]:
+        """Load a model of a router-mode llama-server (a hub's word); answered once loaded.
+        `awaited_by`: the hub whose requests wait for it (it is kept for them a while)."""
         model, state = await self._router().load(name, self._models_changed)
+        if awaited_by is not None:
+            started = self.forwarder.started_by_model[model]
+            self._awaited[model] = (asyncio.get_running_loop().time(), started, awaited_by)
         return {"model": model, **state.describe(self.forwarder.by_model.get(model, 0))}
 
-    async def unload_model(self, name: object) -> dict[str, Any]:
-        """Unload a model, unless a request here uses it."""
+    async def unload_model(self, name: object, by: str | None = None) -> dict[str, Any]:
+        """Unload a model (`by`: the hub that asks), unless a request here uses it, or another
+        hub had it loaded for requests that have not come yet: with several hubs, one hub's
+        swap would otherwise unload a model between another's load and the requests it was
+        loaded for, again and again."""
         model, state = await self._router().unload(
-            name, lambda m: self.forwarder.by_model.get(m, 0), self._models_changed
+            name, lambda m: self._kept(m, by), self._models_changed
         )
         return {"model": model, **state.describe(0)}
+
+    def _kept(self, model: str, by: str | None) -> str | None:
+        """Why `model` may not be unloaded now at `by`'s word, if it may not."""
+        busy = self.forwarder.by_model.get(model, 0)
+        if busy:
+            return f"{busy} request(s) in flight here"
+        awaited = self._awaited.pop(model, None)
+        if awaited is None or awaited[2] == by:
+            return None
+        loaded_at, started, _ = awaited
+        ago = asyncio.get_running_loop().time() - loaded_at
+        if ago < AWAITED_SECONDS and self.forwarder.started_by_model[model] == started:
+            self._awaited[model] = awaited
+            return f"loaded {ago:.1f} s ago for another hub's requests, which have not come yet"
+        return None
 
     def _router(self) -> RouterModels:
         router = self.llama.router

@@ -14,8 +14,11 @@ It routes every request by the body's `model` to that model's instance, loading 
 when needed (autoload), and at `--models-max` instances evicts the least recently used idle
 one. The hub decides what is loaded where (`hub/placement.py`): the worker reports the states
 in every heartbeat, loads a model when asked (`POST /models/load`, answered once it is loaded,
-with the seconds it took), and unloads one only while no request of its own is using it
-(otherwise 409: a model in use is never evicted through this worker).
+with the seconds it took; refused with 409 while its `--models-max` places are all taken, so
+that llama-server never picks a model to evict itself), and unloads one only while no request
+of its own is using it, nor on its way to it (otherwise 409: a model in use is never evicted
+through this worker; see `WorkerNode.unload_model`). One load or unload runs at a time, whichever
+hub asked.
 """
 
 from __future__ import annotations
@@ -108,7 +111,10 @@ class RouterModels:
         self.info: dict[str, Any] = {}  # llama-server's /models entry of each, less its status
         self._loading_since: dict[str, float] = {}
         self._load_seconds: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # one load or unload at a time, whichever hub asks: two at once (two hubs swapping
+        # models on one instance) can leave llama-server holding neither
+        self._acting = asyncio.Lock()
+        self.unloading: set[str] = set()  # models asked to unload, until they have
 
     async def read(self) -> RouterState:
         """The states now, from `GET /models` (and `/props?model=M` for the slots of a model
@@ -165,13 +171,25 @@ class RouterModels:
         """Load `name` and wait until it serves; its id and state. `changed()` hears of each
         new state seen meanwhile."""
         model = self._known(name)
-        async with self._locks.setdefault(model, asyncio.Lock()):
-            current = self.state.models[model]
+        async with self._acting:
+            current = (await self.read()).models[model]
             if current.serving:
                 return model, current
+            held = [m for m, state in self.state.models.items() if state.state != "unloaded"]
+            if self.state.max_models and len(held) >= self.state.max_models:
+                # llama-server would evict one of them itself, in use or not
+                raise ModelInUse(
+                    f"no room for {model!r}: {', '.join(held)} take all "
+                    f"{self.state.max_models} places; unload one first"
+                )
             loop = asyncio.get_running_loop()
             started = loop.time()
-            code, body = await self._call("POST", "/models/load", {"model": model})
+            try:
+                code, body = await self._call("POST", "/models/load", {"model": model})
+            except UpstreamError as exc:  # it answers once it has stopped what makes room
+                raise ModelInUse(f"llama-server did not take the load of {model!r}: {exc}") from exc
+            if _says(body, "model limit reached"):  # the models it holds are in use
+                raise ModelInUse(f"llama-server has no room for {model!r} now")
             if code != 200 and not _says(body, "already running"):
                 why = _message(body, code)
                 raise ModelLoadFailed(f"llama-server refused to load {model!r}: {why}")
@@ -192,31 +210,39 @@ class RouterModels:
                     raise ModelLoadFailed(f"{model!r} did not load within {limit:.0f} s")
 
     async def unload(
-        self, name: object, in_use: Callable[[str], int], changed: Callable[[], None]
+        self, name: object, kept: Callable[[str], str | None], changed: Callable[[], None]
     ) -> tuple[str, ModelState]:
-        """Unload `name`, unless a request of this worker's uses it (`in_use(id)` > 0: 409)."""
+        """Unload `name`, unless `kept(id)` says why not (409: a request uses it, say)."""
         model = self._known(name)
-        async with self._locks.setdefault(model, asyncio.Lock()):
+        async with self._acting:
             if self.state.models[model].state == "unloaded":
                 return model, self.state.models[model]
-            busy = in_use(model)
-            if busy:
-                raise ModelInUse(f"{model!r} has {busy} request(s) in flight here")
-            code, body = await self._call("POST", "/models/unload", {"model": model})
-            if code != 200 and not _says(body, "not running"):
-                why = _message(body, code)
-                raise ModelLoadFailed(f"llama-server refused to unload {model!r}: {why}")
-            log.info("unloading model %s", model)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + UNLOAD_TIMEOUT
-            while True:
-                state = (await self.read()).models.get(model)
-                changed()
-                if state is None or state.state == "unloaded":
-                    return model, state or ModelState("unloaded")
-                if loop.time() > deadline:
-                    raise ModelLoadFailed(f"{model!r} did not unload within {UNLOAD_TIMEOUT:.0f} s")
-                await asyncio.sleep(POLL_INTERVAL)
+            why = kept(model)
+            if why is not None:
+                raise ModelInUse(f"{model!r} stays: {why}")
+            self.unloading.add(model)
+            try:
+                return await self._unload(model, changed)
+            finally:
+                self.unloading.discard(model)
+
+    async def _unload(self, model: str, changed: Callable[[], None]) -> tuple[str, ModelState]:
+        """Ask llama-server to unload `model` and wait until it has."""
+        code, body = await self._call("POST", "/models/unload", {"model": model})
+        if code != 200 and not _says(body, "not running"):
+            why = _message(body, code)
+            raise ModelLoadFailed(f"llama-server refused to unload {model!r}: {why}")
+        log.info("unloading model %s", model)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNLOAD_TIMEOUT
+        while True:
+            state = (await self.read()).models.get(model)
+            changed()
+            if state is None or state.state == "unloaded":
+                return model, state or ModelState("unloaded")
+            if loop.time() > deadline:
+                raise ModelLoadFailed(f"{model!r} did not unload within {UNLOAD_TIMEOUT:.0f} s")
+            await asyncio.sleep(POLL_INTERVAL)
 
     def _known(self, name: object) -> str:
         if not isinstance(name, str) or not name:
