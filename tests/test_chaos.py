@@ -66,11 +66,41 @@ def test_dial_out_workers_lose_nothing_when_their_tunnels_are_cut() -> None:
     assert done.returncode == 0
 
 
+@pytest.mark.timeout(100)
+def test_router_mode_workers_lose_nothing_while_two_hubs_swap_models() -> None:
+    """Workers in front of router-mode llama-servers, three models each and one loaded at a
+    time, asked for in turn through two hubs: both load and unload models on the same workers
+    all along (before the worker took one load or unload at a time, two at once could leave
+    llama-server holding neither, and every request waited out its deadline) while a router
+    llama-server is killed, a worker killed, its network reset, Redis restarted empty (the
+    hubs stay up: their counts of loads hold)."""
+    faults = "kill_llama,kill_worker,reset,restart_redis"
+    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "2", "--hubs", "2"]
+    command += ["--models", "3", "--faults", faults, "--json"]
+    command += ["--duration", "14", "--interval", "2.5", "--fault-seconds", "1.5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    verdict = json.loads(done.stdout)
+    assert set(verdict["faults"]) == set(faults.split(",")), verdict["timeline"]
+    assert verdict["lost"] == 0, verdict
+    assert verdict["hung"] == 0, verdict
+    assert verdict["succeeded"] > 100
+    assert verdict["placement"]["loads"] > 10, verdict  # models took turns all along
+    assert "HTTP 504" not in verdict["clear_failures"], verdict  # none waited out its deadline
+    assert done.returncode == 0
+
+
 def test_hub_faults_need_several_hubs() -> None:
     command = [sys.executable, "-m", "gollama", "chaos", "--faults", "kill_hub"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2
     assert "need --hubs 2 or more" in done.stderr
+
+
+def test_router_mode_needs_two_models_or_more() -> None:
+    command = [sys.executable, "-m", "gollama", "chaos", "--models", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "--models: 2 or more" in done.stderr
 
 
 async def test_the_fault_proxy_balances_over_targets_that_accept() -> None:

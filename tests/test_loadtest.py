@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gollama._processes import free_port
-from gollama.tools.loadtest import percentile
+from gollama.tools.loadtest import LoadTest, percentile
+from gollama.tools.loadtest_cli import add_arguments, config_from
 from tests.conftest import Cluster
 
 
@@ -67,3 +69,13 @@ def test_percentiles_are_nearest_rank() -> None:
     assert percentile(values, 0.99) == 99
     assert percentile(values, 1.0) == 100
     assert percentile([7.0], 0.95) == 7
+
+
+def test_several_models_are_asked_for_in_turn() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from(parser.parse_args(["--model", "chat, coder,,embed"]))
+    assert config.models == ("chat", "coder", "embed")
+    bodies = [json.loads(body)["model"] for body in LoadTest(config).bodies]
+    assert bodies == ["chat", "coder", "embed"]
+    assert config_from(parser.parse_args([])).models == ()

@@ -2,14 +2,16 @@
 verdict on what clients saw.
 
 It starts a hub and `--workers` managed workers (each with its own llama-server, on a
-generated test model unless `--model` is given) on 127.0.0.1 (`cluster.LocalCluster`), with a
-fault-injecting TCP proxy
-between the hub and each worker. With `--hubs N` (2 or more) it starts N hubs sharing a
-redis-server, behind a round-robin TCP balancer (`FaultProxy` with several targets) that the
-load and the workers' `--hub` go through. With `--dial-out` the workers dial out to the hub
-(`gollama worker --dial-out`), each through its own fault proxy, so that the network faults
-cut, silence or slow down their tunnels. It drives streamed and non-streamed load with the
-loadtest engine, and every `--interval` seconds injects the next fault, in turn:
+generated test model unless `--model` is given) on 127.0.0.1 (`chaos_cluster`), with a
+fault-injecting TCP proxy between the hub and each worker. With `--hubs N` (2 or more) it
+starts N hubs sharing a redis-server, behind a round-robin TCP balancer (`FaultProxy` with
+several targets) that the load and the workers' `--hub` go through. With `--dial-out` the
+workers dial out to the hub (`gollama worker --dial-out`), each through its own fault proxy,
+so that the network faults cut, silence or slow down their tunnels. With `--models N` the
+workers run llama-server in router mode on N copies of the model (`--models-max` loaded at
+once), asked for in turn: models are placed, loaded and unloaded as faults strike. It drives
+streamed and non-streamed load with the loadtest engine, and every `--interval` seconds
+injects the next fault, in turn:
 
     kill_worker     SIGKILL a worker (its llama-server dies with it; streams are cut mid-way)
     kill_llama      SIGKILL a worker's llama-server (the worker restarts it)
@@ -43,18 +45,17 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from gollama._processes import free_ports
 from gollama.errors import ToolError
-from gollama.tools.cluster import HOST, LocalCluster, Proc, healthy_workers, wait_for
-from gollama.tools.faultproxy import FaultProxy
+from gollama.tools.chaos_cluster import REQUEST_TIMEOUT, ChaosCluster, Node, model_names
+from gollama.tools.cluster import HOST, healthy_workers, wait_for
 from gollama.tools.loadtest import LoadConfig, LoadTest, Result
-from gollama.tools.models import cached_test_model
 
 FAULTS = (
     "kill_worker",
@@ -69,9 +70,9 @@ FAULTS = (
 # Faults of several hubs (`--hubs` 2 or more)
 HUB_FAULTS = ("kill_hub", "restart_redis")
 CUT_WINDOW = 2.0  # seconds after a hub's SIGKILL in which its clients' connections close
-REQUEST_TIMEOUT = 30.0  # the hub's own deadline for every request
 HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
 LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
+NO_ANSWER = (aiohttp.ClientError, TimeoutError, ValueError, KeyError)  # from a hub, polled
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class ChaosConfig:
     url: str | None = None  # a running hub: load and verdict only, the faults are yours
     deadline: float = HUNG_AFTER  # a request open longer than this is hung
     dial_out: bool = False  # workers dial out to the hub (through their proxies)
+    models: int = 0  # 2 or more: router-mode workers, each serving this many models
+    models_max: int = 1  # with `models`: loaded at once per worker (llama-server's --models-max)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class Verdict:
     success_rate_with_a_healthy_worker: float
     faults: dict[str, int]
     timeline: list[Event] = field(default_factory=list)
+    # router mode: the model loads, unloads, drains and failed loads of the hubs, summed
+    placement: dict[str, int] | None = None
 
     @property
     def passed(self) -> bool:
@@ -123,101 +128,9 @@ class Verdict:
             "clear_failures": self.clear_failures,
             "success_rate_with_a_healthy_worker": round(self.success_rate_with_a_healthy_worker, 4),
             "faults": self.faults,
+            "placement": self.placement,
             "timeline": [{"at": round(e.at, 2), "event": e.what} for e in self.timeline],
         }
-
-
-@dataclass
-class Node:
-    name: str
-    port: int
-    proxy: FaultProxy
-    proc: Proc | None = None
-
-
-class ChaosCluster:
-    """Hubs and managed workers on 127.0.0.1, each worker behind its own fault proxy; with
-    several hubs, a redis-server and a balancer in front of them."""
-
-    def __init__(self, config: ChaosConfig, logs: Path) -> None:
-        self.config = config
-        self.logs = logs
-        self.local = LocalCluster(logs)
-        balancer_port, *ports = free_ports(1 + config.hubs + config.workers)
-        self.hub_ports, ports = ports[: config.hubs], ports[config.hubs :]
-        self.hubs: list[Proc | None] = [None] * config.hubs
-        self.redis: Proc | None = None
-        first, *others = ((HOST, port) for port in self.hub_ports)
-        self.balancer = FaultProxy(*first, *others) if others else None
-        front = balancer_port if self.balancer is not None else self.hub_ports[0]
-        self.hub_url = f"http://{HOST}:{front}"  # where the load and the workers go
-        self.model = config.model or cached_test_model()[0]
-        # A proxy in front of each worker, or, for dial-out workers, between each and the hub
-        front_port = int(self.hub_url.rsplit(":", 1)[1])
-        self.nodes = [
-            Node(f"w{i + 1}", port, FaultProxy(HOST, front_port if config.dial_out else port))
-            for i, port in enumerate(ports)
-        ]
-
-    async def start(self) -> None:
-        if self.balancer is not None:
-            self.redis = self.local.redis()
-            await self.balancer.start(HOST, int(self.hub_url.rsplit(":", 1)[1]))
-        for index in range(len(self.hubs)):
-            self.start_hub(index)
-        for node in self.nodes:
-            await node.proxy.start(HOST)
-            self.start_worker(node)
-
-    async def stop(self) -> None:
-        await self.local.stopped()
-        for node in self.nodes:
-            await node.proxy.stop()
-        if self.balancer is not None:
-            await self.balancer.stop()
-
-    def start_hub(self, index: int) -> None:
-        arguments = ["--request-timeout", str(REQUEST_TIMEOUT), "--heartbeat-interval", "1"]
-        arguments += ["--read-timeout", "10", "--drain-timeout", "15"]
-        if self.redis is not None:
-            arguments += ["--redis", self.redis.redis_url]
-        name = f"hub-{index + 1}" if len(self.hubs) > 1 else "hub"
-        self.hubs[index] = self.local.hub(*arguments, name=name, port=self.hub_ports[index])
-
-    def start_worker(self, node: Node) -> None:
-        arguments = [
-            *("--model", str(self.model), f"--llama-args={self.config.llama_args}"),
-            *("--drain-timeout", "15"),
-        ]
-        hub_url = self.hub_url
-        if self.config.dial_out:
-            arguments.append("--dial-out")
-            hub_url = f"http://{HOST}:{node.proxy.port}"
-        else:
-            arguments += ["--advertise", f"http://{HOST}:{node.proxy.port}"]
-        node.proc = self.local.worker(node.name, hub_url, *arguments, port=node.port)
-
-    def restart(self, proc: Proc) -> Proc:
-        """`proc` again, once it has exited."""
-        again = self.local.replace(proc)
-        self.hubs = [again if hub is proc else hub for hub in self.hubs]
-        if proc is self.redis:
-            self.redis = again
-        for node in self.nodes:
-            if node.proc is proc:
-                node.proc = again
-        return again
-
-    def llama_pid(self, node: Node) -> int | None:
-        """The pid of the worker's llama-server: its child process."""
-        if node.proc is None:
-            return None
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                # pid (comm) state ppid ...: comm may hold spaces and parentheses
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == node.proc.pid:
-                    return int(stat.parent.name)
-        return None
 
 
 class Chaos:
@@ -250,18 +163,23 @@ class Chaos:
             self.note("load starts" + ("" if cluster else f" on {self.hub_url}; faults are yours"))
             tests = [self._load(stream) for stream in (False, True)]
             watcher = asyncio.create_task(self._watch())
-            injector = asyncio.create_task(self._inject() if cluster else asyncio.sleep(0))
+            load_ended = asyncio.Event()
+            inject = self._inject(load_ended) if cluster else load_ended.wait()
+            injector = asyncio.create_task(inject)
             try:
                 await asyncio.gather(*(test.run() for test in tests))
+                self.note("load ends")
+                load_ended.set()
+                await injector  # the fault under way ends (a killed process is started again)
             finally:
-                injector.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await injector
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            self.note("load ends")
-            return self._verdict([r for test in tests for r in test.results])
+                for task in (injector, watcher):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            verdict = self._verdict([r for test in tests for r in test.results])
+            if cluster is not None and self.config.models:
+                verdict.placement = await self._placement(cluster)
+            return verdict
         finally:
             if cluster is not None:
                 await cluster.stop()
@@ -273,16 +191,19 @@ class Chaos:
             duration=self.config.duration,
             concurrency=max(1, self.config.concurrency // 2),
             message="chaos",
+            models=model_names(self.config.models),
             max_tokens=self.config.max_tokens,
             stream=stream,
             timeout=self.config.deadline,
         )
         return LoadTest(config)
 
-    async def _inject(self) -> None:
+    async def _inject(self, load_ended: asyncio.Event) -> None:
         kinds = itertools.cycle(self.config.faults)
         while True:
-            await asyncio.sleep(self.config.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(load_ended.wait(), self.config.interval)
+                return
             kind = next(kinds)
             node = self.rng.choice(self._local().nodes)
             self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -378,7 +299,7 @@ class Chaos:
                 try:
                     async with session.get(self.hub_url + "/health") as reply:
                         healthy = int((await reply.json())["workers"])
-                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                except NO_ANSWER:
                     healthy = None
                 self.health.append((time.perf_counter(), healthy))
                 if healthy != last:
@@ -387,6 +308,23 @@ class Chaos:
                     )
                     last = healthy
                 await asyncio.sleep(0.25)
+
+    async def _placement(self, cluster: ChaosCluster) -> dict[str, int] | None:
+        """The model loads, unloads, drains and failed loads the hubs count (in `/stats`, each
+        since it last started); None when a hub did not answer within seconds."""
+        totals = {"loads": 0, "unloads": 0, "drains": 0, "failures": 0}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            for port in cluster.hub_ports:
+                for _ in range(40):
+                    with contextlib.suppress(*NO_ANSWER):
+                        async with session.get(f"http://{HOST}:{port}/stats") as reply:
+                            counts = (await reply.json())["placement"]
+                        break
+                    await asyncio.sleep(0.25)
+                else:
+                    return None
+                totals = {key: n + int(counts.get(key, 0)) for key, n in totals.items()}
+        return totals
 
     async def _wait_healthy(self, count: int, seconds: float) -> None:
         local = self.cluster.local if self.cluster is not None else None
@@ -418,16 +356,16 @@ class Chaos:
     def _verdict(self, results: list[Result]) -> Verdict:
         lost = [r for r in results if r.failure is not None and r.failure.startswith(LOST)]
         hung = [r for r in results if r.failure == "timeout" or r.latency > self.config.deadline]
-        clear: dict[str, int] = {}
         for killed_at, held in self.hub_kills:
             cut = [r for r in lost if killed_at <= r.ended <= killed_at + CUT_WINDOW][:held]
             for r in cut:
                 lost.remove(r)
                 r.failure = "cut with its hub (SIGKILL)"
-        for r in results:
-            if r.failure is not None and r not in lost and r not in hung:
-                reason = r.failure.split(" (")[0]
-                clear[reason] = clear.get(reason, 0) + 1
+        clear = Counter(
+            r.failure.split(" (")[0]
+            for r in results
+            if r.failure is not None and r not in lost and r not in hung
+        )
         # Counted while the hub was up with a healthy worker: not requests the hub refused
         # because it was restarting (its port closed, or draining), whatever the last poll saw.
         covered = [
@@ -441,7 +379,7 @@ class Chaos:
             succeeded=sum(1 for r in results if r.failure is None),
             lost=len(lost),
             hung=len(hung),
-            clear_failures=dict(sorted(clear.items(), key=lambda kv: -kv[1])),
+            clear_failures=dict(clear.most_common()),
             success_rate_with_a_healthy_worker=succeeded_covered / len(covered) if covered else 0,
             faults=self.faults,
             timeline=self.timeline,

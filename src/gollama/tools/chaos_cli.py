@@ -80,6 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="workers dial out to the hub (--dial-out), each through its fault proxy; one hub",
     )
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=0,
+        help="2 or more: router-mode workers (llama-server --models-dir), each serving this "
+        "many models, asked for in turn (default: one model per worker)",
+    )
+    parser.add_argument(
+        "--models-max",
+        type=positive,
+        default=1,
+        help="with --models: models loaded at once per worker (default 1: they take turns)",
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
 
@@ -99,6 +112,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if unknown or not faults:
         needs = " (these need --hubs 2 or more)" if set(unknown) & set(HUB_FAULTS) else ""
         parser.error(f"--faults: unknown {', '.join(unknown) or '(none given)'}{needs}")
+    if args.models == 1 or args.models < 0:
+        parser.error("--models: 2 or more (router mode), or 0 for one model per worker")
+    if args.models and args.url is not None:
+        parser.error("--models: the local cluster's workers; with --url the workers are yours")
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model}: no such file")
     config = ChaosConfig(
@@ -115,6 +132,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         seed=args.seed,
         url=args.url,
         dial_out=args.dial_out,
+        models=args.models,
+        models_max=args.models_max,
         deadline=args.deadline or (HUNG_AFTER if args.url is None else TARGET_DEADLINE),
     )
     console = Console(stderr=True)
@@ -154,6 +173,10 @@ def show(console: Console, summary: dict[str, Any]) -> None:
         ),
         *((f"clear failure: {reason}", n) for reason, n in summary["clear_failures"].items()),
         *((f"fault: {kind}", n) for kind, n in summary["faults"].items()),
+        *(
+            (f"model {what} (hubs, since they last started)", n)
+            for what, n in (summary["placement"] or {}).items()
+        ),
     ]
     for label, value in rows:
         verdict.add_row(label, str(value))

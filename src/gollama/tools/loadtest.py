@@ -38,7 +38,7 @@ class LoadConfig:
     concurrency: int = 50
     rate: float | None = None  # open loop: arrivals per second
     message: str = "Hello"
-    model: str | None = None
+    models: tuple[str, ...] = ()  # asked for in turn (none: any model)
     max_tokens: int = 16
     stream: bool = False
     api_key: str | None = None
@@ -76,9 +76,11 @@ class LoadTest:
             "max_tokens": config.max_tokens,
             "stream": config.stream,
         }
-        if config.model:
-            body["model"] = config.model
-        self.body = orjson.dumps(body)
+        # one body per model, sent in turn
+        self.bodies = [orjson.dumps({**body, "model": m}) for m in config.models] or [
+            orjson.dumps(body)
+        ]
+        self._turn = 0  # requests sent so far: the next body is the next model's
         self.headers = {"Content-Type": "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
@@ -163,7 +165,9 @@ class LoadTest:
 
     async def _exchange(self, upstream: Upstream, result: Result) -> None:
         url = self.config.url.rstrip("/") + "/v1/chat/completions"
-        reply = await upstream.open("POST", url, body=self.body, headers=self.headers)
+        body = self.bodies[self._turn % len(self.bodies)]
+        self._turn += 1
+        reply = await upstream.open("POST", url, body=body, headers=self.headers)
         try:
             result.status = reply.status
             waited = reply.header("X-GoLlama-Queue-Wait")

@@ -61,7 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--message", default="Hello", help="the user message (default: %(default)s)"
     )
-    parser.add_argument("--model", default=None, help="the model to ask for (default: any)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model to ask for, or several separated by commas, asked for in turn "
+        "(default: any)",
+    )
     parser.add_argument(
         "--max-tokens",
         type=positive,
@@ -111,7 +116,7 @@ def config_from(args: argparse.Namespace) -> LoadConfig:
         concurrency=args.concurrency,
         rate=args.rate,
         message=args.message,
-        model=args.model,
+        models=tuple(m.strip() for m in (args.model or "").split(",") if m.strip()),
         max_tokens=args.max_tokens,
         stream=args.stream,
         api_key=args.api_key,
