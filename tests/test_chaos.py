@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from gollama._processes import free_port
-from gollama.tools.chaos import FAULTS
+from gollama.tools.chaos_cluster import FAULTS
 from gollama.tools.faultproxy import FaultProxy
 from tests.conftest import Cluster
 

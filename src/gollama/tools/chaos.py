@@ -53,46 +53,13 @@ from typing import Any
 import aiohttp
 
 from gollama.errors import ToolError
-from gollama.tools.chaos_cluster import REQUEST_TIMEOUT, ChaosCluster, Node, model_names
+from gollama.tools.chaos_cluster import ChaosCluster, ChaosConfig, Node, model_names
 from gollama.tools.cluster import HOST, healthy_workers, wait_for
 from gollama.tools.loadtest import LoadConfig, LoadTest, Result
 
-FAULTS = (
-    "kill_worker",
-    "kill_llama",
-    "freeze_worker",
-    "restart_worker",
-    "restart_hub",
-    "latency",
-    "reset",
-    "blackhole",
-)
-# Faults of several hubs (`--hubs` 2 or more)
-HUB_FAULTS = ("kill_hub", "restart_redis")
 CUT_WINDOW = 2.0  # seconds after a hub's SIGKILL in which its clients' connections close
-HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
 LOST = ("connection broke", "stream ended without [DONE]", "invalid JSON")
 NO_ANSWER = (aiohttp.ClientError, TimeoutError, ValueError, KeyError)  # from a hub, polled
-
-
-@dataclass(frozen=True)
-class ChaosConfig:
-    workers: int = 3
-    hubs: int = 1
-    duration: float = 60.0
-    concurrency: int = 12
-    interval: float = 5.0
-    fault_seconds: float = 2.0
-    faults: tuple[str, ...] = FAULTS
-    max_tokens: int = 24
-    model: Path | None = None
-    llama_args: str = "-t 1 -np 2"
-    seed: int = 0
-    url: str | None = None  # a running hub: load and verdict only, the faults are yours
-    deadline: float = HUNG_AFTER  # a request open longer than this is hung
-    dial_out: bool = False  # workers dial out to the hub (through their proxies)
-    models: int = 0  # 2 or more: router-mode workers, each serving this many models
-    models_max: int = 1  # with `models`: loaded at once per worker (llama-server's --models-max)
 
 
 @dataclass

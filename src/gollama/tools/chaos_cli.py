@@ -13,7 +13,8 @@ from rich.table import Table
 
 from gollama._values import flag_type, positive_int, positive_seconds
 from gollama.errors import ToolError
-from gollama.tools.chaos import FAULTS, HUB_FAULTS, HUNG_AFTER, ChaosConfig, run_chaos
+from gollama.tools.chaos import run_chaos
+from gollama.tools.chaos_cluster import FAULTS, HUB_FAULTS, HUNG_AFTER, ChaosConfig
 
 TARGET_DEADLINE = 610.0
 

@@ -1,6 +1,7 @@
-"""The local cluster `gollama chaos` runs on: hubs and managed workers on 127.0.0.1, each
-worker behind its own fault proxy; with several hubs, a redis-server and a balancer in front of
-them; in router mode, workers on a folder of copies of the model."""
+"""What a `gollama chaos` run is asked for (`ChaosConfig`, the fault kinds), and the local
+cluster it runs on: hubs and managed workers on 127.0.0.1, each worker behind its own fault
+proxy; with several hubs, a redis-server and a balancer in front of them; in router mode,
+workers on a folder of copies of the model."""
 
 from __future__ import annotations
 
@@ -8,17 +9,46 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gollama._processes import free_ports
 from gollama.tools.cluster import HOST, LocalCluster, Proc
 from gollama.tools.faultproxy import FaultProxy
 from gollama.tools.models import cached_test_model
 
-if TYPE_CHECKING:
-    from gollama.tools.chaos import ChaosConfig
-
 REQUEST_TIMEOUT = 30.0  # the hub's own deadline for every request
+FAULTS = (
+    "kill_worker",
+    "kill_llama",
+    "freeze_worker",
+    "restart_worker",
+    "restart_hub",
+    "latency",
+    "reset",
+    "blackhole",
+)
+# Faults of several hubs (`--hubs` 2 or more)
+HUB_FAULTS = ("kill_hub", "restart_redis")
+HUNG_AFTER = REQUEST_TIMEOUT + 10.0  # a request still open this long never got its answer
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    workers: int = 3
+    hubs: int = 1
+    duration: float = 60.0
+    concurrency: int = 12
+    interval: float = 5.0
+    fault_seconds: float = 2.0
+    faults: tuple[str, ...] = FAULTS
+    max_tokens: int = 24
+    model: Path | None = None
+    llama_args: str = "-t 1 -np 2"
+    seed: int = 0
+    url: str | None = None  # a running hub: load and verdict only, the faults are yours
+    deadline: float = HUNG_AFTER  # a request open longer than this is hung
+    dial_out: bool = False  # workers dial out to the hub (through their proxies)
+    models: int = 0  # 2 or more: router-mode workers, each serving this many models
+    models_max: int = 1  # with `models`: loaded at once per worker (llama-server's --models-max)
 
 
 @dataclass
