@@ -136,6 +136,11 @@ def test_two_router_workers_serve_every_model_loaded_where_requests_need_it(
             assert httpx.post(w1.url + "/v1/chat/completions", json=chat("alpha")).is_success
             answer = httpx.post(w1.url + "/models/unload", json=unload, timeout=10)
         assert answer.status_code == 200, answer.text
+    # A request for a model not loaded there is turned away as busy (the hub loads models
+    # where it decides): llama-server would load it, evicting another.
+    refused = httpx.post(w1.url + "/v1/chat/completions", json=chat("alpha"), timeout=10)
+    assert refused.status_code == 503 and "not loaded" in refused.text, refused.text
+    assert refused.json()["error"]["code"] == "worker_busy"
 
     # The worker itself never unloads a model a request of its own is using.
     health = httpx.get(w2.url + "/health", timeout=5).json()

@@ -294,11 +294,17 @@ class Chaos:
         return totals
 
     async def _wait_healthy(self, count: int, seconds: float) -> None:
+        """Until the hub has `count` healthy workers (each of the local cluster's hubs, asked
+        on its own port: the balancer would ask only one)."""
         local = self.cluster.local if self.cluster is not None else None
+        hubs = [f"http://{HOST}:{port}" for port in self.cluster.hub_ports] if self.cluster else []
         async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
-                return await healthy_workers(session, self.hub_url) >= count
+                for url in hubs or [self.hub_url]:
+                    if await healthy_workers(session, url) < count:
+                        return False
+                return True
 
             try:
                 await wait_for(ready, f"{count} healthy workers", local, seconds)

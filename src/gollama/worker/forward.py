@@ -119,8 +119,8 @@ class ForwardResponse(Response):
         taken = forwarder.in_slots if model is None else forwarder.slots_by_model[model]
         if slot and limit is not None and taken >= limit:
             refusal: str | None = f"this worker's {limit} slots are all busy"
-        else:
-            refusal = forwarder.turned_away(model) if model is not None else None
+        else:  # a light request (tokenize) goes on: the hub sends it where it finds room
+            refusal = forwarder.turned_away(model) if model is not None and slot else None
         if refusal is not None:
             forwarder.refused_busy += 1
             detail = {"in_flight": taken} if limit is None else {"in_flight": taken, "slots": limit}

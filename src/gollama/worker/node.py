@@ -224,11 +224,17 @@ class WorkerNode:
         return state.slots if state is not None and state.serving else None
 
     def turned_away(self, model: str) -> str | None:
-        """Router mode: a request for a model being unloaded here is refused (503 busy; the
-        hub tries another worker or waits), or llama-server would load it again at once."""
+        """Router mode: a request for a model being unloaded here, or not loaded, is refused
+        (503 busy; the hub tries another worker or waits, and loads it where it decides):
+        llama-server would load it at once, evicting another model, in use or on its way."""
         router = self.llama.router
-        if router is not None and model in router.unloading:
+        if router is None:
+            return None
+        if model in router.unloading:
             return f"the model {model!r} is being unloaded on this worker"
+        state = router.state.models.get(model)
+        if state is not None and state.state == "unloaded":
+            return f"the model {model!r} is not loaded on this worker"
         return None
 
     def in_flight_changed(self) -> None:

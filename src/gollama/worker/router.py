@@ -175,7 +175,11 @@ class RouterModels:
             current = (await self.read()).models[model]
             if current.serving:
                 return model, current
-            held = [m for m, state in self.state.models.items() if state.state != "unloaded"]
+            held = [
+                m
+                for m, state in self.state.models.items()
+                if state.state != "unloaded" and m != model
+            ]
             if self.state.max_models and len(held) >= self.state.max_models:
                 # llama-server would evict one of them itself, in use or not
                 raise ModelInUse(
@@ -196,6 +200,7 @@ class RouterModels:
             log.info("loading model %s", model)
             self._loading_since.setdefault(model, started)
             deadline = started + self.load_timeout
+            under_way = False  # seen loading (or listed loaded) once
             while True:
                 await asyncio.sleep(POLL_INTERVAL)
                 state = (await self.read()).models.get(model)
@@ -205,6 +210,9 @@ class RouterModels:
                     return model, state
                 if state is None or (state.state == "unloaded" and state.failed):
                     raise ModelLoadFailed(f"llama-server could not load {model!r}")
+                if state.state == "unloaded" and under_way:  # llama-server evicted it again
+                    raise ModelInUse(f"llama-server unloaded {model!r} as it loaded: try again")
+                under_way = under_way or state.state != "unloaded"
                 if loop.time() > deadline:
                     limit = self.load_timeout
                     raise ModelLoadFailed(f"{model!r} did not load within {limit:.0f} s")
