@@ -323,14 +323,13 @@ class WorkerNode:
         busy = self.forwarder.by_model.get(model, 0)
         if busy:
             return f"{busy} request(s) in flight here"
-        awaited = self._awaited.pop(model, None)
-        if awaited is None or awaited[2] == by:
-            return None
-        loaded_at, started, _ = awaited
-        ago = asyncio.get_running_loop().time() - loaded_at
-        if ago < AWAITED_SECONDS and self.forwarder.started_by_model[model] == started:
-            self._awaited[model] = awaited
-            return f"loaded {ago:.1f} s ago for another hub's requests, which have not come yet"
+        awaited = self._awaited.get(model)
+        if awaited is not None and awaited[2] != by:
+            loaded_at, started, _ = awaited
+            ago = asyncio.get_running_loop().time() - loaded_at
+            if ago < AWAITED_SECONDS and self.forwarder.started_by_model[model] == started:
+                return f"loaded {ago:.1f} s ago for another hub's requests, which have not come yet"
+        self._awaited.pop(model, None)  # it may go: what it was loaded for ends with it
         return None
 
     def _router(self) -> RouterModels:
