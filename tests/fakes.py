@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gollama._apis import ANTHROPIC, LLAMA, LLAMA_ENDPOINTS, RESPONSES, dialect_of
 from gollama._processes import free_port
+from gollama.errors import WORKER_BUSY
 
 Behaviour = Literal[
     "ok",
@@ -34,6 +35,7 @@ Behaviour = Literal[
     "stall",  # a stream that falls silent after its first event; a whole answer never comes
     "raw",  # a stream of fixed bytes: broken UTF-8, events split across chunks
     "linger",  # a complete stream with timings whose connection stays open a while after it
+    "busy",  # every slot held by another hub's requests: 503 worker_busy, as a worker says it
 ]
 
 # The timings llama-server puts in the last event of a stream (prompt_n: tokens computed,
@@ -137,6 +139,10 @@ class FakeWorker:
                 },
                 status=501,
             )
+        if self.behaviour == "busy":
+            message = "this worker's 1 slots are all busy"
+            error = {"code": WORKER_BUSY, "message": message, "type": "upstream_error"}
+            return web.json_response({"error": error, "in_flight": 1, "slots": 1}, status=503)
         if self.behaviour == "bad_request_400":
             return web.json_response({"error": {"code": 400, "message": "too long"}}, status=400)
         if self.behaviour == "reset":

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from gollama.errors import RelayedError
+from gollama.hub.control import describe_worker
 from gollama.hub.registry import (
     FORGET_AFTER,
     PROBE_BACKOFF_MAX,
@@ -115,7 +116,7 @@ def test_a_probe_older_than_the_last_failure_does_not_put_the_worker_back(
     registry.mark_failed(worker, "reset again", 11)  # ... a request fails meanwhile ...
     assert not registry.recovered(worker, seen)  # ... and the probe's success is stale
     assert state(worker) is WorkerState.FAILING
-    assert worker.describe(12)["times_failed"] == 2
+    assert describe_worker(worker, 12)["times_failed"] == 2
 
 
 def test_silent_workers_go_offline_then_are_forgotten(registry: Registry) -> None:
@@ -144,7 +145,7 @@ def test_unsupported_endpoints_are_forgotten_when_llama_server_returns(registry:
 
 def test_describe_has_the_stats_fields(registry: Registry) -> None:
     worker = registry.register(info(name="a"), 0)
-    entry = worker.describe(now=12.5)
+    entry = describe_worker(worker, now=12.5)
     assert entry["id"] == "a"
     assert entry["uptime_s"] == 12.5
     assert entry["state"] == "healthy"

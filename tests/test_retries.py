@@ -182,6 +182,23 @@ async def test_retries_are_bounded_and_the_error_is_clear(procs: Processes) -> N
         assert sum(f.hits for f in fakes) == 3  # one try and two retries
 
 
+async def test_a_worker_full_with_another_hubs_requests_is_asked_once_not_in_a_loop(
+    procs: Processes,
+) -> None:
+    """Several requests wait for a worker whose one slot another hub holds: the first is
+    refused, and the worker counts as full until it says otherwise. (The slot the refused
+    request gave back used to reopen the worker to the next waiter, refused in turn, and so
+    on: thousands of refusals a second, the hub spinning a core.)"""
+    hub = hub_for_fakes(procs, "--queue-timeout", "1")
+    fake = FakeWorker("w", "busy")
+    async with serving(fake):
+        fake.register(hub.url)
+        replies = await asyncio.gather(*(post(hub, timeout=10) for _ in range(3)))
+    assert [reply.status_code for reply in replies] == [503] * 3
+    assert {reply.json()["error"]["code"] for reply in replies} == {"queue_timeout"}
+    assert fake.hits == 1
+
+
 async def test_when_llama_server_fails_everywhere_its_answer_is_relayed(
     procs: Processes,
 ) -> None:

@@ -17,7 +17,7 @@ from gollama._tunnel import IDENTITY_HEADER, SCHEME
 from gollama._values import http_url
 from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
 from gollama.hub.catalog import Catalog, ModelPlace
-from gollama.hub.registry import Direct, Registration, WorkerState
+from gollama.hub.registry import Direct, Registration, Worker, WorkerState
 from gollama.hub.service import Hub
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def stats_body(hub: Hub) -> dict[str, Any]:
     now = hub.now()
     tokens = hub.accounting.tokens
     return {
-        "workers": [w.describe(now) for w in hub.registry],
+        "workers": [describe_worker(w, now) for w in hub.registry],
         "queue": hub.scheduler.waiting,
         "queue_size": hub.config.queue_size,
         "in_flight": hub.scheduler.in_flight,
@@ -415,3 +415,34 @@ def _required_name(payload: dict[str, Any], field: str) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise BadRequest(f"'{field}' must be 1 to 100 letters, digits or . _ : -", param=field)
     return value
+
+
+def describe_worker(worker: Worker, now: float) -> dict[str, Any]:
+    """A worker as /stats shows it."""
+    return {
+        "id": worker.id,
+        "url": worker.url,
+        "connection": "dial-out" if worker.url.startswith(SCHEME) else "http",
+        "data_path": "direct" if worker.direct else "worker",
+        "direct_url": worker.direct.url if worker.direct else None,
+        "model": worker.models[0] if worker.models else None,
+        "models": list(worker.models),
+        "state": worker.state.value,
+        "reason": worker.failure,
+        "circuit": worker.circuit,
+        "slots": worker.slots,
+        "in_flight": worker.in_flight,
+        "reported_in_flight": worker.reported_in_flight,
+        "in_flight_elsewhere": worker.elsewhere,
+        "jobs_completed": worker.jobs_completed,
+        "jobs_failed": worker.jobs_failed,
+        "times_failed": worker.failures,
+        "prompt_tokens_computed": worker.tokens.prompt_computed,
+        "prompt_tokens_cached": worker.tokens.prompt_cached,
+        "tokens_generated": worker.tokens.generated,
+        "uptime_s": round(now - worker.registered_at, 3),
+        "last_heartbeat_s": round(now - worker.last_heartbeat, 3),
+        "router": None
+        if worker.catalog is None
+        else worker.catalog.describe(worker.pending, worker.model_in_flight, worker.last_used, now),
+    }

@@ -30,7 +30,6 @@ from enum import StrEnum
 from typing import Any
 
 from gollama._tokens import Timings, TokenCounts
-from gollama._tunnel import SCHEME as TUNNEL_SCHEME
 from gollama.errors import RelayedError
 from gollama.hub.catalog import Catalog, ModelPlace
 
@@ -192,35 +191,6 @@ class Worker:
                 self.model_in_flight[model_id] = left
             self.last_used[model_id] = now
 
-    def describe(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "url": self.url,
-            "connection": "dial-out" if self.url.startswith(TUNNEL_SCHEME) else "http",
-            "data_path": "direct" if self.direct else "worker",
-            "direct_url": self.direct.url if self.direct else None,
-            "model": self.models[0] if self.models else None,
-            "models": list(self.models),
-            "state": self.state.value,
-            "reason": self.failure,
-            "circuit": self.circuit,
-            "slots": self.slots,
-            "in_flight": self.in_flight,
-            "reported_in_flight": self.reported_in_flight,
-            "in_flight_elsewhere": self.elsewhere,
-            "jobs_completed": self.jobs_completed,
-            "jobs_failed": self.jobs_failed,
-            "times_failed": self.failures,
-            "prompt_tokens_computed": self.tokens.prompt_computed,
-            "prompt_tokens_cached": self.tokens.prompt_cached,
-            "tokens_generated": self.tokens.generated,
-            "uptime_s": round(now - self.registered_at, 3),
-            "last_heartbeat_s": round(now - self.last_heartbeat, 3),
-            "router": None
-            if self.catalog is None
-            else self.catalog.describe(self.pending, self.model_in_flight, self.last_used, now),
-        }
-
 
 class Watcher:
     """Hears of changes in the registry; each method does nothing unless overridden."""
@@ -329,9 +299,11 @@ class Registry:
         return worker
 
     def busy(self, worker: Worker, in_slots: int) -> None:
-        """The worker refused a request of ours: `in_slots` of its slots are taken (ours
-        included). It counts as full until it says otherwise."""
-        worker.elsewhere = max(0, in_slots - worker.in_flight, worker.slots - worker.in_flight)
+        """The worker refused a request of ours, whose slot here is not given back yet:
+        `in_slots` of its slots are taken (our other requests' included). It counts as full
+        until it says otherwise."""
+        ours = worker.in_flight - 1  # without the refused one
+        worker.elsewhere = max(0, in_slots - ours, worker.slots - ours)
         self._capacity_changed(worker)
 
     def mark_failed(self, worker: Worker, reason: str, now: float) -> None:

@@ -364,11 +364,13 @@ class Dispatcher(Watcher):
         if failed.count_failure:
             take_out = failed.error.message if failed.take_out else None
             self.registry.job_failed(worker, take_out=take_out, now=_now())
-        lease.release()
         if failed.busy is not None:
             if job.prompt is not None and lease.prediction is not None:
                 self.scheduler.policy.refused(worker, job.prompt, lease.prediction)
+            # Before the slot is given back: given back first, it would open the worker to the
+            # next waiter for it, refused in turn, and so on without end.
             self.registry.busy(worker, failed.busy)
+        lease.release()
 
 
 def _now() -> float:
