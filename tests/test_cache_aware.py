@@ -448,6 +448,42 @@ def test_another_hubs_requests_on_the_holder_count_as_half_done() -> None:
     assert 0 < choice.expected_wait == pytest.approx(choice.work / 2)
 
 
+def test_another_hubs_request_counts_as_its_hub_predicted() -> None:
+    """The other hub said how long its request on the holder runs (`Worker.others`): a short
+    one is waited for exactly that long; a long one sends the conversation elsewhere, where
+    the guess of half this request's slot time would have kept it waiting."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=2.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=2.0)
+    second = chat(conversation(DOC, "q1", "q2"))
+    pool[0].elsewhere = 1
+    pool[0].others = [(0.5, -0.2)]  # predicted 0.5 s, started 0.2 s ago
+    choice = choose(policy, second, pool)
+    assert choice.worker is pool[0] and choice.wait
+    assert choice.expected_wait == pytest.approx(0.3)
+    pool[0].others = [(60.0, 0.0)]
+    assert choose(policy, second, pool).worker is pool[1]
+
+
+def test_other_hubs_waiters_count_only_once_the_worker_is_full() -> None:
+    """Waiters another hub holds out for the holder (`Worker.waiting_elsewhere`) lengthen the
+    wait for it once it is full; while it has a free slot they do not keep this hub from it
+    (each hub leaving a free slot to the others' waiters, none would take it)."""
+    pool = workers(2)
+    policy = CacheAware()
+    serve(policy, chat(conversation(DOC, "q1")), pool[0], seconds=2.0)
+    serve(policy, chat(conversation("other", "x")), pool[1], seconds=2.0)
+    second = chat(conversation(DOC, "q1", "q2"))
+    pool[0].waiting_elsewhere = [0.4]
+    assert not choose(policy, second, pool).wait  # the free holder is taken
+    pool[0].elsewhere = 1
+    pool[0].others = [(0.5, 0.0)]
+    choice = choose(policy, second, pool)
+    assert choice.worker is pool[0] and choice.wait
+    assert choice.expected_wait == pytest.approx(0.9)  # its request, then the other's waiter
+
+
 def test_a_hint_from_another_hub_draws_the_conversation_to_its_holder() -> None:
     pool = workers(3)
     policy = CacheAware(rng=random.Random(3))

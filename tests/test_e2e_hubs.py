@@ -120,6 +120,7 @@ async def test_two_hubs_never_queue_requests_inside_llama_server(
     started = hubs_and_a_worker(procs, models["slow"], 2, llama_args=("-np", "2", "--metrics"))
     hubs, llama = started.hubs, started.llama
     seen = {"deferred": 0.0, "processing": 0.0}
+    predicted_elsewhere: list[list[float]] = []  # as each hub saw the other's requests
     done = asyncio.Event()
 
     async def watch(client: httpx.AsyncClient) -> None:
@@ -127,6 +128,9 @@ async def test_two_hubs_never_queue_requests_inside_llama_server(
             series = parse((await client.get(llama.url + "/metrics")).text)
             for name in seen:
                 seen[name] = max(seen[name], value(series, f"llamacpp:requests_{name}"))
+            for hub in hubs:
+                (w1,) = (await client.get(hub.url + "/stats")).json()["workers"]
+                predicted_elsewhere.append(w1["predicted_elsewhere_s"])
             await asyncio.sleep(0.02)
 
     body = {**ASK, "max_tokens": 24, "stream": True}
@@ -141,6 +145,8 @@ async def test_two_hubs_never_queue_requests_inside_llama_server(
     assert all(r.text.rstrip().endswith("data: [DONE]") for r in replies)
     assert seen["processing"] == 2  # both slots were used ...
     assert seen["deferred"] == 0  # ... and nothing ever waited inside llama-server
+    # Each request went with its hub's prediction; the worker passed them on to the other hub.
+    assert any(len(seconds) > 0 and all(s > 0 for s in seconds) for seconds in predicted_elsewhere)
 
 
 async def test_key_limits_are_exact_across_three_hubs(

@@ -59,6 +59,17 @@ def test_execute_needs_an_object_body(cluster: Cluster) -> None:
     assert reply.status_code == 400
 
 
+def test_a_malformed_prediction_from_a_hub_is_a_clear_400(cluster: Cluster) -> None:
+    reply = httpx.post(
+        cluster.workers[0].url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"X-GoLlama-Hub": "hub-a", "X-GoLlama-Work": "soon"},
+        timeout=10,
+    )
+    assert reply.status_code == 400
+    assert "X-GoLlama-Work must be a number of seconds" in reply.json()["error"]["message"]
+
+
 def test_direct_forwarding_streams(cluster: Cluster) -> None:
     reply = httpx.post(
         cluster.workers[0].url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30

@@ -71,6 +71,29 @@ def test_heartbeat_updates_health_and_slots(registry: Registry) -> None:
     assert state(worker) is WorkerState.HEALTHY
 
 
+def test_with_several_hubs_a_heartbeat_tells_what_the_others_have_on_the_worker() -> None:
+    """What the worker reports with another hub's id counts as the others' (with the start
+    of each request in this hub's clock); this hub's own entries are left out."""
+    registry = Registry(2.0, shared_slots=True, hub_id="hub-a")
+    worker = registry.register(Registration("http://10.0.0.1:9001", ("m",), 4, True), 0)
+    worker.in_flight = 1
+    beat = Registration(
+        "http://10.0.0.1:9001",
+        ("m",),
+        4,
+        True,
+        in_slots=3,
+        running=(("hub-a", 2.0, 1.0), ("hub-b", 3.0, 0.5), ("hub-c", 1.0, 0.25)),
+        waiting=(("hub-a", 9.0), ("hub-b", 0.75)),
+    )
+    registry.heartbeat(worker.id, beat, 10.0)
+    assert worker.elsewhere == 2
+    assert worker.others == [(3.0, 9.5), (1.0, 9.75)]
+    assert worker.waiting_elsewhere == [0.75]
+    entry = describe_worker(worker, 10.0)
+    assert (entry["predicted_elsewhere_s"], entry["waiting_elsewhere"]) == ([3.0, 1.0], 1)
+
+
 def test_heartbeat_from_an_unknown_worker_is_refused(registry: Registry) -> None:
     assert registry.heartbeat("nobody", info(), 0) is None
     worker = registry.register(info(), 0)

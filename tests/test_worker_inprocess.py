@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gollama._predictions import HUB_HEADER, WORK_HEADER, Predicted, from_headers
 from gollama._processes import free_port
 from gollama._transport import Upstream
 from gollama.errors import HubUnavailable
@@ -73,8 +74,15 @@ async def worker() -> AsyncIterator[tuple[httpx.AsyncClient, Forwarder, list[tup
     async def forward(request: Request) -> Response:
         body = await request.body()
         model = orjson.loads(body).get("model") if body else None  # as the worker counts it
+        predicted = from_headers(request.headers.get(HUB_HEADER), request.headers.get(WORK_HEADER))
         return ForwardResponse(
-            forwarder, request.url.path, body, "rid-1", received=0.0, model=model
+            forwarder,
+            request.url.path,
+            body,
+            "rid-1",
+            received=0.0,
+            model=model,
+            predicted=predicted,
         )
 
     app = Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])])
@@ -136,6 +144,33 @@ async def test_a_request_for_a_model_being_unloaded_is_turned_away_as_busy(worke
     assert counted == [("/v1/chat/completions", 503), ("/v1/chat/completions", 200)]
 
 
+async def test_a_free_slot_kept_for_another_hubs_waiter_is_refused_as_busy(worker: Any) -> None:
+    """With several hubs (a slot limit), a request that came with its hub's prediction is
+    refused when the worker keeps its free slots for other hubs' shorter waiters; one without
+    a prediction, or once they are not kept, goes on."""
+    client, forwarder, counted = worker
+    forwarder.slot_limit = lambda model: 1
+    kept: list[tuple[Predicted, int]] = []
+
+    def reserved(predicted: Predicted, free: int) -> str | None:
+        kept.append((predicted, free))
+        return "kept for another hub" if predicted.seconds > 1 else None
+
+    forwarder.reserved = reserved
+    cold = {HUB_HEADER: "hub-b", WORK_HEADER: "6.5"}
+    reply = await client.post("/v1/chat/completions", json={}, headers=cold)
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "worker_busy"
+    assert (reply.json()["in_flight"], reply.json()["slots"]) == (0, 1)
+    assert kept == [(Predicted("hub-b", 6.5), 1)]
+    warm = {HUB_HEADER: "hub-b", WORK_HEADER: "0.5"}
+    assert (await client.post("/v1/chat/completions", json={}, headers=warm)).status_code == 200
+    assert (await client.post("/v1/chat/completions", json={})).status_code == 200
+    assert len(kept) == 2  # the request without a prediction was not weighed
+    assert counted == [("/v1/chat/completions", status) for status in (503, 200, 200)]
+    assert forwarder.predicted == {}  # nothing runs now
+
+
 @pytest.fixture
 async def hub() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, Any]]], dict[str, int]]]:
     """A fake hub that writes down each call; `answers` sets the status of the next ones."""
@@ -179,6 +214,43 @@ async def test_the_link_registers_beats_and_registers_again_when_forgotten(hub: 
         assert calls[-1][0] == "/connectWorker"
     finally:
         await upstream.close()
+
+
+def heard(link: HubLink) -> tuple[str, tuple[float, ...]] | None:
+    return link.waiting
+
+
+async def test_the_link_hears_which_waiters_the_hub_holds_out_for_this_worker() -> None:
+    """With several hubs, a hub answers each heartbeat with its id and its waiters for this
+    worker; the worker passes them on (`HubLinks.waiting`) and tells the other hubs at once
+    when they changed."""
+    answers = [{"id": "w-1", "hub_id": "hub-a", "waiting": [0.5, 2.0]}]
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(answers[-1])
+
+    app = web.Application()
+    for path in ("/connectWorker", "/heartbeat"):
+        app.router.add_post(path, handle)
+    runner, url = await serve(app)
+    upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
+    changes: list[None] = []
+    info = {"url": "http://10.0.0.5:9001", "models": ["m"], "slots": 1, "healthy": True}
+    link = HubLink(upstream, url, lambda: info, on_waiting=lambda: changes.append(None))
+    try:
+        await link.register()
+        await link.sync()
+        assert heard(link) == ("hub-a", (0.5, 2.0))
+        assert len(changes) == 1  # heard twice, changed once
+        answers.append({"id": "w-1", "hub_id": "hub-a", "waiting": []})
+        await link.sync()
+        assert heard(link) == ("hub-a", ()) and len(changes) == 2
+        answers.append({"id": "w-1"})  # a hub alone says nothing of its waiters
+        await link.sync()
+        assert heard(link) is None
+    finally:
+        await upstream.close()
+        await runner.cleanup()
 
 
 async def test_the_link_keeps_trying_an_unreachable_hub() -> None:

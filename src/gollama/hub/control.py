@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from gollama._asgi import read_object
+from gollama._predictions import parse_running, parse_waiting
 from gollama._tunnel import IDENTITY_HEADER, SCHEME
 from gollama._values import http_url
 from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
@@ -77,7 +78,11 @@ def beat(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[s
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
-    return {"id": worker.id, "state": worker.state.value, **_hubs(hub)}
+    reply = {"id": worker.id, "state": worker.state.value, **_hubs(hub)}
+    if hub.shared is not None:  # the worker tells the other hubs who waits for it here
+        waiting = [round(seconds, 3) for seconds in hub.scheduler.held_out_for(worker)]
+        reply.update(hub_id=hub.shared.id, waiting=waiting)
+    return reply
 
 
 def goodbye(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[str, Any]:
@@ -323,6 +328,8 @@ def parse_registration(payload: dict[str, Any], tunnel: str | None = None) -> Re
         info,
         in_slots,
         catalog,
+        parse_running(payload.get("running")),
+        parse_waiting(payload.get("waiting")),
     )
 
 
@@ -434,6 +441,10 @@ def describe_worker(worker: Worker, now: float) -> dict[str, Any]:
         "in_flight": worker.in_flight,
         "reported_in_flight": worker.reported_in_flight,
         "in_flight_elsewhere": worker.elsewhere,
+        # with several hubs: the seconds the others predicted for their requests there, and
+        # how many of their waiters hold out for it
+        "predicted_elsewhere_s": [round(work, 3) for work, _ in worker.others],
+        "waiting_elsewhere": len(worker.waiting_elsewhere),
         "jobs_completed": worker.jobs_completed,
         "jobs_failed": worker.jobs_failed,
         "times_failed": worker.failures,

@@ -8,7 +8,10 @@ prompt). The waiter then holds out for it:
 - Patience: it holds out at most `PATIENCE_FACTOR` times the wait the policy estimated, or as
   long as the policy says going elsewhere would cost, if that is longer, plus `PATIENCE_MIN`.
   Past it, the waiter takes what the policy would choose without waiting, unless the worker it
-  waits for is about to free (`ABOUT_TO_FREE`): then it looks again that much later.
+  waits for is about to free (`ABOUT_TO_FREE`): then it looks again that much later. With
+  several hubs, a patience set while the worker held another hub's request whose prediction
+  this hub had not heard yet (`guessed`) is set again, once, when it runs out and the
+  prediction is known: a guess must not send a conversation off its holder.
 - Until then its choice stands without the policy being asked again at each freed slot
   (`standing`), unless the worker it waits for or one of those the policy named as able to
   change its mind (`Choice.unless_open`) is open; its worker failing, or workers coming or
@@ -42,6 +45,7 @@ class Waiter:
 
     __slots__ = (
         "future",
+        "guessed",
         "patience_until",
         "retry",
         "since",
@@ -60,6 +64,7 @@ class Waiter:
         self.retry = retry
         self.since = asyncio.get_running_loop().time()
         self.patience_until: float | None = None  # set once it chose to wait for a busy worker
+        self.guessed = False  # ... on a guess of another hub's request there (see `guessed`)
         self.timer: asyncio.TimerHandle | None = None
         self.target: Worker | None = None  # the busy worker it holds out for
         self.work = 0.0  # the seconds it would hold a slot there, as the policy predicted
@@ -77,7 +82,18 @@ def still_patient(waiter: Waiter, choice: Choice, now: float) -> bool:
     it for a worker about to free (the policy counts a job past its predicted time as having a
     growing share of its overrun left, so this ends)."""
     until = waiter.patience_until
-    return until is None or now < until or choice.expected_wait <= ABOUT_TO_FREE
+    return (
+        until is None
+        or now < until
+        or choice.expected_wait <= ABOUT_TO_FREE
+        or (waiter.guessed and not guessed(choice.worker))
+    )
+
+
+def guessed(worker: Worker) -> bool:
+    """Whether the wait for `worker` counts a request of another hub whose prediction this
+    hub has not heard (`Worker.others`), as a guess."""
+    return worker.elsewhere > len(worker.others)
 
 
 class HoldOuts:
@@ -96,6 +112,10 @@ class HoldOuts:
         """The predicted slot times of the waiters holding out for each busy worker."""
         return {worker: list(waiters.values()) for worker, waiters in self._table.items()}
 
+    def works_for(self, worker: Worker) -> list[float]:
+        """The predicted slot times of the waiters holding out for `worker`."""
+        return list(self._table.get(worker, {}).values())
+
     def hold_out(self, waiter: Waiter, choice: Choice, now: float) -> None:
         """`waiter` holds out for `choice.worker`: it counts as load on it; its patience is set
         the first time; past it, it looks again `ABOUT_TO_FREE` later."""
@@ -105,9 +125,14 @@ class HoldOuts:
             waiter.target = choice.worker
         self._table.setdefault(choice.worker, {})[waiter] = waiter.work = choice.work
         loop = asyncio.get_running_loop()
+        if waiter.guessed and not guessed(choice.worker):  # set again, now on what is known
+            waiter.patience_until = None
+            if waiter.timer is not None:
+                waiter.timer.cancel()
         if waiter.patience_until is None:
             patience = max(PATIENCE_FACTOR * choice.expected_wait, choice.patience)
             waiter.patience_until = now + patience + PATIENCE_MIN
+            waiter.guessed = guessed(choice.worker)
             waiter.timer = loop.call_at(waiter.patience_until, self._look_again)
             look_again = waiter.patience_until
         elif now >= waiter.patience_until:

@@ -179,6 +179,9 @@ class Scheduler(Watcher):
         """The predicted slot times of the waiters holding out for each busy worker."""
         return self._holds.describe()
 
+    def held_out_for(self, worker: Worker) -> list[float]:
+        return self._holds.works_for(worker)
+
     def describe_tenants(self) -> dict[str, dict[str, Any]]:
         """Per tenant (API key), as `FairShare.describe` (the loop's clock is monotonic)."""
         return self._fair.describe(time.monotonic())

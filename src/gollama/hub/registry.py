@@ -63,6 +63,11 @@ class Registration:
     model_info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     in_slots: int | None = None  # of `in_flight`, the requests holding a slot
     catalog: Catalog | None = field(default=None, hash=False, compare=False)  # router mode
+    # With several hubs: (hub, seconds predicted, age) of the requests holding a slot that
+    # came with a hub's prediction (see `_predictions`)
+    running: tuple[tuple[str, float, float], ...] = field(default=(), hash=False, compare=False)
+    # ... and (hub, seconds) of the waiters each hub has holding out for it
+    waiting: tuple[tuple[str, float], ...] = field(default=(), hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,11 @@ class Worker:
     in_flight: int = 0  # requests the hub has on it: the queue's leases keep this
     # With several hubs: the slots the others' requests hold (the worker's count less ours)
     elsewhere: int = 0
+    # With several hubs: (seconds predicted, started: loop time) of the others' requests on it
+    # that came with their hub's prediction, as the worker last reported
+    others: list[tuple[float, float]] = field(default_factory=list)
+    # ... and the predicted slot times of the others' waiters holding out for it
+    waiting_elsewhere: list[float] = field(default_factory=list)
     jobs_completed: int = 0
     jobs_failed: int = 0
     failure: str | None = None
@@ -212,11 +222,14 @@ class Registry:
         rng: random.Random | None = None,
         *,
         shared_slots: bool = False,
+        hub_id: str | None = None,
     ) -> None:
         """With `shared_slots`, other hubs send the workers requests too: what a worker
-        reports holding beyond this hub's requests is not free (`Worker.elsewhere`)."""
+        reports holding beyond this hub's requests is not free (`Worker.elsewhere`), and the
+        requests it reports with another hub's id than `hub_id` are others' (`Worker.others`)."""
         self.heartbeat_interval = heartbeat_interval
         self.shared_slots = shared_slots
+        self.hub_id = hub_id
         self.watchers: list[Watcher] = []
         self._workers: dict[str, Worker] = {}
         self._registrations = 0
@@ -437,6 +450,9 @@ class Registry:
         worker.reported_in_flight = info.in_flight
         if self.shared_slots and info.in_slots is not None:
             worker.elsewhere = max(0, info.in_slots - worker.in_flight)
+            own = self.hub_id
+            worker.others = [(work, now - age) for hub, work, age in info.running if hub != own]
+            worker.waiting_elsewhere = [work for hub, work in info.waiting if hub != own]
         worker.draining = info.draining
         worker.direct = info.direct
         worker.model_info = info.model_info

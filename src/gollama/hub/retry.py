@@ -39,6 +39,7 @@ import orjson
 from gollama._apis import OPENAI, Dialect, error_object, structured_message
 from gollama._auth import bearer
 from gollama._interrupt import Interrupt
+from gollama._predictions import HUB_HEADER, WORK_HEADER
 from gollama._tokens import Timings
 from gollama._transport import Reply, Upstream
 from gollama.errors import (
@@ -179,6 +180,7 @@ class Dispatcher(Watcher):
         *,
         direct: Upstream | None = None,
         affinity: SharedAffinity | None = None,
+        hub_id: str | None = None,
         max_retries: int,
         queue_timeout: float,
         read_timeout: float,
@@ -195,6 +197,8 @@ class Dispatcher(Watcher):
         self.accounting = accounting
         # With several hubs: where the others placed prompts, and where this one does
         self.affinity = affinity if scheduler.policy.uses_prompts else None
+        # With several hubs: this hub's id, sent to workers with each prediction
+        self.hub_id = hub_id
         self.max_retries = max_retries
         self.queue_timeout = queue_timeout
         # Until its first bytes, an answer may rightly be silent for long: a non-streamed one
@@ -328,6 +332,8 @@ class Dispatcher(Watcher):
         """Send the job; return once the whole answer, or a stream's first bytes, arrived."""
         worker = lease.worker
         headers = {"Content-Type": job.content_type, "X-Request-ID": job.request_id}
+        if self.hub_id is not None and lease.work > 0:  # the other hubs hear of it
+            headers[HUB_HEADER], headers[WORK_HEADER] = self.hub_id, f"{lease.work:.3f}"
         upstream, url = self.upstream, worker.url
         if worker.direct is not None:
             upstream, url = self.direct, worker.direct.url

@@ -69,7 +69,10 @@ class Hub:
     ) -> Hub:
         """The hub's parts, running; with `shared`, it announces itself in Redis and renews
         the leases of `limits`."""
-        registry = Registry(config.heartbeat_interval, shared_slots=shared is not None)
+        hub_id = shared.id if shared is not None else None
+        registry = Registry(
+            config.heartbeat_interval, shared_slots=shared is not None, hub_id=hub_id
+        )
         scheduler = Scheduler(
             registry,
             make_policy(config.policy),
@@ -100,6 +103,7 @@ class Hub:
             accounting,
             direct=direct,
             affinity=affinity,
+            hub_id=hub_id,
             max_retries=config.max_retries,
             queue_timeout=config.queue_timeout,
             read_timeout=config.read_timeout,

@@ -17,6 +17,7 @@ from gollama import __version__
 from gollama._asgi import EXCEPTION_HANDLERS, read_body, read_object, request_id
 from gollama._guard import Access, Guard, Rules
 from gollama._logs import REQUEST_ID
+from gollama._predictions import HUB_HEADER, WORK_HEADER, Predicted, from_headers
 from gollama._server import DrainHook, lifespan
 from gollama.config import WorkerConfig
 from gollama.errors import BadRequest, HubUnavailable, NoWorkerAvailable, json_response
@@ -76,6 +77,7 @@ async def forward(request: Request) -> Response:
         received=received,
         content_type=content_type,
         model=node.model_of(body) if content_type.startswith("application/json") else None,
+        predicted=_predicted(request),
     )
 
 
@@ -96,7 +98,13 @@ async def execute(request: Request) -> Response:
         raise BadRequest("'body' must be a JSON object", param="body")
     payload = orjson.dumps(body)
     return ForwardResponse(
-        node.forwarder, endpoint, payload, rid, received=received, model=node.model_of(payload)
+        node.forwarder,
+        endpoint,
+        payload,
+        rid,
+        received=received,
+        model=node.model_of(payload),
+        predicted=_predicted(request),
     )
 
 
@@ -122,6 +130,10 @@ def _name(body: dict[str, Any], field: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise BadRequest(f"{field!r} must name a hub", param=field)
     return value
+
+
+def _predicted(request: Request) -> Predicted | None:
+    return from_headers(request.headers.get(HUB_HEADER), request.headers.get(WORK_HEADER))
 
 
 def _arrived(request: Request) -> tuple[float, str]:

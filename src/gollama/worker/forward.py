@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from gollama._apis import LIGHT_ENDPOINTS, LLAMA_ENDPOINTS, dialect_of
 from gollama._asgi import send_closing, until_disconnect
+from gollama._predictions import Predicted
 from gollama._sse import SSE_HEADERS, StreamTail
 from gollama._transport import Reply, Upstream
 from gollama.errors import (
@@ -59,20 +60,23 @@ class Forwarder:
         forwarded: Callable[[str, int, float], None],
         slot_limit: Callable[[str | None], int | None] = lambda model: None,
         turned_away: Callable[[str], str | None] = lambda model: None,
+        reserved: Callable[[Predicted, int], str | None] = lambda predicted, free: None,
         changed: Callable[[], None] = lambda: None,
     ) -> None:
         """`unreachable(reason)` hears when llama-server could not be reached; `forwarded(
         endpoint, status, seconds)` of every request done; `slot_limit(model)` says how many
         requests needing a slot (of that model, in router mode) may be in flight (None: as
         many as come); `turned_away(model)` why a request for that model (router mode) is
-        refused as busy now, if it is; `changed()` hears of every request that starts or
-        ends."""
+        refused as busy now, if it is; `reserved(predicted, free)` why the `free` slots left
+        are kept for other hubs' waiters, if they are (several hubs: see `_predictions`);
+        `changed()` hears of every request that starts or ends."""
         self.upstream = upstream
         self.llama = llama
         self.unreachable = unreachable
         self.forwarded = forwarded
         self.slot_limit = slot_limit
         self.turned_away = turned_away
+        self.reserved = reserved
         self.changed = changed
         self.in_flight = 0
         self.in_slots = 0  # of them, requests that need a slot
@@ -81,6 +85,17 @@ class Forwarder:
         self.by_model: Counter[str] = Counter()
         self.slots_by_model: Counter[str] = Counter()
         self.started_by_model: Counter[str] = Counter()  # requests ever started, per model
+        # With several hubs: the requests holding a slot that came with a hub's prediction,
+        # and when each started (`time.perf_counter()`)
+        self.predicted: dict[ForwardResponse, tuple[Predicted, float]] = {}
+
+    def running(self) -> list[tuple[str, float, float]]:
+        """`[hub, seconds predicted, seconds since it started]` of each of `predicted`."""
+        now = time.perf_counter()
+        return [
+            (p.hub, round(p.seconds, 3), round(now - started, 3))
+            for p, started in self.predicted.values()
+        ]
 
 
 class ForwardResponse(Response):
@@ -96,10 +111,12 @@ class ForwardResponse(Response):
         received: float,
         content_type: str = "application/json",
         model: str | None = None,
+        predicted: Predicted | None = None,
     ) -> None:
         """`received`: when the request arrived (`time.perf_counter()`); `content_type`: the
         body's (multipart for an audio transcription); `model`: the model it names, counted
-        in router mode (a model with requests in flight is not unloaded)."""
+        in router mode (a model with requests in flight is not unloaded); `predicted`: how
+        long the hub that sent it expects it to hold its slot (several hubs)."""
         self.forwarder = forwarder
         self.endpoint = endpoint
         self.dialect = dialect_of(endpoint)
@@ -108,6 +125,7 @@ class ForwardResponse(Response):
         self.request_id = request_id
         self.received = received
         self.model = model
+        self.predicted = predicted
         self.status = CLIENT_CLOSED  # until an answer starts
         self.background = None
 
@@ -119,6 +137,8 @@ class ForwardResponse(Response):
         taken = forwarder.in_slots if model is None else forwarder.slots_by_model[model]
         if slot and limit is not None and taken >= limit:
             refusal: str | None = f"this worker's {limit} slots are all busy"
+        elif slot and limit is not None and self.predicted is not None:
+            refusal = forwarder.reserved(self.predicted, limit - taken)
         else:  # a light request (tokenize) goes on: the hub sends it where it finds room
             refusal = forwarder.turned_away(model) if model is not None and slot else None
         if refusal is not None:
@@ -133,6 +153,8 @@ class ForwardResponse(Response):
             forwarder.by_model[model] += 1
             forwarder.slots_by_model[model] += slot
             forwarder.started_by_model[model] += 1
+        if self.predicted is not None and slot:
+            forwarder.predicted[self] = (self.predicted, time.perf_counter())
         forwarder.changed()
         try:
             await until_disconnect(receive, self._run(send))
@@ -146,6 +168,7 @@ class ForwardResponse(Response):
                 forwarder.slots_by_model[model] -= slot
                 if not forwarder.by_model[model]:
                     del forwarder.by_model[model], forwarder.slots_by_model[model]
+            forwarder.predicted.pop(self, None)
             forwarder.changed()
             seconds = time.perf_counter() - self.received
             forwarder.forwarded(self.endpoint, self.status, seconds)

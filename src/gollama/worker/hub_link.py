@@ -28,6 +28,7 @@ import orjson
 
 from gollama._apis import structured_message
 from gollama._auth import bearer
+from gollama._predictions import waiting_heard
 from gollama._transport import Upstream
 from gollama.errors import HubUnavailable, UpstreamError
 
@@ -42,6 +43,7 @@ Dial = Callable[[str, Callable[[], None]], "DialOut"]
 CALL_TIMEOUT = 5.0
 RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
+WAITING_FRESH = 10.0  # seconds a hub's word on its waiters for this worker counts
 
 
 class HubLink:
@@ -53,17 +55,24 @@ class HubLink:
         *,
         token: str | None = None,
         on_hubs: Callable[[list[str]], None] = lambda hubs: None,
+        on_waiting: Callable[[], None] = lambda: None,
         dial: Dial | None = None,
     ) -> None:
         """`describe()` gives what to tell the hub (url, models, slots, healthy, in_flight),
         or None while there is nothing to register yet; `token` is the worker join token;
-        `on_hubs(urls)` hears of every hub alive when the hub names them; with `dial`, the
-        link goes over a tunnel to the hub."""
+        `on_hubs(urls)` hears of every hub alive when the hub names them; `on_waiting()`, when
+        the hub's waiters for this worker changed (see `_predictions`); with `dial`, the link
+        goes over a tunnel to the hub."""
         self.upstream = upstream
         self.headers = bearer(token)
         self.hub_url = hub_url
         self.describe = describe
         self.on_hubs = on_hubs
+        self.on_waiting = on_waiting
+        # With several hubs: the hub's id and its waiters holding out for this worker, as its
+        # last answer said, and when (loop time)
+        self.waiting: tuple[str, tuple[float, ...]] | None = None
+        self.waiting_heard_at = 0.0
         self.worker_id: str | None = None
         self.reachable = False  # the last exchange with the hub succeeded
         self.interval = 2.0
@@ -149,6 +158,11 @@ class HubLink:
 
     def _heard(self, body: object) -> None:
         self.reachable = True
+        waiting = waiting_heard(body)
+        self.waiting_heard_at = asyncio.get_running_loop().time()
+        if waiting != self.waiting:
+            self.waiting = waiting
+            self.on_waiting()
         hubs = body.get("hubs") if isinstance(body, dict) else None
         if isinstance(hubs, list) and hubs and all(isinstance(url, str) for url in hubs):
             self.on_hubs(hubs)
@@ -232,6 +246,18 @@ class HubLinks:
         for link in self.links.values():
             link.nudge()
 
+    def waiting(self, fresh: float = WAITING_FRESH) -> list[tuple[str, float]]:
+        """(hub, seconds) of each waiter a hub holds out for this worker, as each hub said
+        within `fresh` seconds."""
+        fresh_since = asyncio.get_running_loop().time() - fresh
+        return [
+            (hub, seconds)
+            for link in self.links.values()
+            if link.waiting is not None and link.waiting_heard_at >= fresh_since
+            for hub, works in [link.waiting]
+            for seconds in works
+        ]
+
     async def sync(self) -> None:
         """One heartbeat to every hub now (e.g. to say the worker is draining)."""
         await asyncio.gather(*(link.sync() for link in self.links.values()))
@@ -266,7 +292,13 @@ class HubLinks:
 
     def _add(self, url: str) -> None:
         link = HubLink(
-            self.upstream, url, self.info, token=self.token, on_hubs=self.heard, dial=self.dial
+            self.upstream,
+            url,
+            self.info,
+            token=self.token,
+            on_hubs=self.heard,
+            on_waiting=self.nudge,  # the other hubs hear of it at once
+            dial=self.dial,
         )
         self.links[url] = link
         self._tasks[url] = asyncio.create_task(link.run())

@@ -22,6 +22,7 @@ from gollama._asgi import BodyLimits
 from gollama._auth import bearer
 from gollama._llama_binary import find_llama_server
 from gollama._posture import say, worker_posture
+from gollama._predictions import Predicted, kept_for_others
 from gollama._server import wait_until_idle
 from gollama._transport import Upstream, advertised_url
 from gollama._tunnel import SCHEME as TUNNEL_SCHEME
@@ -44,6 +45,7 @@ LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
 # seconds a model loaded for a hub's waiting requests is kept from other hubs, unless one of
 # the requests starts
 AWAITED_SECONDS = 5.0
+RESERVED_FRESH = 1.0  # seconds a hub's word on its waiters keeps a free slot for them
 
 
 class WorkerNode:
@@ -105,6 +107,7 @@ class WorkerNode:
             forwarded=self.metrics.forwarded,
             slot_limit=self.slot_limit,
             turned_away=self.turned_away,
+            reserved=self.reserved,
             changed=self.in_flight_changed,
         )
         self.body_limits = BodyLimits(config.max_body_bytes, config.body_timeout)
@@ -223,6 +226,20 @@ class WorkerNode:
         state = known.router.models.get(model) if model is not None else None
         return state.slots if state is not None and state.serving else None
 
+    def reserved(self, predicted: Predicted, free: int) -> str | None:
+        """With several hubs, a free slot is kept for another hub's waiter that holds out for
+        this worker (it holds its prompt) and needs it for less time than this request: the
+        hub that hears first of a freed slot would otherwise give it to a request of its own
+        that goes as well elsewhere, and the conversation waiting for this worker would wait
+        a whole request more, or move. Only what the hubs said within `RESERVED_FRESH`
+        seconds counts, and not in router mode (waiters there wait for a model, not a cache)."""
+        known = self._known
+        if known is None or known.router is not None:
+            return None
+        if not kept_for_others(self.hubs.waiting(RESERVED_FRESH), predicted, free):
+            return None
+        return f"this worker's {free} free slot(s) are kept for another hub's shorter waiters"
+
     def turned_away(self, model: str) -> str | None:
         """Router mode: a request for a model being unloaded here, or not loaded, is refused
         (503 busy; the hub tries another worker or waits, and loads it where it decides):
@@ -257,6 +274,10 @@ class WorkerNode:
             "in_slots": self.forwarder.in_slots,
             "draining": self.draining,
         }
+        if self.forwarder.predicted:
+            info["running"] = self.forwarder.running()
+        if waiting := self.hubs.waiting():
+            info["waiting"] = waiting
         if known.router is not None:
             info["router"] = known.router.describe(self.forwarder.by_model)
         if self.config.name:

@@ -192,7 +192,12 @@ class CacheAware:
         chosen = min(
             (e for e in estimates if e.cost <= tied and e.wait == 0 and e.open),
             key=lambda e: (
-                (e.worker.in_flight + e.worker.elsewhere + len(ahead.get(e.worker, ())))
+                (
+                    e.worker.in_flight
+                    + e.worker.elsewhere
+                    + len(ahead.get(e.worker, ()))
+                    + len(e.worker.waiting_elsewhere)
+                )
                 / e.worker.slots
             ),
         )
@@ -262,6 +267,10 @@ class CacheAware:
         busy = worker.in_flight + worker.elsewhere + len(ahead)
         slots = worker.slots
         if busy >= slots:
+            if worker.waiting_elsewhere:  # other hubs' waiters hold out for it too
+                # (only once it is full: counted against an open slot, every hub's waiters
+                # would leave it to the others')
+                ahead = [*ahead, *worker.waiting_elsewhere]
             wait = _first_free_slot(worker, backlog, ahead, work)
             share_busy = (slots - 1) / slots  # as busy_share, inline: this runs per worker
         else:
@@ -341,10 +350,15 @@ def _first_free_slot(
     worker: Worker, backlog: Backlog, ahead: Collection[float], typical: float
 ) -> float:
     """Seconds until a slot of `worker` frees for one more request, after those `ahead`.
-    Requests other hubs have on it (`Worker.elsewhere`), whose predictions this hub does not
-    know, count as half way through a `typical` slot time."""
+    Requests other hubs have on it (`Worker.elsewhere`) count as their hubs predicted
+    (`Worker.others`); those whose predictions this hub has not heard of, as half way through
+    a `typical` slot time."""
     now = backlog.now
-    frees = [typical / 2] * worker.elsewhere
+    others = worker.others[: worker.elsewhere]
+    frees = [typical / 2] * (worker.elsewhere - len(others))
+    for work, started in others:
+        left = work - (now - started)
+        frees.append(left if left >= 0 else -OVERRUN * left)
     for running in backlog.running.get(worker, ()):
         left = running.work - (now - running.started)
         frees.append(left if left >= 0 else -OVERRUN * left)
