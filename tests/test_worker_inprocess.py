@@ -141,7 +141,12 @@ async def test_a_request_for_a_model_being_unloaded_is_turned_away_as_busy(worke
     assert (error["code"], error["message"]) == ("worker_busy", "it is being unloaded")
     assert forwarder.refused_busy == 1 and forwarder.by_model["old"] == 0
     assert (await client.post("/v1/chat/completions", json={"model": "new"})).status_code == 200
-    assert counted == [("/v1/chat/completions", 503), ("/v1/chat/completions", 200)]
+    # ... and so it is when it comes with its hub's prediction (several hubs)
+    forwarder.slot_limit = lambda model: 1
+    predicted = {HUB_HEADER: "hub-a", WORK_HEADER: "0.5"}
+    reply = await client.post("/v1/chat/completions", json={"model": "old"}, headers=predicted)
+    assert reply.status_code == 503 and forwarder.refused_busy == 2
+    assert counted == [("/v1/chat/completions", status) for status in (503, 200, 503)]
 
 
 async def test_a_free_slot_kept_for_another_hubs_waiter_is_refused_as_busy(worker: Any) -> None:

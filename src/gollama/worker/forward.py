@@ -135,12 +135,13 @@ class ForwardResponse(Response):
         model = self.model
         limit = forwarder.slot_limit(model)
         taken = forwarder.in_slots if model is None else forwarder.slots_by_model[model]
+        refusal: str | None = None  # a light request (tokenize) goes on: no slot to find
         if slot and limit is not None and taken >= limit:
-            refusal: str | None = f"this worker's {limit} slots are all busy"
-        elif slot and limit is not None and self.predicted is not None:
+            refusal = f"this worker's {limit} slots are all busy"
+        elif slot and model is not None:
+            refusal = forwarder.turned_away(model)
+        if refusal is None and slot and limit is not None and self.predicted is not None:
             refusal = forwarder.reserved(self.predicted, limit - taken)
-        else:  # a light request (tokenize) goes on: the hub sends it where it finds room
-            refusal = forwarder.turned_away(model) if model is not None and slot else None
         if refusal is not None:
             forwarder.refused_busy += 1
             detail = {"in_flight": taken} if limit is None else {"in_flight": taken, "slots": limit}
