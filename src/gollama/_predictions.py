@@ -74,62 +74,49 @@ def kept_for_others(waiting: Iterable[tuple[str, float]], predicted: Predicted, 
 
 def parse_running(value: object) -> tuple[tuple[str, float, float], ...]:
     """A heartbeat's `running`: `[[hub, seconds, age], ...]`; a `BadRequest` when malformed."""
+    entries = _entries(value, "running", ("seconds", "age"))
+    return tuple((hub, seconds, age) for hub, (seconds, age) in entries)
+
+
+def parse_waiting(value: object) -> tuple[tuple[str, float], ...]:
+    """A heartbeat's `waiting`: `[[hub, seconds], ...]`; a `BadRequest` when malformed."""
+    return tuple((hub, seconds) for hub, (seconds,) in _entries(value, "waiting", ("seconds",)))
+
+
+def _entries(
+    value: object, field: str, numbers: tuple[str, ...]
+) -> list[tuple[str, tuple[float, ...]]]:
+    """`[[hub, number, ...], ...]` (None: none), each number a count of seconds as `numbers`
+    names them; a `BadRequest` naming `field` when it is anything else."""
     if value is None:
-        return ()
+        return []
+    shape = f"[hub, {', '.join(numbers)}]"
     if not isinstance(value, list) or len(value) > MAX_RUNNING:
         raise BadRequest(
-            f"'running' must be an array of at most {MAX_RUNNING} [hub, seconds, age] entries",
-            param="running",
+            f"'{field}' must be an array of at most {MAX_RUNNING} {shape} entries", param=field
         )
-    running = []
+    entries = []
     for entry in value:
         if not (
             isinstance(entry, list)
-            and len(entry) == 3
+            and len(entry) == 1 + len(numbers)
             and isinstance(entry[0], str)
             and 0 < len(entry[0]) <= MAX_HUB_ID
             and all(_seconds(number) for number in entry[1:])
         ):
             raise BadRequest(
-                "each entry of 'running' must be [hub, seconds, age]: a hub's id and two "
-                f"numbers of seconds from 0 to {MAX_SECONDS:g}",
-                param="running",
+                f"each entry of '{field}' must be {shape}: a hub's id and "
+                f"{len(numbers)} number(s) of seconds from 0 to {MAX_SECONDS:g}",
+                param=field,
             )
-        running.append((entry[0], float(entry[1]), float(entry[2])))
-    return tuple(running)
+        entries.append((entry[0], tuple(float(number) for number in entry[1:])))
+    return entries
 
 
 def _seconds(value: object) -> bool:
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS
     )
-
-
-def parse_waiting(value: object) -> tuple[tuple[str, float], ...]:
-    """A heartbeat's `waiting`: `[[hub, seconds], ...]`; a `BadRequest` when malformed."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_RUNNING:
-        raise BadRequest(
-            f"'waiting' must be an array of at most {MAX_RUNNING} [hub, seconds] entries",
-            param="waiting",
-        )
-    waiting = []
-    for entry in value:
-        if not (
-            isinstance(entry, list)
-            and len(entry) == 2
-            and isinstance(entry[0], str)
-            and 0 < len(entry[0]) <= MAX_HUB_ID
-            and _seconds(entry[1])
-        ):
-            raise BadRequest(
-                "each entry of 'waiting' must be [hub, seconds]: a hub's id and a number of "
-                f"seconds from 0 to {MAX_SECONDS:g}",
-                param="waiting",
-            )
-        waiting.append((entry[0], float(entry[1])))
-    return tuple(waiting)
 
 
 def waiting_heard(body: object) -> tuple[str, tuple[float, ...]] | None:
