@@ -7,6 +7,8 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
@@ -18,16 +20,27 @@ from tests.conftest import Cluster
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.timeout(150)
-def test_every_fault_kind_loses_nothing() -> None:
-    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "3", "--json"]
-    command += ["--duration", "32", "--interval", "2.5", "--fault-seconds", "1.5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=140, check=False)
+def chaos(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`gollama chaos ARGS` run to its end."""
+    command = [sys.executable, "-m", "gollama", "chaos", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def nothing_lost(done: subprocess.CompletedProcess[str], faults: Collection[str]) -> Any:
+    """The `--json` verdict of a run that struck each of `faults` and lost and hung nothing."""
     verdict = json.loads(done.stdout)
-    assert set(verdict["faults"]) == set(FAULTS), verdict["timeline"]
+    assert set(verdict["faults"]) == set(faults), verdict["timeline"]
     assert verdict["lost"] == 0, verdict
     assert verdict["hung"] == 0, verdict
     assert verdict["succeeded"] > 100
+    return verdict
+
+
+@pytest.mark.timeout(150)
+def test_every_fault_kind_loses_nothing() -> None:
+    run = ("--workers", "3", "--duration", "32", "--interval", "2.5", "--fault-seconds", "1.5")
+    done = chaos(*run, "--json", timeout=140)
+    nothing_lost(done, FAULTS)
     assert done.returncode == 0
 
 
@@ -36,16 +49,10 @@ def test_hub_faults_across_two_hubs_lose_nothing() -> None:
     """Two hubs sharing a redis-server behind a balancer: a hub killed (its clients' connections
     close at once, counted as cut with it, never more than it held), a hub drained and
     restarted, Redis restarted empty; every other request is answered."""
-    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "2", "--hubs", "2"]
-    command += ["--faults", "kill_hub,restart_redis,restart_hub,kill_worker", "--json"]
-    command += ["--duration", "24", "--interval", "2.5", "--fault-seconds", "1.5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=110, check=False)
-    verdict = json.loads(done.stdout)
-    faults = {"kill_hub", "restart_redis", "restart_hub", "kill_worker"}
-    assert set(verdict["faults"]) == faults, verdict["timeline"]
-    assert verdict["lost"] == 0, verdict
-    assert verdict["hung"] == 0, verdict
-    assert verdict["succeeded"] > 100
+    faults = "kill_hub,restart_redis,restart_hub,kill_worker"
+    run = ("--duration", "24", "--interval", "2.5", "--fault-seconds", "1.5")
+    done = chaos("--workers", "2", "--hubs", "2", "--faults", faults, *run, "--json", timeout=110)
+    nothing_lost(done, faults.split(","))
     assert done.returncode == 0
 
 
@@ -54,15 +61,9 @@ def test_dial_out_workers_lose_nothing_when_their_tunnels_are_cut() -> None:
     """Workers that dialed out to the hub, each through its fault proxy: tunnels cut and
     silent, a worker killed, the hub restarted."""
     faults = "kill_worker,reset,blackhole,restart_hub"
-    command = [sys.executable, "-m", "gollama", "chaos", "--dial-out", "--workers", "2"]
-    command += ["--faults", faults, "--json"]
-    command += ["--duration", "18", "--interval", "2.5", "--fault-seconds", "1.5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=100, check=False)
-    verdict = json.loads(done.stdout)
-    assert set(verdict["faults"]) == set(faults.split(",")), verdict["timeline"]
-    assert verdict["lost"] == 0, verdict
-    assert verdict["hung"] == 0, verdict
-    assert verdict["succeeded"] > 100
+    run = ("--duration", "18", "--interval", "2.5", "--fault-seconds", "1.5")
+    done = chaos("--dial-out", "--workers", "2", "--faults", faults, *run, "--json", timeout=100)
+    nothing_lost(done, faults.split(","))
     assert done.returncode == 0
 
 
@@ -73,15 +74,21 @@ def test_router_mode_workers_lose_nothing_while_two_hubs_swap_models() -> None:
     all along while a router llama-server is killed, a worker killed, its network reset, Redis
     restarted empty (the hubs stay up: their counts of loads hold)."""
     faults = "kill_llama,kill_worker,reset,restart_redis"
-    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "2", "--hubs", "2"]
-    command += ["--models", "3", "--faults", faults, "--json"]
-    command += ["--duration", "14", "--interval", "2.5", "--fault-seconds", "1.5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
-    verdict = json.loads(done.stdout)
-    assert set(verdict["faults"]) == set(faults.split(",")), verdict["timeline"]
-    assert verdict["lost"] == 0, verdict
-    assert verdict["hung"] == 0, verdict
-    assert verdict["succeeded"] > 100
+    run = ("--duration", "14", "--interval", "2.5", "--fault-seconds", "1.5")
+    done = chaos(
+        "--workers",
+        "2",
+        "--hubs",
+        "2",
+        "--models",
+        "3",
+        "--faults",
+        faults,
+        *run,
+        "--json",
+        timeout=90,
+    )
+    verdict = nothing_lost(done, faults.split(","))
     assert verdict["placement"]["loads"] > 10, verdict  # models took turns all along
     assert "HTTP 504" not in verdict["clear_failures"], verdict  # none waited out its deadline
     assert done.returncode == 0
@@ -93,25 +100,33 @@ def test_two_hubs_swapping_models_on_the_same_workers_never_stall() -> None:
     hubs' swaps interleaved on one llama-server left it holding no model; a request sent where
     its model was no longer loaded made llama-server load it, evicting a model just loaded for
     others. The requests then waited out their deadline (504 after 30 s)."""
-    command = [sys.executable, "-m", "gollama", "chaos", "--workers", "2", "--hubs", "2"]
-    command += ["--models", "3", "--faults", "latency", "--json"]
-    command += ["--duration", "10", "--interval", "8", "--fault-seconds", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    run = ("--duration", "10", "--interval", "8", "--fault-seconds", "1")
+    done = chaos(
+        "--workers",
+        "2",
+        "--hubs",
+        "2",
+        "--models",
+        "3",
+        "--faults",
+        "latency",
+        *run,
+        "--json",
+        timeout=90,
+    )
     verdict = json.loads(done.stdout)
     assert verdict["requests"] == verdict["succeeded"] > 100, verdict
     assert done.returncode == 0
 
 
 def test_hub_faults_need_several_hubs() -> None:
-    command = [sys.executable, "-m", "gollama", "chaos", "--faults", "kill_hub"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    done = chaos("--faults", "kill_hub", timeout=30)
     assert done.returncode == 2
     assert "need --hubs 2 or more" in done.stderr
 
 
 def test_router_mode_needs_two_models_or_more() -> None:
-    command = [sys.executable, "-m", "gollama", "chaos", "--models", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    done = chaos("--models", "1", timeout=30)
     assert done.returncode == 2
     assert "--models: 2 or more" in done.stderr
 
@@ -199,9 +214,9 @@ async def test_the_fault_proxy_passes_delays_resets_and_swallows() -> None:
 
 
 def test_chaos_watches_a_running_hub(cluster: Cluster) -> None:
-    command = [sys.executable, "-m", "gollama", "chaos", "--url", cluster.url, "--json"]
-    command += ["--duration", "3", "--concurrency", "4"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    done = chaos(
+        "--url", cluster.url, "--json", "--duration", "3", "--concurrency", "4", timeout=60
+    )
     assert done.returncode == 0, done.stderr
     verdict = json.loads(done.stdout)
     assert verdict["faults"] == {}  # the faults are the operator's to make
