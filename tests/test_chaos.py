@@ -19,6 +19,9 @@ from tests.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
 
+# two hubs, two workers in router mode, three models each and one loaded at a time
+ROUTER_MODE = ("--workers", "2", "--hubs", "2", "--models", "3")
+
 
 def chaos(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`gollama chaos ARGS` run to its end."""
@@ -75,19 +78,7 @@ def test_router_mode_workers_lose_nothing_while_two_hubs_swap_models() -> None:
     restarted empty (the hubs stay up: their counts of loads hold)."""
     faults = "kill_llama,kill_worker,reset,restart_redis"
     run = ("--duration", "14", "--interval", "2.5", "--fault-seconds", "1.5")
-    done = chaos(
-        "--workers",
-        "2",
-        "--hubs",
-        "2",
-        "--models",
-        "3",
-        "--faults",
-        faults,
-        *run,
-        "--json",
-        timeout=90,
-    )
+    done = chaos(*ROUTER_MODE, "--faults", faults, *run, "--json", timeout=90)
     verdict = nothing_lost(done, faults.split(","))
     assert verdict["placement"]["loads"] > 10, verdict  # models took turns all along
     assert "HTTP 504" not in verdict["clear_failures"], verdict  # none waited out its deadline
@@ -101,19 +92,7 @@ def test_two_hubs_swapping_models_on_the_same_workers_never_stall() -> None:
     its model was no longer loaded made llama-server load it, evicting a model just loaded for
     others. The requests then waited out their deadline (504 after 30 s)."""
     run = ("--duration", "10", "--interval", "8", "--fault-seconds", "1")
-    done = chaos(
-        "--workers",
-        "2",
-        "--hubs",
-        "2",
-        "--models",
-        "3",
-        "--faults",
-        "latency",
-        *run,
-        "--json",
-        timeout=90,
-    )
+    done = chaos(*ROUTER_MODE, "--faults", "latency", *run, "--json", timeout=90)
     verdict = json.loads(done.stdout)
     assert verdict["requests"] == verdict["succeeded"] > 100, verdict
     assert done.returncode == 0
