@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -137,10 +139,27 @@ def test_worker_health_follows_its_llama_server(procs: Processes, models: dict[s
 def test_worker_registers_again_after_hub_restart(
     procs: Processes, models: dict[str, Path]
 ) -> None:
+    """The worker registers with the restarted hub; a request that reached the new hub before
+    it did waits for it (the hub's first heartbeats are for its workers to register) instead
+    of failing at once."""
     hub = procs.hub()
     llama = procs.llama("llama", models["tiny"], "-np", "1")
-    procs.worker("w", hub, llama=llama)
-    hub = procs.restart(hub, ready=(200, 503))
+    worker = procs.worker("w", hub, llama=llama)
+    worker.signal(signal.SIGSTOP)  # it finds the new hub only once it runs again
+    try:
+        hub = procs.restart(hub, ready=(200, 503))
+        with ThreadPoolExecutor(1) as pool:
+            url = hub.url + "/v1/chat/completions"
+            early = pool.submit(httpx.post, url, json=CHAT, timeout=30)
+            time.sleep(0.5)
+            assert not early.done(), early.result().text
+            assert worker_state(hub, "w") is None
+            worker.signal(signal.SIGCONT)
+            reply = early.result()
+            assert reply.is_success, reply.text
+            assert reply.headers["x-gollama-worker"] == "w"
+    finally:
+        worker.signal(signal.SIGCONT)
     wait_until(
         lambda: worker_state(hub, "w") == "healthy", "worker found the new hub", hub, timeout=15
     )

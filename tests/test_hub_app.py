@@ -4,6 +4,7 @@ front page. The same paths run against real processes in the end-to-end tests.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,15 +209,27 @@ def test_the_front_page_lists_the_table(client: TestClient) -> None:
         assert f'href="{path}"' in page
 
 
-def test_a_request_to_a_cluster_without_workers_fails_clearly(client: TestClient) -> None:
-    reply = client.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
-    )
-    assert reply.status_code == 503
-    assert reply.json()["error"]["code"] == "no_worker_available"
-    assert reply.headers["x-request-id"]
-    totals = client.get("/stats").json()["requests"]
-    assert (totals["requests"], totals["rejected"]) == (1, 1)
+def test_a_request_to_a_cluster_without_workers_fails_clearly() -> None:
+    """It waits the hub's first heartbeats for workers to register (here 3 x 0.2 s), then
+    fails saying no worker came, not that the queue timed out."""
+    config = HubConfig(heartbeat_interval=0.2, worker_token=TOKEN)
+    with TestClient(create_app(config), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        started = time.monotonic()
+        reply = client.post("/v1/chat/completions", json=chat)
+        assert time.monotonic() - started < 5
+        assert reply.status_code == 503
+        assert reply.json()["error"]["code"] == "no_worker_available"
+        assert reply.headers["x-request-id"]
+        totals = client.get("/stats").json()["requests"]
+        assert (totals["requests"], totals["rejected"]) == (1, 1)
+    # the queue timeout ends the wait first: the error still says what is missing
+    config = HubConfig(heartbeat_interval=60.0, queue_timeout=0.3, worker_token=TOKEN)
+    with TestClient(create_app(config), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        reply = client.post("/v1/chat/completions", json={**chat, "model": "coder"})
+        assert reply.status_code == 503
+        assert reply.json()["error"]["code"] == "no_worker_available"
+        assert "no worker is registered to serve 'coder'" in reply.json()["error"]["message"]
 
 
 def test_the_guard_asks_each_path_for_its_own_credential() -> None:

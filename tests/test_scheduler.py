@@ -184,6 +184,35 @@ async def test_requests_no_worker_could_serve_fail_at_once() -> None:
     assert unsupported.value is NO_EMBEDDINGS  # llama-server's own answer, relayed unchanged
 
 
+async def test_while_workers_register_requests_wait_for_them() -> None:
+    """A hub just started: for its `registering` seconds, a request that comes before any
+    worker registered waits for them; once one is there, the usual answers come (an unknown
+    model: 404), as they do at once from then on."""
+    registry = Registry(heartbeat_interval=2.0)
+    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=5.0)
+    chat = asyncio.create_task(scheduler.acquire(CHAT))
+    other = asyncio.create_task(scheduler.acquire(Want("other", "/v1/completions")))
+    await settle()
+    assert not chat.done() and not other.done()
+    worker = add(registry, "a")  # it serves "m"
+    await settle()
+    assert chat.result().worker is worker
+    with pytest.raises(ModelNotFound):
+        other.result()
+    assert scheduler.waiting == 0
+    with pytest.raises(ModelNotFound):
+        await scheduler.acquire(Want("third", "/v1/completions"))
+
+
+async def test_with_no_worker_at_all_the_wait_ends_with_the_registering_time() -> None:
+    registry = Registry(heartbeat_interval=2.0)
+    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=0.2)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NoWorkerAvailable):
+        await asyncio.wait_for(scheduler.acquire(Want("m", "/v1/completions")), 1.0)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 0.9
+
+
 async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:
     registry, scheduler = make()
     worker = add(registry, "a")

@@ -19,11 +19,10 @@ from gollama._values import http_url
 from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
 from gollama.hub.catalog import Catalog, ModelPlace
 from gollama.hub.registry import Direct, Registration, Worker, WorkerState
-from gollama.hub.service import Hub
+from gollama.hub.service import READY_GRACE, Hub
 
 log = logging.getLogger(__name__)
 
-READY_GRACE = 3  # heartbeat intervals a new hub without workers waits before it is ready
 _NAME = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
 

@@ -25,8 +25,10 @@ from the hub in flight, so llama-server never queues internally and this queue i
   tenant's newest waiter is refused instead, so one flood cannot lock the others out.
 - A request no registered worker could serve fails at once (`ModelNotFound`; llama-server's own
   501 when none of them has the endpoint; `NoWorkerAvailable`); one that a worker could serve
-  once healthy again waits for it. The caller bounds every wait with a timeout: nothing waits
-  forever.
+  once healthy again waits for it. Right after the hub starts (`registering`), while no
+  worker has registered yet, a request waits for them instead, and fails as above if none
+  that serves it has come when that time is up. The caller bounds every wait with a timeout:
+  nothing waits forever.
 - Cancel-safe: a waiter cancelled at the moment it was handed a slot gives the slot back.
 - Light requests (tokenize, count tokens: llama-server answers them without a slot) never
   wait: they go at once to the least busy healthy worker that fits (`acquire_light`).
@@ -60,6 +62,7 @@ from gollama.hub.routing.policy import (
     Policy,
     Want,
 )
+from gollama.hub.servable import Registering, check_servable
 
 __all__ = ["Lease", "Scheduler", "Want"]
 
@@ -77,8 +80,12 @@ class Scheduler(Watcher):
         max_in_flight: int = 0,
         fair_share: bool = True,
         priority_aging: float = DEFAULT_AGING,
+        registering: float = 0.0,
     ) -> None:
-        """The queue in front of `registry`'s workers; it watches the registry for changes."""
+        """The queue in front of `registry`'s workers; it watches the registry for changes.
+        For `registering` seconds from now (a hub just started: its workers register within
+        a few heartbeats), a request that comes while no worker has registered waits for
+        them."""
         self.registry = registry
         registry.watchers.append(self)
         self.policy = policy
@@ -99,6 +106,7 @@ class Scheduler(Watcher):
         # The leases on each worker, for policies that count what its requests have left.
         self._running: dict[Worker, dict[Lease, None]] = {}
         self._light_turn = 0  # light requests go round the least busy workers
+        self._registering = Registering(registering, over=self._fail_unservable)
         self.on_wait: Callable[[], None] = lambda: None  # hears of every request that waits
         # hears of every slot given back: the model asked for, and the seconds it was held
         self.on_release: Callable[[str | None, float], None] = lambda model, seconds: None
@@ -258,25 +266,11 @@ class Scheduler(Watcher):
         self._dispatch()
 
     def _check_servable(self, want: Want) -> None:
-        """Fail at once when no registered worker could ever serve `want`; a request that some
-        worker could serve once it is healthy again waits (within its timeout)."""
-        if want.model is not None and want.model not in self.registry.known_models():
-            if not len(self.registry):  # a hub just (re)started: its workers may come soon
-                raise NoWorkerAvailable(f"no worker is registered to serve {want.model!r}")
-            raise ModelNotFound(f"the model {want.model!r} is not served by any worker")
-        if any(want.fits(w) for w in self.registry):
+        """Fail at once when no registered worker could ever serve `want` (`check_servable`);
+        a hub just started with no worker yet waits for them instead (`Registering`)."""
+        if not len(self.registry) and self._registering.still():
             return
-        if want.model is None and any(w.catalog is not None for w in self.registry):
-            raise BadRequest(
-                "name a model in 'model': the workers here serve several models each "
-                "(see /v1/models)",
-                param="model",
-            )
-        serving = [w for w in self.registry if w.serves(want.model, None)]
-        if serving and all(want.endpoint in w.unsupported for w in serving):
-            raise serving[0].unsupported[want.endpoint]  # llama-server's own 501, unchanged
-        target = f"the model {want.model!r}" if want.model else "this request"
-        raise NoWorkerAvailable(f"no worker is left to serve {target}")
+        check_servable(self.registry, want)
 
     def _backlog(self, ahead: Mapping[Worker, Collection[float]], waiting: int) -> Backlog:
         crowd = waiting / self._total_slots if self._total_slots else 0.0

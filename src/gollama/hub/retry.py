@@ -61,6 +61,7 @@ from gollama.hub.queue import Lease, Scheduler
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import Outcome, Want
 from gollama.hub.routing.prompts import PromptKey
+from gollama.hub.servable import check_servable
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,8 @@ class Dispatcher(Watcher):
             except TimeoutError:
                 if last_error is not None:
                     raise last_error from None
+                # it waited for workers still registering with a hub just started: say none came
+                check_servable(self.registry, want)
                 if wait < self.queue_timeout:
                     raise DeadlineExceeded("the request ran out of time") from None
                 raise QueueTimeout(

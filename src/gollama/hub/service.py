@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Connections to workers idle longer than this are dropped (the worker keeps them 30 s).
 WORKER_KEEPALIVE = 20.0
 LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
+# heartbeat intervals a new hub gives its workers to register: it is not ready before (unless
+# one came), and a request none of the registered workers can serve waits for them till then
+READY_GRACE = 3
 CUT_SHORT_WAIT = 2.0  # for requests cut short at shutdown to send their last words
 
 
@@ -80,6 +83,7 @@ class Hub:
             max_in_flight=config.concurrent_workers,
             fair_share=config.queue_order == "fair",
             priority_aging=config.priority_aging,
+            registering=READY_GRACE * config.heartbeat_interval,
         )
         upstream = Upstream(
             connect_timeout=config.connect_timeout,
