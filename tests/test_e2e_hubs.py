@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from gollama.tools.cluster import http_status
@@ -189,7 +190,8 @@ async def test_conversations_and_responses_follow_across_hubs(
 ) -> None:
     """Turns of one conversation alternate between two hubs: each turn lands on the worker
     holding the conversation (the other hub's placement was shared); a Responses request on
-    one hub chains onto a response relayed by the other."""
+    one hub chains onto a response relayed by the other, through the OpenAI SDK as Codex
+    sends them."""
     redis = procs.redis()
     hubs = [procs.hub("--redis", redis.redis_url, name=f"hub-{n}") for n in "ab"]
     for n, given in ((1, hubs[0]), (2, hubs[1])):  # the hubs list the workers in other orders,
@@ -211,24 +213,22 @@ async def test_conversations_and_responses_follow_across_hubs(
                 messages.append({"role": "assistant", "content": answer})
             assert len(set(placed)) == 1, f"conversation {conversation} moved: {placed}"
 
-        first = await client.post(
-            hubs[0].url + "/v1/responses", json={"input": "hello", "max_output_tokens": 8}
+    sdk = [
+        openai.AsyncOpenAI(base_url=h.url + "/v1", api_key="unused", max_retries=0) for h in hubs
+    ]
+    async with sdk[0] as on_a, sdk[1] as on_b:
+        first = await on_a.responses.create(model="any", input="hello", max_output_tokens=16)
+        chained = await on_b.responses.create(
+            model="any", input="and then?", previous_response_id=first.id, max_output_tokens=16
         )
-        assert first.status_code == 200, first.text
-        chained = await client.post(
-            hubs[1].url + "/v1/responses",
-            json={
-                "input": "and then?",
-                "previous_response_id": first.json()["id"],
-                "max_output_tokens": 8,
-            },
-        )
-        assert chained.status_code == 200, chained.text
-        unknown = await client.post(
-            hubs[1].url + "/v1/responses",
-            json={"input": "x", "previous_response_id": "resp_nobody_made_this"},
-        )
-        assert unknown.status_code == 404
+        assert chained.status == "completed"
+        assert first.usage is not None and chained.usage is not None
+        # its input is the first exchange and then its own
+        assert chained.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+        with pytest.raises(openai.NotFoundError):
+            await on_b.responses.create(
+                model="any", input="x", previous_response_id="resp_nobody_made_this"
+            )
 
 
 async def test_hubs_keep_serving_while_redis_is_down(
