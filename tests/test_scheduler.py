@@ -204,6 +204,20 @@ async def test_while_workers_register_requests_wait_for_them() -> None:
         await scheduler.acquire(Want("third", "/v1/completions"))
 
 
+async def test_once_a_worker_registered_the_last_one_leaving_fails_its_waiters_at_once() -> None:
+    registry = Registry(heartbeat_interval=2.0)
+    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=30.0)
+    add(registry, "a")
+    await scheduler.acquire(CHAT)
+    waiter = asyncio.create_task(scheduler.acquire(CHAT))
+    await settle()
+    registry.remove("a")
+    with pytest.raises(NoWorkerAvailable):
+        await asyncio.wait_for(waiter, 1.0)  # not after the 30 s
+    with pytest.raises(NoWorkerAvailable):
+        await scheduler.acquire(CHAT)
+
+
 async def test_with_no_worker_at_all_the_wait_ends_with_the_registering_time() -> None:
     registry = Registry(heartbeat_interval=2.0)
     scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=0.2)

@@ -25,8 +25,8 @@ from the hub in flight, so llama-server never queues internally and this queue i
   tenant's newest waiter is refused instead, so one flood cannot lock the others out.
 - A request no registered worker could serve fails at once (`ModelNotFound`; llama-server's own
   501 when none of them has the endpoint; `NoWorkerAvailable`); one that a worker could serve
-  once healthy again waits for it. Right after the hub starts (`registering`), while no
-  worker has registered yet, a request waits for them instead, and fails as above if none
+  once healthy again waits for it. Right after the hub starts (`registering`), until the
+  first worker registers, a request waits for them instead, and fails as above if none
   that serves it has come when that time is up. The caller bounds every wait with a timeout:
   nothing waits forever.
 - Cancel-safe: a waiter cancelled at the moment it was handed a slot gives the slot back.
@@ -84,7 +84,7 @@ class Scheduler(Watcher):
     ) -> None:
         """The queue in front of `registry`'s workers; it watches the registry for changes.
         For `registering` seconds from now (a hub just started: its workers register within
-        a few heartbeats), a request that comes while no worker has registered waits for
+        a few heartbeats), a request that comes before the first worker registered waits for
         them."""
         self.registry = registry
         registry.watchers.append(self)
@@ -208,6 +208,8 @@ class Scheduler(Watcher):
         if worker is None or not worker.available:
             self._holds.reconsider(worker)
         if worker is None:
+            if len(self.registry):  # the first worker came: no more waiting for them
+                self._registering.stop()
             self._reopen_all()
             self._fail_unservable()
         else:
@@ -267,7 +269,8 @@ class Scheduler(Watcher):
 
     def _check_servable(self, want: Want) -> None:
         """Fail at once when no registered worker could ever serve `want` (`check_servable`);
-        a hub just started with no worker yet waits for them instead (`Registering`)."""
+        a hub just started, before its first worker registered, waits for them instead
+        (`Registering`)."""
         if not len(self.registry) and self._registering.still():
             return
         check_servable(self.registry, want)

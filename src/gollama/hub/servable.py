@@ -1,6 +1,6 @@
 """Whether a request is one some registered worker could serve, and the few seconds after a
 hub starts while its workers are still registering (`Registering`): a request that comes
-before any did waits for them rather than failing."""
+before the first did waits for them rather than failing."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ class Registering:
         if self._timer is None:
             self._timer = loop.call_at(self._until, self._end)
         return True
+
+    def stop(self) -> None:
+        """A worker registered: requests need wait no more (those it cannot serve are the
+        scheduler's to fail)."""
+        self._until = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
 
     def _end(self) -> None:
         self._until = 0.0  # (a timer may fire a hair early)
