@@ -21,10 +21,16 @@ NO_EMBEDDINGS = RelayedError(
 )
 
 
-def make(queue_size: int = 10, max_in_flight: int = 0) -> tuple[Registry, Scheduler]:
+def make(
+    queue_size: int = 10, max_in_flight: int = 0, registering: float = 0.0
+) -> tuple[Registry, Scheduler]:
     registry = Registry(heartbeat_interval=2.0)
     return registry, Scheduler(
-        registry, LeastBusy(), queue_size=queue_size, max_in_flight=max_in_flight
+        registry,
+        LeastBusy(),
+        queue_size=queue_size,
+        max_in_flight=max_in_flight,
+        registering=registering,
     )
 
 
@@ -188,8 +194,7 @@ async def test_while_workers_register_requests_wait_for_them() -> None:
     """A hub just started: for its `registering` seconds, a request that comes before any
     worker registered waits for them; once one is there, the usual answers come (an unknown
     model: 404), as they do at once from then on."""
-    registry = Registry(heartbeat_interval=2.0)
-    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=5.0)
+    registry, scheduler = make(registering=5.0)
     chat = asyncio.create_task(scheduler.acquire(CHAT))
     other = asyncio.create_task(scheduler.acquire(Want("other", "/v1/completions")))
     await settle()
@@ -204,23 +209,8 @@ async def test_while_workers_register_requests_wait_for_them() -> None:
         await scheduler.acquire(Want("third", "/v1/completions"))
 
 
-async def test_once_a_worker_registered_the_last_one_leaving_fails_its_waiters_at_once() -> None:
-    registry = Registry(heartbeat_interval=2.0)
-    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=30.0)
-    add(registry, "a")
-    await scheduler.acquire(CHAT)
-    waiter = asyncio.create_task(scheduler.acquire(CHAT))
-    await settle()
-    registry.remove("a")
-    with pytest.raises(NoWorkerAvailable):
-        await asyncio.wait_for(waiter, 1.0)  # not after the 30 s
-    with pytest.raises(NoWorkerAvailable):
-        await scheduler.acquire(CHAT)
-
-
 async def test_with_no_worker_at_all_the_wait_ends_with_the_registering_time() -> None:
-    registry = Registry(heartbeat_interval=2.0)
-    scheduler = Scheduler(registry, LeastBusy(), queue_size=10, registering=0.2)
+    _, scheduler = make(registering=0.2)
     started = asyncio.get_running_loop().time()
     with pytest.raises(NoWorkerAvailable):
         await asyncio.wait_for(scheduler.acquire(Want("m", "/v1/completions")), 1.0)
@@ -239,16 +229,21 @@ async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:
     assert waiter.result().worker is worker
 
 
-async def test_waiters_fail_when_their_last_worker_leaves() -> None:
-    registry, scheduler = make()
+@pytest.mark.parametrize("registering", [0.0, 30.0])
+async def test_waiters_fail_when_their_last_worker_leaves(registering: float) -> None:
+    """At once, also when the hub started a moment ago (`registering`): the wait for a new
+    hub's workers ends when the first registers."""
+    registry, scheduler = make(registering=registering)
     add(registry, "a")
     await scheduler.acquire(CHAT)
     waiter = asyncio.create_task(scheduler.acquire(CHAT))
     await settle()
     registry.remove("a")
     with pytest.raises(NoWorkerAvailable):
-        await waiter
+        await asyncio.wait_for(waiter, 1.0)
     assert scheduler.waiting == 0
+    with pytest.raises(NoWorkerAvailable):
+        await scheduler.acquire(CHAT)
 
 
 async def test_concurrent_workers_caps_requests_in_flight() -> None:
