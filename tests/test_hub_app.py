@@ -229,7 +229,8 @@ def test_a_request_to_a_cluster_without_workers_fails_clearly() -> None:
         reply = client.post("/v1/chat/completions", json={**chat, "model": "coder"})
         assert reply.status_code == 503
         assert reply.json()["error"]["code"] == "no_worker_available"
-        assert "no worker is registered to serve 'coder'" in reply.json()["error"]["message"]
+        message = reply.json()["error"]["message"]
+        assert message == "no worker is registered with this hub to serve 'coder'"
 
 
 def test_the_guard_asks_each_path_for_its_own_credential() -> None:

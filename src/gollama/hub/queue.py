@@ -25,10 +25,10 @@ from the hub in flight, so llama-server never queues internally and this queue i
   tenant's newest waiter is refused instead, so one flood cannot lock the others out.
 - A request no registered worker could serve fails at once (`ModelNotFound`; llama-server's own
   501 when none of them has the endpoint; `NoWorkerAvailable`); one that a worker could serve
-  once healthy again waits for it. Right after the hub starts (`registering`), until the
-  first worker registers, a request waits for them instead, and fails as above if none
-  that serves it has come when that time is up. The caller bounds every wait with a timeout:
-  nothing waits forever.
+  once healthy again waits for it. Right after the hub starts (`registering`), a request
+  that comes before the first worker registered waits for the workers (at most that long),
+  and is then judged as above. The caller bounds every wait with a timeout: nothing waits
+  forever.
 - Cancel-safe: a waiter cancelled at the moment it was handed a slot gives the slot back.
 - Light requests (tokenize, count tokens: llama-server answers them without a slot) never
   wait: they go at once to the least busy healthy worker that fits (`acquire_light`).

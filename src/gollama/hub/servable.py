@@ -17,9 +17,10 @@ def check_servable(registry: Registry, want: Want) -> None:
     own 501 when none of them has the endpoint, `BadRequest` for a request naming no model
     where every worker serves several, else `NoWorkerAvailable`. A request that some worker
     could serve once it is healthy again passes."""
+    if not len(registry):  # not 404: a named model may come with the workers
+        target = f" to serve {want.model!r}" if want.model else ""
+        raise NoWorkerAvailable(f"no worker is registered with this hub{target}")
     if want.model is not None and want.model not in registry.known_models():
-        if not len(registry):  # a hub just (re)started: its workers may come soon
-            raise NoWorkerAvailable(f"no worker is registered to serve {want.model!r}")
         raise ModelNotFound(f"the model {want.model!r} is not served by any worker")
     if any(want.fits(w) for w in registry):
         return

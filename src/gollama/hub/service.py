@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 WORKER_KEEPALIVE = 20.0
 LLAMA_KEEPALIVE = 4.0  # llama-server closes idle connections after 5 s
 # heartbeat intervals a new hub gives its workers to register: it is not ready before (unless
-# one came), and a request none of the registered workers can serve waits for them till then
+# one came), and a request that comes before the first worker waits for them till then
 READY_GRACE = 3
 CUT_SHORT_WAIT = 2.0  # for requests cut short at shutdown to send their last words
 
