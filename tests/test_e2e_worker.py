@@ -148,16 +148,21 @@ def test_worker_registers_again_after_hub_restart(
     worker.signal(signal.SIGSTOP)  # it finds the new hub only once it runs again
     try:
         hub = procs.restart(hub, ready=(200, 503))
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(2) as pool:
             url = hub.url + "/v1/chat/completions"
             early = pool.submit(httpx.post, url, json=CHAT, timeout=30)
+            light = pool.submit(
+                httpx.post, hub.url + "/tokenize", json={"content": "hi"}, timeout=30
+            )
             time.sleep(0.5)
             assert not early.done(), early.result().text
+            assert not light.done(), light.result().text
             assert worker_state(hub, "w") is None
             worker.signal(signal.SIGCONT)
             reply = early.result()
             assert reply.is_success, reply.text
             assert reply.headers["x-gollama-worker"] == "w"
+            assert light.result().json()["tokens"]
     finally:
         worker.signal(signal.SIGCONT)
     wait_until(

@@ -223,6 +223,12 @@ def test_a_request_to_a_cluster_without_workers_fails_clearly() -> None:
         assert reply.headers["x-request-id"]
         totals = client.get("/stats").json()["requests"]
         assert (totals["requests"], totals["rejected"]) == (1, 1)
+    with TestClient(create_app(config), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        started = time.monotonic()  # a light request (no slot) waits for workers too
+        reply = client.post("/tokenize", json={"content": "hi"})
+        assert 0.5 < time.monotonic() - started < 5
+        assert reply.status_code == 503
+        assert reply.json()["error"]["code"] == "no_worker_available"
     # the queue timeout ends the wait first: the error still says what is missing
     config = HubConfig(heartbeat_interval=60.0, queue_timeout=0.3, worker_token=TOKEN)
     with TestClient(create_app(config), headers={"Authorization": f"Bearer {TOKEN}"}) as client:

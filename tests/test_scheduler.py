@@ -209,12 +209,25 @@ async def test_while_workers_register_requests_wait_for_them() -> None:
         await scheduler.acquire(Want("third", "/v1/completions"))
 
 
+async def test_light_requests_wait_for_a_new_hubs_first_worker_too() -> None:
+    registry, scheduler = make(registering=5.0)
+    first = asyncio.create_task(scheduler.registered())
+    await settle()
+    assert not first.done()
+    worker = add(registry, "a")
+    await settle()
+    assert first.done()
+    await asyncio.wait_for(scheduler.registered(), 0.1)  # at once from then on
+    assert scheduler.acquire_light(CHAT).worker is worker
+
+
 async def test_with_no_worker_at_all_the_wait_ends_with_the_registering_time() -> None:
     _, scheduler = make(registering=0.2)
     started = asyncio.get_running_loop().time()
     with pytest.raises(NoWorkerAvailable):
         await asyncio.wait_for(scheduler.acquire(Want("m", "/v1/completions")), 1.0)
     assert 0.15 < asyncio.get_running_loop().time() - started < 0.9
+    await asyncio.wait_for(scheduler.registered(), 0.1)  # the light ones wait no more either
 
 
 async def test_a_waiter_waits_for_an_unhealthy_worker_to_recover() -> None:

@@ -31,7 +31,8 @@ from the hub in flight, so llama-server never queues internally and this queue i
   forever.
 - Cancel-safe: a waiter cancelled at the moment it was handed a slot gives the slot back.
 - Light requests (tokenize, count tokens: llama-server answers them without a slot) never
-  wait: they go at once to the least busy healthy worker that fits (`acquire_light`).
+  wait in the queue: they go at once to the least busy healthy worker that fits
+  (`acquire_light`), after the wait for a new hub's first worker (`registered`).
 """
 
 from __future__ import annotations
@@ -178,6 +179,13 @@ class Scheduler(Watcher):
         ]
         self._light_turn += 1
         return Lease(self._give_back, tied[self._light_turn % len(tied)], None, slot=False)
+
+    async def registered(self) -> None:
+        """Returns once a hub just started has its first worker, or has waited its
+        `registering` time for it; at once otherwise (light requests wait here, not in the
+        queue)."""
+        if not len(self.registry) and self._registering.still():
+            await self._registering.ended.wait()
 
     def waiters(self) -> Iterator[tuple[Want, float]]:
         """Each waiter's request and since when it waits (loop time), in arrival order."""

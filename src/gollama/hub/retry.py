@@ -231,10 +231,11 @@ class Dispatcher(Watcher):
             )
             wait = min(self.queue_timeout, remaining)
             try:
-                if job.light:  # no slot needed: straight to a healthy worker
-                    lease = self.scheduler.acquire_light(want, retry=attempt > 0)
-                else:
-                    async with asyncio.timeout(wait):
+                async with asyncio.timeout(wait):
+                    if job.light:  # no slot needed: straight to a healthy worker, once one came
+                        await self.scheduler.registered()
+                        lease = self.scheduler.acquire_light(want, retry=attempt > 0)
+                    else:
                         lease = await self.scheduler.acquire(want, retry=attempt > 0)
             except NoWorkerAvailable as exc:
                 raise last_error or exc from None

@@ -45,6 +45,7 @@ class Registering:
         self._until = asyncio.get_running_loop().time() + seconds if seconds else 0.0
         self._over = over
         self._timer: asyncio.TimerHandle | None = None
+        self.ended = asyncio.Event()  # set once requests need wait no more
 
     def still(self) -> bool:
         """Whether workers may still be registering (the first call arms `over`)."""
@@ -52,7 +53,7 @@ class Registering:
             return False
         loop = asyncio.get_running_loop()
         if loop.time() >= self._until:
-            self._until = 0.0
+            self._ended()
             return False
         if self._timer is None:
             self._timer = loop.call_at(self._until, self._end)
@@ -61,10 +62,14 @@ class Registering:
     def stop(self) -> None:
         """A worker registered: requests need wait no more (those it cannot serve are the
         scheduler's to fail)."""
-        self._until = 0.0
+        self._ended()
         if self._timer is not None:
             self._timer.cancel()
 
     def _end(self) -> None:
-        self._until = 0.0  # (a timer may fire a hair early)
+        self._ended()  # (not on the clock: a timer may fire a hair early)
         self._over()
+
+    def _ended(self) -> None:
+        self._until = 0.0
+        self.ended.set()
