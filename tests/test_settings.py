@@ -77,12 +77,13 @@ def test_dotenv_is_read_and_real_variables_win(
 ) -> None:
     (tmp_path / ".env").write_text("GOLLAMA_QUEUE_SIZE=11\nGOLLAMA_MAX_RETRIES=5\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GOLLAMA_MAX_RETRIES", "1")
-    monkeypatch.delenv("GOLLAMA_QUEUE_SIZE", raising=False)
+    # A copy of the environment for the .env file to write into: the tests after this one (and
+    # the hubs they start) must not inherit its queue size.
+    environment = {k: v for k, v in os.environ.items() if k != "GOLLAMA_QUEUE_SIZE"}
+    monkeypatch.setattr(os, "environ", environment | {"GOLLAMA_MAX_RETRIES": "1"})
     load_dotenv_file()
     config = hub([], dict(os.environ))
     assert (config.queue_size, config.max_retries) == (11, 1)
-    monkeypatch.delenv("GOLLAMA_QUEUE_SIZE")
 
 
 def test_env_example_lists_every_setting() -> None:
