@@ -221,6 +221,46 @@ async def test_the_link_registers_beats_and_registers_again_when_forgotten(hub: 
         await upstream.close()
 
 
+async def test_a_heartbeat_overtaken_by_the_goodbye_does_not_register_again() -> None:
+    """A worker stopping says goodbye while a heartbeat is on its way; the hub, which forgot
+    the worker at the goodbye, answers that heartbeat 404. The worker must not register again:
+    it would stay listed (draining) after it exited."""
+    calls: list[str] = []
+    beating, answer = asyncio.Event(), asyncio.Event()
+    forgotten = False
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal forgotten
+        calls.append(request.path)
+        if request.path == "/heartbeat":
+            beating.set()
+            await answer.wait()
+        if request.path == "/disconnectWorker":
+            forgotten = True
+        status = 404 if forgotten and request.path == "/heartbeat" else 200
+        return web.json_response({"id": "w-1"}, status=status)
+
+    app = web.Application()
+    for path in ("/connectWorker", "/heartbeat", "/disconnectWorker"):
+        app.router.add_post(path, handle)
+    runner, url = await serve(app)
+    upstream = Upstream(connect_timeout=1, read_timeout=5, keepalive_timeout=4)
+    link = HubLink(upstream, url, lambda: {"url": "http://10.0.0.5:9001", "slots": 1})
+    try:
+        await link.register()
+        beat = asyncio.create_task(link.sync())
+        await beating.wait()
+        await link.goodbye()
+        answer.set()
+        await beat
+        await link.sync()  # a later round of its loop says nothing either
+        assert calls == ["/connectWorker", "/heartbeat", "/disconnectWorker"]
+        assert link.worker_id is None
+    finally:
+        await upstream.close()
+        await runner.cleanup()
+
+
 def heard(link: HubLink) -> tuple[str, tuple[float, ...]] | None:
     return link.waiting
 

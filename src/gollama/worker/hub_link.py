@@ -74,6 +74,7 @@ class HubLink:
         self.waiting: tuple[str, tuple[float, ...]] | None = None
         self.waiting_heard_at = 0.0
         self.worker_id: str | None = None
+        self.leaving = False  # it said goodbye: it never registers again
         self.reachable = False  # the last exchange with the hub succeeded
         self.interval = 2.0
         self._wake = asyncio.Event()
@@ -110,10 +111,15 @@ class HubLink:
                     await self._wake.wait()
 
     async def sync(self) -> None:
-        """One heartbeat, or a registration when the hub does not know us (yet)."""
+        """One heartbeat, or a registration when the hub does not know us (yet); nothing once
+        this worker said goodbye (a heartbeat answered 404 because the goodbye overtook it
+        must not register the leaving worker again)."""
+        if self.leaving:
+            return
         if self.worker_id is not None and await self._heartbeat():
             return
-        await self.register()
+        if not self.leaving:
+            await self.register()
 
     async def register(self) -> str:
         info = self.describe()
@@ -133,6 +139,7 @@ class HubLink:
         return self.worker_id
 
     async def goodbye(self) -> None:
+        self.leaving = True
         if self.worker_id is None:
             return
         with contextlib.suppress(HubUnavailable):
