@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trustme
 
-from gollama._processes import free_port
+from gollama._processes import free_port, port_is_free
 from tests.procs import HOST, Proc, Processes, logged, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -41,9 +41,14 @@ def https(proc: Proc) -> str:
 
 
 def gollama(procs: Processes, name: str, *args: str) -> Proc:
+    """`gollama ARGS` on a free port, once it listens there (a port chosen after is another;
+    a worker dialing out listens nowhere)."""
     port = free_port()
     command = [sys.executable, "-m", "gollama", *args, "--host", HOST, "--port", str(port)]
-    return procs.spawn(name, command, port)
+    proc = procs.spawn(name, command, port)
+    if "--dial-out" not in args:
+        wait_until(lambda: not port_is_free(HOST, port), f"{name} listening", proc)
+    return proc
 
 
 def healthy_workers(hub: Proc, trusted: ssl.SSLContext) -> int | None:
@@ -52,7 +57,9 @@ def healthy_workers(hub: Proc, trusted: ssl.SSLContext) -> int | None:
         reply = httpx.get(https(hub) + "/health", verify=trusted, timeout=2)
     except httpx.HTTPError:
         return None
-    workers: int = reply.json()["workers"]
+    body = reply.json()
+    assert "workers" in body, (reply.status_code, body)  # the hub's own /health, not another's
+    workers: int = body["workers"]
     return workers
 
 
