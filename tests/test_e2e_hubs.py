@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from gollama.tools.cluster import http_status
+from gollama.tools.models import REAL_MODEL_ARGS
 from tests.procs import Proc, Processes, logged, stats, wait_until, worker_state
 from tests.prom import parse, scrape, value
 
@@ -229,6 +230,43 @@ async def test_conversations_and_responses_follow_across_hubs(
             await on_b.responses.create(
                 model="any", input="x", previous_response_id="resp_nobody_made_this"
             )
+
+
+async def test_a_real_conversation_across_two_hubs_reuses_its_replies(
+    procs: Processes, gemma: Path
+) -> None:
+    """On the real model, whose replies are text that comes back in the next turn's prompt
+    token for token: turns alternating between two hubs stay on one worker, and each turn
+    takes the whole conversation so far (the replies too) from that worker's cache."""
+    redis = procs.redis()
+    hubs = [procs.hub("--redis", redis.redis_url, name=f"hub-{n}") for n in "ab"]
+    for n, given in ((1, hubs[0]), (2, hubs[1])):
+        llama = procs.llama(f"llama-{n}", gemma, "-np", "2", *REAL_MODEL_ARGS.split())
+        worker = procs.worker(f"w{n}", given, llama=llama)
+        wait_until(lambda n=n: all(serves(h, f"w{n}") for h in hubs), f"w{n} on both", worker)  # type: ignore[misc]
+
+    stories = [
+        "The lighthouse keeper climbed the stairs every evening at dusk. " * 12,
+        "A fisherman mended his nets on the quay while the gulls watched. " * 12,
+    ]
+    conversations = [[{"role": "system", "content": story}] for story in stories]
+    placed: list[set[str]] = [set(), set()]
+    seen = [0, 0]  # tokens of each conversation so far: prompts and replies
+    async with httpx.AsyncClient(timeout=60) as client:
+        for turn, question in enumerate(["What did he do?", "Why?", "And then?"]):
+            for n, messages in enumerate(conversations):  # each hub has both to place
+                messages.append({"role": "user", "content": question})
+                body = {"messages": messages, "max_tokens": 16, "temperature": 0, "seed": 7}
+                reply = await chat(client, hubs[(turn + n) % 2], {**body, "stop": ["<|", "\n"]})
+                assert reply.status_code == 200, reply.text
+                placed[n].add(reply.headers["x-gollama-worker"])
+                answered = reply.json()
+                answer, timings = answered["choices"][0]["message"]["content"], answered["timings"]
+                # all of the conversation before this turn but the last token of its reply
+                assert timings["cache_n"] >= seen[n] - 1, (n, turn, timings, seen[n])
+                seen[n] = timings["cache_n"] + timings["prompt_n"] + timings["predicted_n"]
+                messages.append({"role": "assistant", "content": answer})
+    assert all(len(workers) == 1 for workers in placed), placed
 
 
 async def test_hubs_keep_serving_while_redis_is_down(
