@@ -142,6 +142,7 @@ def test_responses_as_codex_sends_them_chained(pair: Pair, clients: list[Any]) -
         model="gpt-5", input="And Spain?", previous_response_id=first.id, max_output_tokens=8
     )
     assert second.status == "completed"
+    assert second.previous_response_id == first.id and first.previous_response_id is None
     assert first.usage is not None and second.usage is not None
     # the first turn and its answer came before the new input
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
@@ -169,7 +170,19 @@ def test_a_streamed_response_chains_too(pair: Pair, clients: list[Any]) -> None:
     follow = client.responses.create(
         model="gpt-5", input="Why?", previous_response_id=completed.id, max_output_tokens=4
     )
-    assert follow.status == "completed"
+    assert follow.status == "completed" and follow.previous_response_id == completed.id
+    chained = [  # a streamed one repeats it in each event carrying the response
+        event.response.previous_response_id
+        for event in client.responses.create(
+            model="gpt-5",
+            input="How?",
+            previous_response_id=follow.id,
+            max_output_tokens=4,
+            stream=True,
+        )
+        if event.type in ("response.created", "response.in_progress", "response.completed")
+    ]
+    assert chained and chained == [follow.id] * len(chained)
 
 
 @pytest.mark.parametrize(

@@ -222,7 +222,7 @@ async def test_conversations_and_responses_follow_across_hubs(
         chained = await on_b.responses.create(
             model="any", input="and then?", previous_response_id=first.id, max_output_tokens=16
         )
-        assert chained.status == "completed"
+        assert chained.status == "completed" and chained.previous_response_id == first.id
         assert first.usage is not None and chained.usage is not None
         # its input is the first exchange and then its own
         assert chained.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens

@@ -1,5 +1,6 @@
-"""Server-sent events as relayed: bytes pass unchanged; we only watch how a stream ends, and,
-when the routing policy learns from replies, what text it carries.
+"""Server-sent events as relayed: bytes pass unchanged (but for a chained Responses API stream,
+see `hub.echo`); we only watch how a stream ends, and, when the routing policy learns from
+replies, what text it carries.
 
 `StreamTail` keeps the last few kilobytes of a stream, enough to read its last events; the
 API the stream belongs to (`_apis.Dialect`) says whether they mark a complete reply or an

@@ -37,6 +37,7 @@ from gollama.errors import (
     UpstreamError,
 )
 from gollama.hub.accounting import Accounting
+from gollama.hub.echo import AmendEvents, amend_whole
 from gollama.hub.registry import Worker
 from gollama.hub.retry import Answer, Dispatcher, Job
 
@@ -197,6 +198,8 @@ class JobResponse(Response):
                 return
         if answer.status >= 400:  # llama-server's own error answer, in the request's API
             body = self.job.dialect.adopt(body, answer.status)
+        elif self.job.echo is not None:
+            body = amend_whole(body, self.job.echo)
         timings, reply = self._whole_reply(answer)
         # the answer is complete: free the slot first
         self.dispatcher.finish(answer, timings=timings, reply=reply)
@@ -218,21 +221,27 @@ class JobResponse(Response):
         stream = self._stream = Relayed(answer, job, self._learns)
         stream.model = self.accounting.model_label(job.model, answer.worker)
         self.accounting.first_token(stream.model, stream.first_at - self.received)
+        amend = AmendEvents(job.echo) if job.echo is not None else None
         broke: str | None = None
         out_of_time: ApiError | None = None
         try:
             async with asyncio.timeout_at(job.deadline) as self._deadline:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
-                stream.feed(answer.body)
-                await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+                first = amend.feed(answer.body) if amend is not None else answer.body
+                stream.feed(first)
+                await send({"type": "http.response.body", "body": first, "more_body": True})
                 async for chunk in answer.rest():
+                    if amend is not None:
+                        chunk = amend.feed(chunk)
                     stream.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             broke = str(exc)
         except TimeoutError:
             out_of_time = self._out_of_time()
-        await send_closing(send, self._end_stream(stream, broke, out_of_time))
+        rest = amend.flush() if amend is not None else b""  # an event that never ended
+        stream.feed(rest)
+        await send_closing(send, rest + self._end_stream(stream, broke, out_of_time))
 
     def _end_stream(
         self, stream: Relayed, broke: str | None = None, out_of_time: ApiError | None = None

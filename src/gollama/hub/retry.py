@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,8 @@ class Job:
     keep: Keep | None = None  # hears the complete answer (the Responses API keeps it)
     max_tokens: int | None = None  # its token limit, when it sets one
     share: Share = ANYONE  # whose request it is, for the queue's fair share
+    # fields the hub adds to the API's response objects (see `echo`)
+    echo: Mapping[str, Any] | None = None
 
 
 # Hears the parsed complete answer of a job: a whole body, or a stream's final response.

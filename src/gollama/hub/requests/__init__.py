@@ -14,7 +14,7 @@ end, as it does when called directly). The original `/chat` keeps its own defaul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,7 @@ def job(
     keep: Keep | None = None,
     body: bytes | None = None,
     content_type: str = "application/json",
+    echo: Mapping[str, Any] | None = None,
 ) -> Job:
     """The job of a request whose body is `payload` (or `body` as it came); its model is
     resolved to a served one, and written back into the body when it differs."""
@@ -97,6 +98,7 @@ def job(
         keep,
         _limit(payload),
         ctx.share,
+        echo,
     )
 
 

@@ -51,6 +51,7 @@ def responses(payload: dict[str, Any], ctx: Context) -> Job:
         prompt=prompt,
         extends=True,
         keep=keep,
+        echo={"previous_response_id": previous} if previous is not None else None,
     )
 
 
