@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -17,7 +18,10 @@ pytestmark = pytest.mark.e2e
 
 
 def free_port_run(count: int) -> int:
-    for base in range(20000, 60000, 97):
+    """`count` consecutive free ports (the demo's hub and workers), from a random place: two
+    runs at once (two suites, say) must not both pick the first free run."""
+    start = random.randrange(20000, 30000)
+    for base in range(start, 60000, 97):
         if all(port_is_free("127.0.0.1", base + i) for i in range(count)):
             return base
     raise AssertionError("no run of free ports")
