@@ -69,9 +69,14 @@ class Worker:
             return
         if scope["path"] == "/wait":  # ticks until the client leaves
             listen: asyncio.Future[Message] = asyncio.ensure_future(receive())
-            while not listen.done():
-                await send({"type": "http.response.body", "body": b"tick", "more_body": True})
-                await asyncio.sleep(0.01)
+            try:
+                while not listen.done():
+                    await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+                    await asyncio.sleep(0.01)
+            except OSError:  # a tick sent after the cut or the cancel, before `listen` heard it
+                listen.cancel()
+                self.disconnected.add(rid)
+                return
             if listen.result()["type"] == "http.disconnect":
                 self.disconnected.add(rid)
             return
