@@ -199,6 +199,23 @@ async def test_a_worker_full_with_another_hubs_requests_is_asked_once_not_in_a_l
     assert fake.hits == 1
 
 
+async def test_a_request_a_full_worker_refused_waits_again_first_in_line_even_in_a_full_queue(
+    procs: Processes,
+) -> None:
+    """A request refused by a worker full with another hub's requests was admitted and waited
+    its turn already: it waits again at the front of the line, never refused by a full queue.
+    (It used to join at the back as a newcomer, and a queue of one was full with the other
+    refused request: 429.)"""
+    hub = hub_for_fakes(procs, "--queue-size", "1", "--queue-timeout", "1")
+    fake = FakeWorker("w", "busy")
+    async with serving(fake):
+        fake.register(hub.url, slots=2)  # both requests are sent to it, both are refused
+        replies = await asyncio.gather(*(post(hub, timeout=10) for _ in range(2)))
+    assert fake.hits == 2
+    assert [reply.status_code for reply in replies] == [503, 503]
+    assert {reply.json()["error"]["code"] for reply in replies} == {"queue_timeout"}
+
+
 async def test_when_llama_server_fails_everywhere_its_answer_is_relayed(
     procs: Processes,
 ) -> None:

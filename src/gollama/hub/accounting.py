@@ -105,7 +105,8 @@ class Accounting:
         )
         self._queue_wait = Histogram(
             "gollama_queue_wait_seconds",
-            "Time a request waited for its first worker slot",
+            "Time a request waited in the queue for its first worker slot (with several hubs, "
+            "the waits before a worker full with other hubs' requests refused it included)",
             buckets=WAIT_BUCKETS,
             registry=on,
         )

@@ -17,8 +17,10 @@ codes and structured error bodies, never of reply text):
                                                 (no worker token): taken out, like a fault
     503 worker_busy                             with several hubs: the others' requests hold
                                                 its slots; it counts as full until it reports
-                                                room, and the job waits for a slot again
-                                                (neither a retry nor a fault)
+                                                room, and the job waits for a slot again,
+                                                first in line like a retry (it waited its turn
+                                                already; a full queue does not refuse it), but
+                                                neither counted as a retry nor as a fault
     other 4xx                                   the client's error: relayed, never retried
 
 Once the first byte is on its way to the client, nothing is retried.
@@ -215,10 +217,11 @@ class Dispatcher(Watcher):
     async def answer(self, job: Job) -> Answer:
         """The first usable answer to `job`, or an `ApiError` once every try has failed."""
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         tried: list[str] = []
         failed: Failed | None = None
         attempt = 0
+        refused = False  # a worker full with other hubs' requests refused it: it waited already
+        queued = 0.0  # seconds it waited for slots, across such refusals
         if self.affinity is not None and job.prompt is not None and not job.light:
             hint = await self.affinity.recall(job.prompt)
             if hint is not None:
@@ -238,7 +241,7 @@ class Dispatcher(Watcher):
                         await self.scheduler.registered()
                         lease = self.scheduler.acquire_light(want, retry=attempt > 0)
                     else:
-                        lease = await self.scheduler.acquire(want, retry=attempt > 0)
+                        lease = await self.scheduler.acquire(want, retry=attempt > 0 or refused)
             except NoWorkerAvailable as exc:
                 raise last_error or exc from None
             except TimeoutError:
@@ -257,18 +260,22 @@ class Dispatcher(Watcher):
                 self.affinity.note(lease.worker, job.prompt)  # before the reply can end
             if failed is not None:
                 self.accounting.retried(failed.reason)
-            elif not job.light:
-                self.accounting.queue_waited(time.perf_counter() - started)
+            queued += lease.waited
+            lease.waited = queued  # what the client is told (X-GoLlama-Queue-Wait)
             try:
                 outcome = await self._attempt(job, lease)
             except BaseException:
                 lease.release()
                 raise
+            busy = not isinstance(outcome, Answer) and outcome.busy is not None
+            if failed is None and not busy and not job.light:
+                self.accounting.queue_waited(queued)  # once, for its first real attempt
             if isinstance(outcome, Answer):
                 return outcome
             self._attempt_failed(lease, job, outcome)
-            if outcome.busy is not None:  # not the worker's fault: wait for a slot again
+            if busy:  # not the worker's fault: wait for a slot again, first in line
                 tried.pop()
+                refused = True
                 continue
             failed = outcome
             attempt += 1
