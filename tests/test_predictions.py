@@ -11,6 +11,7 @@ from gollama._predictions import (
     Predicted,
     from_headers,
     kept_for_others,
+    on_the_way,
     parse_running,
     parse_waiting,
     waiting_heard,
@@ -94,3 +95,14 @@ def test_a_free_slot_is_kept_only_for_shorter_waiters_of_other_hubs() -> None:
     assert not kept_for_others([("hub-a", 7.0)], cold, free=1)  # the request is shorter
     assert not kept_for_others([("hub-b", 0.8)], cold, free=1)  # its own hub's: its business
     assert not kept_for_others([], cold, free=1)
+
+
+def test_requests_sent_and_not_reported_yet_are_on_their_way() -> None:
+    """Of the requests a hub sent to a worker (oldest first), those beyond what the worker
+    reports, sent within a second: an older one missing from the report ended there."""
+    sent = [(90.0, 3.0), (99.8, 0.5), (99.9, 0.75)]
+    assert on_the_way(sent, 1, 100.0) == [0.5, 0.75]
+    assert on_the_way(sent, 2, 100.0) == [0.75]
+    assert on_the_way(sent, 3, 100.0) == []
+    assert on_the_way(sent, 0, 100.0) == [0.5, 0.75]  # the first ended; its answer is relayed
+    assert on_the_way(sent, 1, 101.5) == []  # not on its way for that long

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from types import SimpleNamespace
 
 import pytest
 
 from gollama.errors import RelayedError
-from gollama.hub.control import describe_worker
+from gollama.hub.control import beat, describe_worker
+from gollama.hub.queue import Scheduler, Want
 from gollama.hub.registry import (
     FORGET_AFTER,
     PROBE_BACKOFF_MAX,
@@ -17,6 +20,7 @@ from gollama.hub.registry import (
     Worker,
     WorkerState,
 )
+from gollama.hub.routing.simple import LeastBusy
 
 # llama-server's own answer when it runs without --embeddings
 NO_EMBEDDINGS = RelayedError(
@@ -291,3 +295,28 @@ def test_quiet_changes_are_not_told(registry: Registry) -> None:
     assert not worker.serves(None, "/v1/embeddings")
     assert registry.remove("nobody") is None
     assert heard.events == []
+
+
+async def test_a_hubs_answer_to_a_heartbeat_lists_its_requests_on_their_way_as_waiting() -> None:
+    """The heartbeat that says a slot freed lets this hub send a waiter there at once: its
+    answer must still list that request (the worker keeps the slot for it rather than give
+    it to a longer request of another hub sent at the same moment), until the worker's report
+    shows it."""
+    registry = Registry(2.0, shared_slots=True, hub_id="hub-a")
+    scheduler = Scheduler(registry, LeastBusy(), queue_size=10)
+    worker = registry.register(Registration("http://10.0.0.1:9001", ("m",), 1, True), 0)
+    lease = await scheduler.acquire(Want("m", "/v1/chat/completions"))
+    lease.work = 0.5
+    loop = asyncio.get_running_loop()
+    hub = SimpleNamespace(
+        registry=registry,
+        scheduler=scheduler,
+        shared=SimpleNamespace(id="hub-a", hubs=[]),
+        now=loop.time,
+    )
+    payload = {"id": worker.id, "url": worker.url, "models": ["m"], "slots": 1, "healthy": True}
+    answer = beat(hub, {**payload, "in_flight": 0, "in_slots": 0})  # type: ignore[arg-type]
+    assert (answer["hub_id"], answer["waiting"]) == ("hub-a", [0.5])
+    reported = {**payload, "in_flight": 1, "in_slots": 1, "running": [["hub-a", 0.5, 0.01]]}
+    assert beat(hub, reported)["waiting"] == []  # type: ignore[arg-type]
+    lease.release()

@@ -21,12 +21,18 @@ its heartbeats, `"waiting": [[hub, seconds], ...]`: load on the worker, ahead of
 (`Worker.waiting_elsewhere`). A worker also keeps a free slot from a request when waiters of
 other hubs that need it for less time hold out for it (`kept_for_others`): the hub that hears
 first of a freed slot would otherwise give it to a request that goes as well elsewhere.
+
+A waiter stops holding out the moment its hub hears the slot freed and sends it there: the
+hub's answer to that very heartbeat would list no one, and a cold request another hub sent at
+the same moment would take the slot first (traced: the reservation then never fired). So a
+hub also lists, as waiting, its requests on their way to the worker: those it sent there
+within `ON_THE_WAY` seconds that the worker's report does not show yet (`on_the_way`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gollama.errors import BadRequest
@@ -36,6 +42,7 @@ WORK_HEADER = "X-GoLlama-Work"
 MAX_HUB_ID = 64  # characters
 MAX_SECONDS = 86_400.0  # more than any prediction or request's age
 MAX_RUNNING = 10_000  # entries a heartbeat may carry
+ON_THE_WAY = 1.0  # seconds: a request sent this recently and not reported yet is on its way
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,15 @@ def kept_for_others(waiting: Iterable[tuple[str, float]], predicted: Predicted, 
         1 for hub, seconds in waiting if hub != predicted.hub and seconds < predicted.seconds
     )
     return shorter >= free
+
+
+def on_the_way(sent: Sequence[tuple[float, float]], reported: int, now: float) -> list[float]:
+    """The predicted seconds of a hub's requests on their way to a worker: of those it sent
+    there (`sent`: (when, seconds) of each, oldest first), the ones beyond the `reported` the
+    worker's heartbeat shows, sent within `ON_THE_WAY` seconds of `now` (an older one the
+    report lacks has ended there while its answer is still being relayed)."""
+    newer = sent[reported:] if reported < len(sent) else ()
+    return [seconds for when, seconds in newer if now - when < ON_THE_WAY]
 
 
 def parse_running(value: object) -> tuple[tuple[str, float, float], ...]:

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from gollama._asgi import read_object
-from gollama._predictions import parse_running, parse_waiting
+from gollama._predictions import on_the_way, parse_running, parse_waiting
 from gollama._tunnel import IDENTITY_HEADER, SCHEME
 from gollama._values import http_url
 from gollama.errors import ApiError, BadRequest, UnknownWorker, json_response
@@ -72,15 +72,19 @@ def beat(hub: Hub, payload: dict[str, Any], tunnel: str | None = None) -> dict[s
     worker_id = _required_name(payload, "id")
     worker = hub.registry.get(worker_id)
     state_before = worker.state if worker else None
-    worker = hub.registry.heartbeat(worker_id, parse_registration(payload, tunnel), hub.now())
+    info = parse_registration(payload, tunnel)
+    worker = hub.registry.heartbeat(worker_id, info, hub.now())
     if worker is None:
         raise UnknownWorker(f"no worker {worker_id!r} is registered here; register again")
     if worker.state is not state_before:
         log.info("worker %s is %s", worker.id, worker.state.value)
     reply = {"id": worker.id, "state": worker.state.value, **_hubs(hub)}
     if hub.shared is not None:  # the worker tells the other hubs who waits for it here
-        waiting = [round(seconds, 3) for seconds in hub.scheduler.held_out_for(worker)]
-        reply.update(hub_id=hub.shared.id, waiting=waiting)
+        own = hub.shared.id
+        reported = sum(1 for entry in info.running if entry[0] == own)
+        sent = on_the_way(hub.scheduler.sent_to(worker), reported, hub.now())
+        waiting = hub.scheduler.held_out_for(worker) + sent  # this heartbeat's pass sent some
+        reply.update(hub_id=own, waiting=[round(seconds, 3) for seconds in waiting])
     return reply
 
 

@@ -198,6 +198,10 @@ class Scheduler(Watcher):
     def held_out_for(self, worker: Worker) -> list[float]:
         return self._holds.works_for(worker)
 
+    def sent_to(self, worker: Worker) -> list[tuple[float, float]]:
+        """(when, predicted seconds) of each request holding a slot on `worker`, oldest first."""
+        return [(lease.started, lease.work) for lease in self._running.get(worker, ())]
+
     def describe_tenants(self) -> dict[str, dict[str, Any]]:
         """Per tenant (API key), as `FairShare.describe` (the loop's clock is monotonic)."""
         return self._fair.describe(time.monotonic())
