@@ -50,6 +50,9 @@ class Conversed:
     cached_share: float
     wall: float
     moves: int
+    # seconds the llama-servers spent computing prompts and replies (their /metrics): the
+    # same work on a slower moment of the machine takes more, which TTFT alone cannot tell
+    compute: float
 
 
 async def multiturn(hubs: int, load_: Workload, folder: Path) -> Conversed:
@@ -112,6 +115,7 @@ async def multiturn(hubs: int, load_: Workload, folder: Path) -> Conversed:
         turns=[t for conversation in results for t in conversation],
         cached_share=cached / (cached + computed) if cached + computed else 0.0,
         wall=wall,
+        compute=total("prompt_seconds_total") + total("tokens_predicted_seconds_total"),
         moves=sum(
             1
             for conversation in results
@@ -170,7 +174,8 @@ def render(
 ) -> tuple[list[Table], str]:
     turns = Table(title="Multi-turn conversations, turns round robin over the hubs")
     columns = ["hubs", "seed", "requests", "failures", "wall s", "TTFT mean ms", "TTFT p90 ms"]
-    columns += ["cached share", "moves", "vs 1 hub: cached", "vs 1 hub: TTFT"]
+    columns += ["cached share", "moves", "server compute s", "servers busy"]
+    columns += ["vs 1 hub: cached", "vs 1 hub: compute", "vs 1 hub: TTFT"]
     for column in columns:
         turns.add_column(column, justify="left" if column == "hubs" else "right")
     baseline = {c.seed: c for c in conversed if c.label == "1 hub"}
@@ -189,7 +194,10 @@ def render(
             f"{percentile(ok, 0.9):.0f}",
             f"{c.cached_share:.3f}",
             str(c.moves),
+            f"{c.compute:.1f}",
+            f"{c.compute / (c.wall * LLAMAS):.2f}",
             f"{c.cached_share / base.cached_share:.3f}" if base.cached_share else "",
+            f"{c.compute / base.compute:.2f}" if base.compute else "",
             f"{mean(ok) / mean(base_ok):.2f}",
         ]
         turns.add_row(*row)
@@ -223,7 +231,11 @@ def render(
             "Two hubs share a Redis; each turn goes to the next hub in turn, so consecutive turns "
             "of a conversation reach different hubs. Cached share: prompt tokens the "
             "llama-servers took from their caches (their /metrics). Moves: turns served on "
-            "another server than the turn before.",
+            "another server than the turn before. Server compute: the seconds the llama-servers "
+            "spent on prompts and replies (their /metrics); servers busy: that over the wall "
+            "time of all four. Equal work taking more compute seconds is the machine running "
+            "slower at that moment (its speed varies from second to second), not the routing; "
+            "a lower busy share with equal compute is time the servers sat idle.",
             "",
             *lines,
             "",
