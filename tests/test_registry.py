@@ -304,9 +304,11 @@ async def test_a_hubs_answer_to_a_heartbeat_lists_its_requests_on_their_way_as_w
     shows it."""
     registry = Registry(2.0, shared_slots=True, hub_id="hub-a")
     scheduler = Scheduler(registry, LeastBusy(), queue_size=10)
-    worker = registry.register(Registration("http://10.0.0.1:9001", ("m",), 1, True), 0)
+    worker = registry.register(Registration("http://10.0.0.1:9001", ("m",), 2, True), 0)
     lease = await scheduler.acquire(Want("m", "/v1/chat/completions"))
     lease.work = 0.5
+    # sent without a prediction (no work estimated): never in the worker's report, not listed
+    unpredicted = await scheduler.acquire(Want("m", "/v1/chat/completions"))
     loop = asyncio.get_running_loop()
     hub = SimpleNamespace(
         registry=registry,
@@ -314,9 +316,10 @@ async def test_a_hubs_answer_to_a_heartbeat_lists_its_requests_on_their_way_as_w
         shared=SimpleNamespace(id="hub-a", hubs=[]),
         now=loop.time,
     )
-    payload = {"id": worker.id, "url": worker.url, "models": ["m"], "slots": 1, "healthy": True}
-    answer = beat(hub, {**payload, "in_flight": 0, "in_slots": 0})  # type: ignore[arg-type]
+    payload = {"id": worker.id, "url": worker.url, "models": ["m"], "slots": 2, "healthy": True}
+    answer = beat(hub, {**payload, "in_flight": 1, "in_slots": 1})  # type: ignore[arg-type]
     assert (answer["hub_id"], answer["waiting"]) == ("hub-a", [0.5])
-    reported = {**payload, "in_flight": 1, "in_slots": 1, "running": [["hub-a", 0.5, 0.01]]}
+    reported = {**payload, "in_flight": 2, "in_slots": 2, "running": [["hub-a", 0.5, 0.01]]}
     assert beat(hub, reported)["waiting"] == []  # type: ignore[arg-type]
     lease.release()
+    unpredicted.release()

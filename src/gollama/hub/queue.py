@@ -199,8 +199,10 @@ class Scheduler(Watcher):
         return self._holds.works_for(worker)
 
     def sent_to(self, worker: Worker) -> list[tuple[float, float]]:
-        """(when, predicted seconds) of each request holding a slot on `worker`, oldest first."""
-        return [(lease.started, lease.work) for lease in self._running.get(worker, ())]
+        """(when, predicted seconds) of each request holding a slot on `worker` that went with
+        a prediction (the worker reports those), oldest first."""
+        leases = self._running.get(worker, ())
+        return [(lease.started, lease.work) for lease in leases if lease.work > 0]
 
     def describe_tenants(self) -> dict[str, dict[str, Any]]:
         """Per tenant (API key), as `FairShare.describe` (the loop's clock is monotonic)."""
