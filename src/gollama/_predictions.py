@@ -84,8 +84,7 @@ def on_the_way(sent: Sequence[tuple[float, float]], reported: int, now: float) -
     there (`sent`: (when, seconds) of each, oldest first), the ones beyond the `reported` the
     worker's heartbeat shows, sent within `ON_THE_WAY` seconds of `now` (an older one the
     report lacks has ended there while its answer is still being relayed)."""
-    newer = sent[reported:] if reported < len(sent) else ()
-    return [seconds for when, seconds in newer if now - when < ON_THE_WAY]
+    return [seconds for when, seconds in sent[reported:] if now - when < ON_THE_WAY]
 
 
 def parse_running(value: object) -> tuple[tuple[str, float, float], ...]:
