@@ -375,6 +375,51 @@ def test_speeds_are_learned_from_timings_apart() -> None:
     assert described["reply_tokens"] == 8
 
 
+def greeted(policy: CacheAware, worker: Worker) -> None:
+    """A short chat ("Hi", as a client's first check sends) served on `worker`: a few
+    characters, dozens of tokens of chat template around them."""
+    hello = chat([{"role": "user", "content": "Hi"}])
+    assert hello.prompt is not None and hello.prompt.chars < 20
+    prediction = policy.placed(hello, worker)
+    timings = Timings(56, 0, 1, prompt_ms=70.0, predicted_ms=1.0)
+    policy.observe(worker, Outcome(hello.prompt, prediction, timings, "Hello", 0.1))
+
+
+def test_a_short_prompt_does_not_skew_the_tokens_per_character() -> None:
+    """Tokens per character weigh each prompt by its length: a greeting's template tokens
+    must not make the long prompts after it look several times longer than they are."""
+    (worker,) = workers(1)
+    policy = CacheAware()
+    greeted(policy, worker)
+    serve(policy, chat(conversation(DOC, "q")), worker)  # one token per character
+    for speeds in (policy.index.caches[worker].speeds, policy.overall):
+        assert speeds.tokens_per_char == pytest.approx(1.0, rel=0.1)  # not 4.7
+    want = chat(conversation(DOC, "q", "q2"))
+    assert want.prompt is not None
+    work = choose(policy, want, [worker]).work
+    cold_prefill = want.prompt.chars / 2000  # its speeds: 2,000 tokens a second, 1 per char
+    assert work < cold_prefill  # held: only the new turn is computed, not 4.7x the prompt
+
+
+def test_a_hit_is_judged_a_hit_whatever_the_learned_tokens_per_character() -> None:
+    """Whether a predicted hit was one is read from llama.cpp's own counts: a skewed
+    tokens-per-character must not turn a hit into a "miss" that shrinks the learned capacity
+    and drops the conversations the server holds."""
+    (worker,) = workers(1)
+    policy = CacheAware()
+    greeted(policy, worker)
+    policy.index.caches[worker].speeds.tokens_per_char = 5.0  # skewed, as a greeting once made it
+    first = chat(conversation(DOC, "q"))
+    serve(policy, first, worker, reply="answer 1")
+    policy.index.caches[worker].speeds.tokens_per_char = 5.0
+    second = chat(conversation(DOC, "q", "q2"))
+    assert serve(policy, second, worker) > 0  # predicted a hit, and llama.cpp reused it
+    accuracy = policy.describe()["prediction"]
+    assert accuracy["missed_hits"] == 0 and accuracy["confirmed_hits"] == 1
+    assert policy.describe()["workers"]["w1"]["capacity_chars"] is None  # not shrunk
+    assert worker in policy.index.matches(second.prompt or PromptKey((), ()))
+
+
 def test_a_prompt_computed_beside_another_counts_as_computed_alone() -> None:
     """llama.cpp computes its busy slots together: a prompt that shared a two-slot worker with
     another request was computed slower than the worker computes one alone."""

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gollama._tokens import Timings
 from gollama.hub.registry import Worker
 from gollama.hub.routing.policy import Outcome, Prediction
 from gollama.hub.routing.prompts import PromptKey
@@ -42,7 +43,12 @@ class Speeds:
 
     prefill_tps: float | None = None  # prompt tokens computed per second
     decode_tps: float | None = None  # tokens generated per second
+    # Prompt tokens per character: the ratio of the running averages of both, so each prompt
+    # weighs as much as it is long. An average of each prompt's own ratio would let a short
+    # one ("Hi": a few characters, dozens of tokens of chat template) skew it many times over.
     tokens_per_char: float | None = None
+    prompt_tokens: float | None = None
+    prompt_chars: float | None = None
     reply_tokens: float | None = None  # tokens a reply has
 
     def learn(self, outcome: Outcome) -> None:
@@ -52,7 +58,9 @@ class Speeds:
         prompt_chars = outcome.prompt.chars if outcome.prompt is not None else 0
         prompt_tokens = timings.prompt_computed + timings.prompt_cached
         if prompt_chars and prompt_tokens:
-            self.tokens_per_char = _average(self.tokens_per_char, prompt_tokens / prompt_chars)
+            self.prompt_tokens = _average(self.prompt_tokens, prompt_tokens)
+            self.prompt_chars = _average(self.prompt_chars, prompt_chars)
+            self.tokens_per_char = self.prompt_tokens / self.prompt_chars
         if timings.prompt_computed >= MIN_PREFILL_TOKENS and timings.prompt_ms > 0:
             # a prompt computed beside others went slower than the worker can: learn its
             # speed alone (the estimate slows it down again by the share busy then)
@@ -174,7 +182,7 @@ class PrefixIndex:
         prompt, prediction, timings = outcome.prompt, outcome.prediction, outcome.timings
         if prompt is None or prediction is None or timings is None:
             return
-        self._judge(worker, cache, prompt, prediction, timings.prompt_cached)
+        self._judge(worker, cache, prompt, prediction, timings)
         if outcome.reply is not None:
             extended = prompt.extended("assistant", outcome.reply)
             cache.clock += extended.chars - prompt.chars
@@ -194,17 +202,19 @@ class PrefixIndex:
         cache: WorkerCache,
         prompt: PromptKey,
         prediction: Prediction,
-        cached_tokens: int,
+        timings: Timings,
     ) -> None:
-        tokens_per_char = cache.speeds.tokens_per_char or 1.0
-        predicted_tokens = round(prediction.cached_chars * tokens_per_char)
-        prompt_tokens = prompt.chars * tokens_per_char
-        predicted_hit = predicted_tokens >= HIT_SHARE * prompt_tokens
-        hit = cached_tokens >= HIT_SHARE * prompt_tokens
+        # Both sides as shares of the prompt, each in its own unit: the prediction in
+        # characters, llama.cpp's answer in its tokens (no conversion that a skewed
+        # tokens-per-character could tilt).
+        prompt_tokens = timings.prompt_cached + timings.prompt_computed
+        predicted_hit = prediction.cached_chars >= HIT_SHARE * prompt.chars
+        hit = timings.prompt_cached >= HIT_SHARE * prompt_tokens
+        predicted_tokens = round(prediction.cached_chars * prompt_tokens / max(prompt.chars, 1))
         accuracy = self.accuracy
         accuracy.predictions += 1
         accuracy.correct += predicted_hit == hit
-        accuracy.abs_error_tokens += abs(predicted_tokens - cached_tokens)
+        accuracy.abs_error_tokens += abs(predicted_tokens - timings.prompt_cached)
         distance = prediction.clock - prediction.stamp
         if predicted_hit:
             accuracy.predicted_hits += 1
