@@ -6,17 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 from gollama.hub.requests import Caps, Context
+from gollama.hub.requests import anthropic as anthropic_api
+from gollama.hub.requests import llama as llama_api
 from gollama.hub.requests import openai as openai_api
+from gollama.hub.requests import responses as responses_api
 from gollama.hub.retry import Job
 
 READERS = {
     "/v1/chat/completions": openai_api.chat,
     "/v1/completions": openai_api.completions,
     "/v1/embeddings": openai_api.embeddings,
+    "/v1/messages": anthropic_api.messages,
+    "/v1/responses": responses_api.responses,
+    "/completion": llama_api.completion,
 }
 
 
-def openai_job(
+def read_job(
     endpoint: str,
     payload: dict[str, Any],
     *,
@@ -26,6 +32,7 @@ def openai_job(
     caps: Caps | None = None,
     keyed: bool = False,
 ) -> Job:
+    """`payload` read as the hub reads a request to `endpoint` (one of `READERS`)."""
     ctx = Context(endpoint, request_id, deadline, caps or Caps(), default_max_tokens, keyed)
     return READERS[endpoint](payload, ctx)
 

@@ -24,7 +24,7 @@ from gollama.errors import ApiError, BadRequest
 from gollama.hub.app import openapi_document
 from gollama.hub.requests import Caps
 from tests.procs import Proc, Processes, wait_until, worker_state
-from tests.readers import chat_job, openai_job
+from tests.readers import chat_job, read_job
 
 KEY = "sk-fuzz-0123456789abcdef"
 CAPS = Caps(max_tokens=16, messages=8)
@@ -174,7 +174,7 @@ def test_openai_requests_become_a_job_or_a_clear_400(
     endpoint: str, payload: dict[str, Any]
 ) -> None:
     try:
-        job = openai_job(
+        job = read_job(
             endpoint, payload, default_max_tokens=100, request_id="r", deadline=1.0, caps=CAPS
         )
     except BadRequest as exc:

@@ -9,11 +9,12 @@ import pytest
 
 from gollama._asgi import parse_object, request_id
 from gollama.errors import BadRequest
-from tests.readers import chat_job, openai_job
+from gollama.hub.requests import Caps
+from tests.readers import chat_job, read_job
 
 
 def job(endpoint: str, payload: dict[str, object], default_max_tokens: int = 100) -> dict[str, Any]:
-    made = openai_job(
+    made = read_job(
         endpoint, payload, default_max_tokens=default_max_tokens, request_id="r", deadline=1.0
     )
     body: dict[str, Any] = orjson.loads(made.body)
@@ -45,8 +46,35 @@ def test_the_default_max_tokens_applies_only_when_none_is_set() -> None:
     assert "max_tokens" not in job("/v1/embeddings", {"input": "x"})
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "field", "extra"),
+    [
+        ("/v1/chat/completions", "max_tokens", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/messages", "max_tokens", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/responses", "max_output_tokens", {"input": "x"}),
+        ("/completion", "n_predict", {"prompt": "x"}),
+    ],
+)
+def test_a_limit_past_the_cap_is_served_with_the_cap(
+    endpoint: str, field: str, extra: dict[str, Any]
+) -> None:
+    """Agents send fixed large limits (Claude Code: 64,000): held to the hub's cap, not
+    refused; llama.cpp's n_predict -1 (no limit) too. Without a cap they pass unchanged."""
+    asked = [64_000, *([-1] if field == "n_predict" else [])]
+    for value in asked:
+        payload = {**extra, field: value}
+        capped = read_job(endpoint, payload, default_max_tokens=0, caps=Caps(max_tokens=32768))
+        assert orjson.loads(capped.body)[field] == 32768
+        free = read_job(endpoint, {**extra, field: value}, default_max_tokens=0)
+        assert orjson.loads(free.body)[field] == value
+    within = read_job(
+        endpoint, {**extra, field: 500}, default_max_tokens=0, caps=Caps(max_tokens=32768)
+    )
+    assert orjson.loads(within.body)[field] == 500
+
+
 def test_routing_fields_are_read() -> None:
-    made = openai_job(
+    made = read_job(
         "/v1/completions",
         {"prompt": "x", "model": "m", "stream": True},
         default_max_tokens=0,
@@ -54,7 +82,7 @@ def test_routing_fields_are_read() -> None:
         deadline=1.0,
     )
     assert (made.model, made.stream, made.endpoint) == ("m", True, "/v1/completions")
-    embed = openai_job(
+    embed = read_job(
         "/v1/embeddings",
         {"input": "x", "stream": True},
         default_max_tokens=0,
@@ -90,7 +118,7 @@ def test_routing_fields_are_read() -> None:
 )
 def test_bad_fields_name_the_parameter(endpoint: str, payload: dict[str, Any], param: str) -> None:
     with pytest.raises(BadRequest) as error:
-        openai_job(endpoint, payload, default_max_tokens=1, request_id="r", deadline=1.0)
+        read_job(endpoint, payload, default_max_tokens=1, request_id="r", deadline=1.0)
     assert error.value.param == param
 
 

@@ -281,7 +281,9 @@ class HubConfig(ServerConfig):
         "--max-tokens-limit",
         "GOLLAMA_MAX_TOKENS_LIMIT",
         non_negative_int,
-        "largest max_tokens a request may ask for; larger ones get 400 (0 = no cap)",
+        "most tokens a reply may have: a request asking for more (max_tokens, "
+        "max_completion_tokens, max_output_tokens, n_predict) is served with this many, as "
+        "llama-server serves a limit past its context (0 = no cap)",
     )
     max_messages: int = option(
         1024,

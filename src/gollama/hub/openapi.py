@@ -102,8 +102,8 @@ MESSAGE = {
 
 def tokens_field(caps: Caps) -> dict[str, Any]:
     tokens: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
-    if caps.max_tokens:
-        tokens["maximum"] = caps.max_tokens
+    if caps.max_tokens:  # more is not refused: it is served with the cap
+        tokens["description"] = f"a limit above {caps.max_tokens} is served as {caps.max_tokens}"
     return tokens
 
 

@@ -6,7 +6,8 @@ a bad request gets a clear 400 in its API's shape and never takes a slot. Every 
 passes through to llama-server untouched. One module per API: `openai` (and the original
 `/chat`), `llama` (llama.cpp's own), `anthropic`, `responses`.
 
-Token limits: a request's own limit is capped (`--max-tokens-limit`); a request without one
+Token limits: a request's own limit is held to the cap (`--max-tokens-limit`: one asking for
+more is served with the cap, not refused); a request without one
 gets `--api-max-tokens` if the operator set it, else none (llama-server then generates to the
 end, as it does when called directly). The original `/chat` keeps its own default
 (`--default-max-tokens`, 100).
@@ -153,8 +154,11 @@ def text_field(payload: dict[str, Any], field: str, *, needed: bool = False) -> 
 def token_limit(
     ctx: Context, payload: dict[str, Any], fields: Sequence[str], *, default_field: str
 ) -> None:
-    """Check the token limit fields against the cap; a request with none gets the default
-    (if there is one) in `default_field`."""
+    """Check the token limit fields and hold them to the cap: a request asking for more (or
+    llama.cpp's n_predict -1, no limit) is served with the cap, as llama-server serves a
+    limit beyond its context: agents send fixed large limits (Claude Code: 64,000) and must
+    not be refused for it. A request with none gets the default (if there is one) in
+    `default_field`."""
     cap = ctx.caps.max_tokens
     for field in fields:
         value = payload.get(field)
@@ -162,12 +166,11 @@ def token_limit(
             continue
         if isinstance(value, float) and value.is_integer():
             value = payload[field] = int(value)  # 16.0 is an integer in JSON
-        # llama.cpp's n_predict -1 means no limit, which a cap does not allow
-        lowest = -1 if field == "n_predict" and not cap else 1
+        lowest = -1 if field == "n_predict" else 1  # llama.cpp's n_predict -1: no limit
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise BadRequest(f"'{field}' must be an integer of {lowest} or more", param=field)
-        if cap and value > cap:
-            raise BadRequest(f"'{field}' may be at most {cap} on this hub", param=field)
+        if cap and (value > cap or value == -1):
+            payload[field] = cap
     if all(payload.get(field) is None for field in fields):
         default = capped(ctx.default_max_tokens, cap) if ctx.default_max_tokens else 0
         if default:
