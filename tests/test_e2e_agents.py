@@ -1,16 +1,18 @@
-"""OpenAI's Codex CLI itself (from npm, installed by `./run test` into .tools/codex/) against a
-hub in front of two llama-servers on the real model: a turn and its follow-up through the
-Responses API, streamed, with Codex's own instructions and tools, as a user's `codex exec`
-sends them."""
+"""The coding agents themselves (installed by `./run test` from npm into .tools/agents/):
+OpenAI's Codex CLI and Anthropic's Claude Code, each a turn and its follow-up, as a user's
+`codex exec` and `claude -p` send them (their own instructions, tools and token limits),
+through a hub with an API key and default settings in front of two llama-servers on the real
+model. The base model does not stop by itself, so the llama-servers answer through a grammar:
+every reply is "Hello." and ends there, as an instruction-following model's would."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,10 +22,10 @@ from tests.procs import Proc, Processes, stats
 
 pytestmark = pytest.mark.e2e
 
-CODEX = Path(__file__).resolve().parent.parent / ".tools/codex/node_modules/.bin/codex"
-# Codex sends no token limit, and a base model does not stop on its own: the hub sets one.
-REPLY_CAP = "32"
-KEY = "sk-codex-0123456789abcdef"
+AGENTS = Path(__file__).resolve().parent.parent / ".tools/agents/node_modules/.bin"
+KEY = "sk-agents-0123456789abcdef"
+REPLY = "Hello."
+GRAMMAR = f'root ::= "{REPLY}"'
 
 
 @dataclass
@@ -36,44 +38,53 @@ class Cluster:
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, llama_server_binary: str, gemma: Path
 ) -> Iterator[Cluster]:
-    procs = Processes(tmp_path_factory.mktemp("codex"), llama_server_binary)
+    procs = Processes(tmp_path_factory.mktemp("agents"), llama_server_binary)
     try:
-        hub = procs.hub("--api-max-tokens", REPLY_CAP, "--api-keys", KEY)
+        hub = procs.hub("--api-keys", KEY)
         for i in (1, 2):
-            args = ("-np", "1", *REAL_MODEL_ARGS.split())
+            args = ("-np", "1", "--grammar", GRAMMAR, *REAL_MODEL_ARGS.split())
             procs.worker(f"w{i}", hub, llama=procs.llama(f"llama-{i}", gemma, *args))
         models = httpx.get(hub.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
-        model = models.json()["data"][0]["id"]
-        yield Cluster(hub, model)
+        yield Cluster(hub, models.json()["data"][0]["id"])
     finally:
         procs.stop_all()
 
 
-def codex(home: Path, *args: str) -> str:
-    """Run `codex exec` with `home` as its home (config, sessions); what it printed (the reply
-    and its token count), once it exited 0."""
-    assert CODEX.exists(), f"{CODEX} is missing: `./run test` installs it"
+def run_agent(home: Path, env: dict[str, str], *command: str) -> str:
+    """Run an agent's command with `home` as its home (config, sessions) and a project folder
+    in it; what it printed, once it exited 0."""
+    program = AGENTS / command[0]
+    assert program.exists(), f"{program} is missing: `./run test` installs it"
     workdir = home / "project"
     workdir.mkdir(exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "CODEX_HOME": str(home / ".codex"), "HUB_KEY": KEY}
     done = subprocess.run(
-        [str(CODEX), "exec", "--skip-git-repo-check", *args],
+        [str(program), *command[1:]],
         cwd=workdir,
-        env=env,
+        env={**os.environ, "HOME": str(home), **env},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert done.returncode == 0, f"codex exited {done.returncode}:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{command[0]} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
 
-def tokens_used(output: str) -> int:
-    found = re.search(r"tokens used\s+([\d,]+)", output)
-    assert found, f"no token count in Codex's output:\n{output[-2000:]}"
-    return int(found.group(1).replace(",", ""))
+class Counted:
+    """The hub's token and request counts since it was made."""
+
+    def __init__(self, hub: Proc) -> None:
+        self.hub = hub
+        self.before = self._now()
+
+    def _now(self) -> dict[str, Any]:
+        figures = stats(self.hub)
+        return {**figures["tokens"], **figures["requests"]}
+
+    def since(self) -> dict[str, int]:
+        now = self._now()
+        return {name: now[name] - self.before[name] for name in now}
 
 
 def test_codex_talks_to_the_hub_and_its_follow_up_comes_from_the_cache(
@@ -90,23 +101,51 @@ def test_codex_talks_to_the_hub_and_its_follow_up_comes_from_the_cache(
         'wire_api = "responses"\n'
         'env_key = "HUB_KEY"\n'  # the hub asks for an API key: Codex sends it from there
     )
-    first = codex(tmp_path, "Say hello in one word.")
-    after_first = stats(cluster.hub)["tokens"]
-    # Codex's instructions and tool definitions alone are thousands of tokens; it read the
-    # usage from the hub's `response.completed`.
-    prompt = after_first["prompt_computed"] + after_first["prompt_cached"]
+    env = {"CODEX_HOME": str(config.parent), "HUB_KEY": KEY}
+    first_turn = Counted(cluster.hub)
+    first = run_agent(tmp_path, env, "codex", "exec", "--skip-git-repo-check", "Say hello.")
+    counted = first_turn.since()
+    assert REPLY in first
+    # Codex's instructions and tool definitions are thousands of tokens; the count it prints
+    # is the usage the hub relayed in `response.completed`.
+    prompt = counted["prompt_computed"] + counted["prompt_cached"]
     assert prompt > 2000
-    assert tokens_used(first) == prompt + after_first["generated"]
+    assert f"tokens used\n{prompt + counted['generated']:,}" in first
 
-    second = codex(tmp_path, "resume", "--last", "Now say goodbye.")
-    tokens = stats(cluster.hub)["tokens"]
+    follow_up = Counted(cluster.hub)
+    second = run_agent(
+        tmp_path, env, "codex", "exec", "--skip-git-repo-check", "resume", "--last", "Again."
+    )
+    counted = follow_up.since()
+    assert second.count(REPLY) >= 2  # the first turn's reply, shown again, and this one's
     # The follow-up repeats the first turn (Codex stores nothing upstream) and went to the
     # llama-server holding it: nearly all of it came from that server's cache.
-    cached = tokens["prompt_cached"] - after_first["prompt_cached"]
-    computed = tokens["prompt_computed"] - after_first["prompt_computed"]
-    assert cached >= prompt and computed < 200
-    assert tokens_used(second) >= cached + computed
-    requests = stats(cluster.hub)["requests"]
-    assert requests["completed"] == 2 and requests["failed"] == 0
-    assert requests["retries"] == 0 and requests["cancelled"] == 0
-    assert 0 < tokens["generated"] <= 2 * int(REPLY_CAP)  # the hub's limit held for Codex too
+    assert counted["prompt_cached"] >= prompt and counted["prompt_computed"] < 200
+    assert counted["completed"] == 1 and counted["failed"] == counted["retries"] == 0
+
+
+def test_claude_code_talks_to_the_hub_and_its_follow_up_comes_from_the_cache(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Claude Code asks for 64,000 tokens a reply: past the hub's default cap (32,768), it is
+    served with the cap, not refused."""
+    env = {
+        "ANTHROPIC_BASE_URL": cluster.hub.url,
+        "ANTHROPIC_API_KEY": KEY,  # sent as `x-api-key`
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # nothing but the conversation
+    }
+    first_turn = Counted(cluster.hub)
+    first = run_agent(tmp_path, env, "claude", "-p", "Say hello.")
+    counted = first_turn.since()
+    assert first.strip() == REPLY
+    prompt = counted["prompt_computed"] + counted["prompt_cached"]
+    assert prompt > 2000  # its system prompt and tools
+    assert counted["completed"] == 1 and counted["client_errors"] == 0
+
+    follow_up = Counted(cluster.hub)
+    second = run_agent(tmp_path, env, "claude", "-p", "--continue", "Again.")
+    counted = follow_up.since()
+    assert second.strip() == REPLY
+    assert counted["prompt_cached"] >= prompt and counted["prompt_computed"] < 200
+    assert counted["completed"] == 1 and counted["failed"] == counted["retries"] == 0
