@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing import make_policy
 from gollama.hub.routing.cache_aware import CacheAware
-from gollama.hub.routing.policy import Backlog, Candidates, Policy, Want
+from gollama.hub.routing.policy import Backlog, Candidates, Policy, Registered, Want
 from gollama.hub.routing.simple import LeastBusy, RoundRobin
 
 CHAT = Want(None, "/v1/chat/completions")
@@ -40,6 +41,40 @@ def test_round_robin_skips_a_missing_worker_without_losing_its_place() -> None:
     assert pick(policy, [w1, w2, w3]) is w1
     assert pick(policy, [w1, w3]) is w3  # w2 busy: the turn passes to w3
     assert pick(policy, [w1, w2, w3]) is w1  # and then wraps around
+
+
+def test_candidates_in_turn_go_round_from_the_last_chosen() -> None:
+    """`in_turn` gives the open workers that fit in registration order, starting after the
+    last chosen and going round: the same whether it walks the registered workers (many
+    open) or sorts the open ones (few open), and without a model that does not fit."""
+    pool = workers(*[1] * 40)
+    rng = random.Random(5)
+    for _ in range(300):
+        open_workers = rng.sample(pool, rng.choice([1, 2, 3, 20, 39, 40]))
+        rng.shuffle(open_workers)  # the scheduler's open list has no order
+        positions = {w: i for i, w in enumerate(open_workers)}
+        after = rng.randrange(-1, 42)
+        expected = sorted(open_workers, key=lambda w: (w.seq <= after, w.seq))
+        for registered in (Registered.of(pool), None):
+            candidates = Candidates(open_workers, positions, CHAT, registered)
+            assert list(candidates.in_turn(after)) == expected
+    other = Want("other-model", "/v1/chat/completions")
+    everyone = Candidates(pool, {w: i for i, w in enumerate(pool)}, other, Registered.of(pool))
+    assert not list(everyone.in_turn(0))
+
+
+def test_round_robin_goes_round_a_large_cluster() -> None:
+    pool = workers(*[1] * 30)
+    policy = RoundRobin()
+    positions = {w: i for i, w in enumerate(pool)}
+    chosen = []
+    for _ in range(32):
+        choice = policy.choose(
+            CHAT, Candidates(pool, positions, CHAT, Registered.of(pool)), Backlog({}), patient=True
+        )
+        assert choice is not None
+        chosen.append(choice.worker.id)
+    assert chosen == [f"w{n}" for n in range(1, 31)] + ["w1", "w2"]
 
 
 def test_least_busy_prefers_the_smallest_share_of_slots_in_use() -> None:

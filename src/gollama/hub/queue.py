@@ -61,6 +61,7 @@ from gollama.hub.routing.policy import (
     Candidates,
     Choice,
     Policy,
+    Registered,
     Want,
 )
 from gollama.hub.servable import Registering, check_servable
@@ -100,6 +101,7 @@ class Scheduler(Watcher):
         # leases come and go, so no decision walks the whole registry.
         self._open: list[Worker] = []
         self._positions: dict[Worker, int] = {}
+        self._registered = Registered((), ())  # every worker, as of the open list's building
         self._seen_changes = -1  # the registry's `changes` the open list was built for
         self._total_slots = 0  # of the workers registered when the open list was built
         # Waiters holding out for each busy worker, with the seconds each would hold its slot.
@@ -299,7 +301,7 @@ class Scheduler(Watcher):
             return None
         if self.registry.changes != self._seen_changes:
             self._reopen_all()
-        candidates = Candidates(self._open, self._positions, want)
+        candidates = Candidates(self._open, self._positions, want, self._registered)
         return self.policy.choose(want, candidates, backlog, patient=patient)
 
     def _lease(self, want: Want, choice: Choice, waiter: Waiter | None = None) -> Lease:
@@ -485,6 +487,7 @@ class Scheduler(Watcher):
         self._seen_changes = self.registry.changes
         self._total_slots = sum(worker.slots for worker in self.registry)
         self._open, self._positions = [], {}
+        self._registered = Registered.of(self.registry)
         for worker in self.registry:
             self._refresh(worker)
 

@@ -8,10 +8,11 @@ policy hears how it went (`Outcome`), which is how the cache-aware policy learns
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gollama._tokens import Timings
 from gollama.hub.fair_share import ANYONE, Share
@@ -39,21 +40,47 @@ class Want:
         return self.fits(worker) and worker.room_for(self.model)
 
 
+SPARSE = 8  # `in_turn` sorts the open workers when fewer than 1 in this many are open
+
+
+def _seq(worker: Worker) -> int:
+    return worker.seq
+
+
+class Registered(NamedTuple):
+    """Every registered worker in registration order, and their `Worker.seq` (built once per
+    change of the registry, not per decision)."""
+
+    workers: Sequence[Worker]
+    seqs: Sequence[int]
+
+    @classmethod
+    def of(cls, workers: Iterable[Worker]) -> Registered:
+        ordered = sorted(workers, key=_seq)
+        return cls(ordered, [w.seq for w in ordered])
+
+
 class Candidates:
     """The workers that can take `want` now: open (healthy, a free slot) and fitting.
 
     A view over the scheduler's open workers, filtered lazily: iterating costs one check per
-    open worker, `sample` only a few, so a policy can stay fast with a thousand workers.
+    open worker, `sample` only a few, and `in_turn` about one per candidate it yields, so a
+    policy can stay fast with a thousand workers.
     """
 
-    __slots__ = ("_open", "_positions", "_want")
+    __slots__ = ("_open", "_positions", "_registered", "_want")
 
     def __init__(
-        self, open_workers: Sequence[Worker], positions: Mapping[Worker, int], want: Want
+        self,
+        open_workers: Sequence[Worker],
+        positions: Mapping[Worker, int],
+        want: Want,
+        registered: Registered | None = None,
     ) -> None:
         self._open = open_workers
         self._positions = positions  # the index of each open worker in `open_workers`
         self._want = want
+        self._registered = registered  # every registered worker (None: not known)
 
     def __iter__(self) -> Iterator[Worker]:
         takes = self._want.takes
@@ -61,6 +88,25 @@ class Candidates:
 
     def __contains__(self, worker: object) -> bool:
         return isinstance(worker, Worker) and worker in self._positions and self._want.takes(worker)
+
+    def in_turn(self, after: int) -> Iterator[Worker]:
+        """The candidates in registration order, from the first registered after the worker
+        whose `seq` is `after`, going round. Walks the registered workers from there (one
+        check each: the first candidate comes at once when many are open); when few are open
+        for the workers registered, sorts the open ones instead."""
+        takes, positions, registered = self._want.takes, self._positions, self._registered
+        order: Sequence[Worker]
+        seqs: Sequence[int]
+        if registered is None or len(self._open) * SPARSE < len(registered.workers):
+            order = sorted((w for w in self._open if takes(w)), key=_seq)
+            seqs = [w.seq for w in order]
+        else:
+            order, seqs = registered
+        start, count = bisect.bisect_right(seqs, after), len(order)
+        for place in range(start, start + count):  # by index: no copy, no skipping
+            worker = order[place % count]
+            if worker in positions and takes(worker):
+                yield worker
 
     def few(self, count: int) -> bool:
         """Whether `sample(count)` returns every candidate."""

@@ -44,7 +44,8 @@ class RoundRobin(SimplePolicy):
     """The original's policy: each request goes to the next worker in registration order.
 
     A worker that cannot take the request now is skipped without disturbing the turn of the
-    others: the choice is the first candidate registered after the last worker chosen.
+    others: the choice is the first candidate registered after the last worker chosen
+    (`Candidates.in_turn`, which finds it without looking at every open worker).
     """
 
     name = "round_robin"
@@ -55,14 +56,7 @@ class RoundRobin(SimplePolicy):
     def choose(
         self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
-        first: Worker | None = None
-        following: Worker | None = None
-        for worker in candidates:
-            if first is None or worker.seq < first.seq:
-                first = worker
-            if worker.seq > self._last_seq and (following is None or worker.seq < following.seq):
-                following = worker
-        chosen = following or first
+        chosen = next(candidates.in_turn(self._last_seq), None)
         if chosen is None:
             return None
         self._last_seq = chosen.seq
