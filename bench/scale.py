@@ -327,11 +327,13 @@ def index_size(scheduler: Scheduler) -> tuple[int, float] | None:
     tracemalloc.start()
     start = tracemalloc.get_traced_memory()[0]
     copy = CacheAware()
+    holders = copy.index.holders
     for worker, cache in policy.index.caches.items():
         target = copy.index.cache(worker)
+        bit = 1 << copy.index.numbers[worker]
         for link, stamp in cache.links.items():
             target.links[link] = stamp
-            copy.index.holders.setdefault(link, {})[worker] = None
+            holders[link] = holders.get(link, 0) | bit
     size = tracemalloc.get_traced_memory()[0] - start
     tracemalloc.stop()
     return links, size / max(links, 1)

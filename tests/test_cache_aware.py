@@ -322,7 +322,7 @@ def test_the_index_is_bounded_and_evicts_the_least_recently_used() -> None:
         serve(policy, want, worker)
     cache = policy.index.caches[worker]
     assert len(cache.links) <= 50
-    assert sum(len(held) for held in policy.index.holders.values()) == len(cache.links)
+    assert sum(mask.bit_count() for mask in policy.index.holders.values()) == len(cache.links)
     assert worker not in policy.index.matches(wants[0].prompt or PromptKey((), ()))
     assert worker in policy.index.matches(wants[-1].prompt or PromptKey((), ()))
 
@@ -438,6 +438,23 @@ def test_a_worker_that_leaves_is_forgotten() -> None:
     policy.forget(a)
     assert policy.index.holders == {}
     assert choose(policy, want, [b]).worker is b
+
+
+def test_a_worker_that_comes_after_one_that_left_holds_nothing_of_it() -> None:
+    """Holders are bits numbered per worker; a newcomer takes the number of one that left
+    (masks stay short) and inherits none of its prompts."""
+    a, b, c = workers(3)
+    policy = CacheAware()
+    kept, lost = chat(conversation(DOC, "kept")), chat(conversation("other " + DOC, "lost"))
+    serve(policy, kept, b)
+    serve(policy, lost, a)
+    serve(policy, kept, a)
+    number = policy.index.numbers[a]
+    policy.forget(a)
+    serve(policy, chat(conversation("third " + DOC, "q")), c)
+    assert policy.index.numbers[c] == number  # `a`'s, free again
+    assert policy.index.matches(lost.prompt or PromptKey((), ())) == {}
+    assert set(policy.index.matches(kept.prompt or PromptKey((), ()))) == {b}
 
 
 def test_a_decision_looks_at_a_sample_of_a_thousand_workers() -> None:
