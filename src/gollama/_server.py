@@ -16,6 +16,7 @@ the drain time, and shuts the app down.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,6 +98,10 @@ def serve(
         ws_ping_timeout=PING_TIMEOUT,
         ws_max_size=config.max_body_bytes + HEAD_ROOM,
     )
+    # What exists now (modules, the app, its configuration: 56,000 objects for a hub, 43,000
+    # for a worker) lives as long as the process: out of the garbage collector's sight, a
+    # full collection no longer walks it each time (10 and 8 ms of a stalled event loop here).
+    gc.freeze()
     GracefulServer(server_config, hooks, config.drain_timeout).run(None if listen else [])
 
 
