@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from gollama.hub.open_workers import OpenWorkers
 from gollama.hub.registry import Registration, Registry, Worker
 from gollama.hub.routing import make_policy
 from gollama.hub.routing.cache_aware import CacheAware
@@ -75,6 +76,33 @@ def test_round_robin_goes_round_a_large_cluster() -> None:
         assert choice is not None
         chosen.append(choice.worker.id)
     assert chosen == [f"w{n}" for n in range(1, 31)] + ["w1", "w2"]
+
+
+def test_candidates_lightest_is_the_next_of_the_least_busy() -> None:
+    """`lightest` gives, of the open workers with the smallest share of slots in use (then
+    fewest requests), the first registered after the last chosen: the same from the open
+    workers kept by load as the scheduler keeps them, and from a scan of every open one."""
+    registry = Registry(heartbeat_interval=2.0)
+    pool = [
+        registry.register(Registration(f"http://10.0.1.{i}:9001", ("m",), 1 + i % 4, True), 0.0)
+        for i in range(40)
+    ]
+    kept = OpenWorkers(registry)
+    rng = random.Random(9)
+    for _ in range(300):
+        for worker in rng.sample(pool, 10):  # requests come and go
+            worker.in_flight = rng.randrange(worker.slots + 1)
+            kept.refresh(worker)
+        kept.current()
+        open_workers = [w for w in pool if w.in_flight < w.slots]
+        assert set(kept.workers) == set(open_workers)
+        after = rng.randrange(-1, 42)
+        least = min((w.in_flight / w.slots, w.in_flight) for w in open_workers)
+        tied = [w for w in open_workers if (w.in_flight / w.slots, w.in_flight) == least]
+        expected = min(tied, key=lambda w: (w.seq <= after, w.seq))
+        assert kept.candidates(CHAT).lightest(after) is expected
+        scan = Candidates(open_workers, {w: i for i, w in enumerate(open_workers)}, CHAT)
+        assert scan.lightest(after) is expected
 
 
 def test_least_busy_prefers_the_smallest_share_of_slots_in_use() -> None:

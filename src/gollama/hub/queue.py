@@ -55,13 +55,12 @@ from gollama.errors import (
 from gollama.hub.fair_share import DEFAULT_AGING, FairShare, Share
 from gollama.hub.hold_outs import HoldOuts, Pass, Waiter, still_patient
 from gollama.hub.lease import Lease
+from gollama.hub.open_workers import OpenWorkers
 from gollama.hub.registry import Registry, Watcher, Worker
 from gollama.hub.routing.policy import (
     Backlog,
-    Candidates,
     Choice,
     Policy,
-    Registered,
     Want,
 )
 from gollama.hub.servable import Registering, check_servable
@@ -99,11 +98,7 @@ class Scheduler(Watcher):
         self._fair: FairShare[Waiter] = FairShare(enabled=fair_share, aging=priority_aging)
         # Workers that can take a request now (healthy, a free slot), kept up to date as
         # leases come and go, so no decision walks the whole registry.
-        self._open: list[Worker] = []
-        self._positions: dict[Worker, int] = {}
-        self._registered = Registered((), ())  # every worker, as of the open list's building
-        self._seen_changes = -1  # the registry's `changes` the open list was built for
-        self._total_slots = 0  # of the workers registered when the open list was built
+        self._open = OpenWorkers(registry)
         # Waiters holding out for each busy worker, with the seconds each would hold its slot.
         self._holds = HoldOuts(look_again=self._dispatch)
         # The leases on each worker, for policies that count what its requests have left.
@@ -226,10 +221,10 @@ class Scheduler(Watcher):
         if worker is None:
             if len(self.registry):  # the first worker came: no more waiting for them
                 self._registering.stop()
-            self._reopen_all()
+            self._open.rebuild()
             self._fail_unservable()
         else:
-            self._refresh(worker)
+            self._open.refresh(worker)
         self._dispatch()
 
     def forget(self, worker: Worker, *, cache_only: bool) -> None:
@@ -238,7 +233,7 @@ class Scheduler(Watcher):
         self.policy.forget(worker)
         self._holds.reconsider(worker)
         if not cache_only:
-            self._close(worker)
+            self._open.close(worker)
 
     def describe_capacity(self, want: Want) -> str:
         """How many workers could serve `want`, and how many of them are healthy now."""
@@ -280,7 +275,7 @@ class Scheduler(Watcher):
         del running[lease]
         if not running:
             del self._running[worker]
-        self._refresh(worker)
+        self._open.refresh(worker)
         self._dispatch()
 
     def _check_servable(self, want: Want) -> None:
@@ -292,17 +287,16 @@ class Scheduler(Watcher):
         check_servable(self.registry, want)
 
     def _backlog(self, ahead: Mapping[Worker, Collection[float]], waiting: int) -> Backlog:
-        crowd = waiting / self._total_slots if self._total_slots else 0.0
+        total = self._open.total_slots
+        crowd = waiting / total if total else 0.0
         now = asyncio.get_running_loop().time()
         return Backlog(ahead, crowd, now, self._running)
 
     def _choose(self, want: Want, backlog: Backlog, *, patient: bool) -> Choice | None:
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return None
-        if self.registry.changes != self._seen_changes:
-            self._reopen_all()
-        candidates = Candidates(self._open, self._positions, want, self._registered)
-        return self.policy.choose(want, candidates, backlog, patient=patient)
+        self._open.current()
+        return self.policy.choose(want, self._open.candidates(want), backlog, patient=patient)
 
     def _lease(self, want: Want, choice: Choice, waiter: Waiter | None = None) -> Lease:
         """A slot for `want` as `choice` says, at once, or for `waiter`, which waited."""
@@ -310,7 +304,7 @@ class Scheduler(Watcher):
         now = asyncio.get_running_loop().time()
         worker.took(want.model, now)  # reserved before any await: no one else takes this slot
         self.in_flight += 1
-        self._refresh(worker)
+        self._open.refresh(worker)
         if waiter is None:
             charged = self._fair.started(want.share, choice.work, now)
         else:
@@ -332,9 +326,8 @@ class Scheduler(Watcher):
 
     def _dispatch(self) -> None:
         """Give free slots to waiters, one at a time, while workers are open."""
-        if self.registry.changes != self._seen_changes:
-            self._reopen_all()
-        while self._waiters and self._open:
+        self._open.current()
+        while self._waiters and self._open.workers:
             if self.max_in_flight and self.in_flight >= self.max_in_flight:
                 return
             picked = self._pick_waiter()
@@ -376,7 +369,7 @@ class Scheduler(Watcher):
         if there is none yet, to the next that does.
         """
         now = walk.backlog.now
-        open_workers = self._positions
+        open_workers = self._open.positions
         rest = iter(waiters)  # not copied: a line may be long
         while True:
             window: list[tuple[float, int, Waiter, Choice | None]] = []  # key, place, waiter
@@ -433,7 +426,7 @@ class Scheduler(Watcher):
         return (
             until is not None
             and now >= until
-            and self._holds.standing(waiter, self._positions) is not None
+            and self._holds.standing(waiter, self._open.positions) is not None
         )
 
     def _ask(self, waiter: Waiter, walk: Pass, patient: bool) -> Choice | None:
@@ -461,35 +454,6 @@ class Scheduler(Watcher):
                 self._check_servable(waiter.want)
             except (ModelNotFound, RelayedError, NoWorkerAvailable, BadRequest) as exc:
                 self._refuse(waiter, exc)
-
-    def _refresh(self, worker: Worker) -> None:
-        """Keep `worker` in the open list exactly when it can take a request now."""
-        is_open = (
-            worker.free_slots > 0 and worker.available and self.registry.get(worker.id) is worker
-        )
-        if is_open and worker not in self._positions:
-            self._positions[worker] = len(self._open)
-            self._open.append(worker)
-        elif not is_open and worker in self._positions:
-            self._close(worker)
-
-    def _close(self, worker: Worker) -> None:
-        """Take `worker` out of the open list (swap with the last, so it costs the same)."""
-        position = self._positions.pop(worker, None)
-        if position is None:
-            return
-        last = self._open.pop()
-        if last is not worker:
-            self._open[position] = last
-            self._positions[last] = position
-
-    def _reopen_all(self) -> None:
-        self._seen_changes = self.registry.changes
-        self._total_slots = sum(worker.slots for worker in self.registry)
-        self._open, self._positions = [], {}
-        self._registered = Registered.of(self.registry)
-        for worker in self.registry:
-            self._refresh(worker)
 
 
 def _first_two(entry: tuple[float, int, Waiter, Choice | None]) -> tuple[float, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -60,6 +60,17 @@ class Registered(NamedTuple):
         return cls(ordered, [w.seq for w in ordered])
 
 
+def load(worker: Worker) -> tuple[float, int]:
+    """How busy `worker` is, for least busy: the share of its slots in use, then requests."""
+    return (worker.in_flight / worker.slots, worker.in_flight)
+
+
+class ByLoad(Protocol):
+    """The open workers by load (`open_workers.ByLoad`)."""
+
+    def lightest(self, after: int, takes: Callable[[Worker], bool]) -> Worker | None: ...
+
+
 class Candidates:
     """The workers that can take `want` now: open (healthy, a free slot) and fitting.
 
@@ -68,7 +79,7 @@ class Candidates:
     policy can stay fast with a thousand workers.
     """
 
-    __slots__ = ("_open", "_positions", "_registered", "_want")
+    __slots__ = ("_by_load", "_open", "_positions", "_registered", "_want")
 
     def __init__(
         self,
@@ -76,11 +87,13 @@ class Candidates:
         positions: Mapping[Worker, int],
         want: Want,
         registered: Registered | None = None,
+        by_load: ByLoad | None = None,
     ) -> None:
         self._open = open_workers
         self._positions = positions  # the index of each open worker in `open_workers`
         self._want = want
         self._registered = registered  # every registered worker (None: not known)
+        self._by_load = by_load  # the open workers by load (None: not known)
 
     def __iter__(self) -> Iterator[Worker]:
         takes = self._want.takes
@@ -107,6 +120,21 @@ class Candidates:
             worker = order[place % count]
             if worker in positions and takes(worker):
                 yield worker
+
+    def lightest(self, after: int) -> Worker | None:
+        """Of the candidates with the smallest share of their slots in use (then the fewest
+        requests in flight), the first registered after the worker whose `seq` is `after`,
+        going round. With the open workers by load, looks at the lightest first; else at
+        every open worker."""
+        takes, positions = self._want.takes, self._positions
+        if self._by_load is not None:
+            return self._by_load.lightest(after, lambda w: w in positions and takes(w))
+        fitting = [w for w in self._open if takes(w)]
+        if not fitting:
+            return None
+        least = min(load(w) for w in fitting)
+        tied = sorted((w for w in fitting if load(w) == least), key=_seq)
+        return tied[bisect.bisect_right(tied, after, key=_seq) % len(tied)]
 
     def few(self, count: int) -> bool:
         """Whether `sample(count)` returns every candidate."""

@@ -7,7 +7,6 @@ are tested as plain functions.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from gollama.hub.registry import Worker
@@ -64,25 +63,20 @@ class RoundRobin(SimplePolicy):
 
 
 class LeastBusy(SimplePolicy):
-    """The worker with the smallest share of its slots in use; ties go round the candidates."""
+    """The worker with the smallest share of its slots in use (then the fewest requests in
+    flight); ties go round, in registration order from the last worker chosen
+    (`Candidates.lightest`, which looks at the lightest workers first)."""
 
     name = "least_busy"
 
     def __init__(self) -> None:
-        self._turn = itertools.count()
+        self._last_seq = -1
 
     def choose(
         self, want: Want, candidates: Candidates, backlog: Backlog, *, patient: bool
     ) -> Choice | None:
-        tied: list[Worker] = []
-        lightest = (2.0, 0)
-        for worker in candidates:
-            load = (worker.in_flight / worker.slots, worker.in_flight)
-            if load < lightest:
-                lightest, tied = load, [worker]
-            elif load == lightest:
-                tied.append(worker)
-        if not tied:
+        chosen = candidates.lightest(self._last_seq)
+        if chosen is None:
             return None
-        tied.sort(key=lambda w: w.seq)
-        return Choice(tied[next(self._turn) % len(tied)])
+        self._last_seq = chosen.seq
+        return Choice(chosen)
