@@ -75,8 +75,8 @@ class Candidates:
     """The workers that can take `want` now: open (healthy, a free slot) and fitting.
 
     A view over the scheduler's open workers, filtered lazily: iterating costs one check per
-    open worker, `sample` only a few, and `in_turn` about one per candidate it yields, so a
-    policy can stay fast with a thousand workers.
+    open worker, `sample` only a few, `in_turn` and `lightest` about one per candidate they
+    look at before the one they give, so a policy can stay fast with a thousand workers.
     """
 
     __slots__ = ("_by_load", "_open", "_positions", "_registered", "_want")
