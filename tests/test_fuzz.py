@@ -188,7 +188,9 @@ def test_openai_requests_become_a_job_or_a_clear_400(
     assert isinstance(body, dict)
     if endpoint != "/v1/embeddings":
         limit = _token_limit(body)
-        assert limit is not None and 1 <= limit <= CAPS.max_tokens  # never unbounded
+        assert limit is not None and limit <= CAPS.max_tokens  # never unbounded
+        # at least one token, but llama.cpp's own n_predict may be 0 (nothing generated)
+        assert limit >= 1 or body.get("n_predict") == 0
     if endpoint == "/v1/chat/completions":
         assert 1 <= len(body["messages"]) <= CAPS.messages
     assert job.stream in (True, False)

@@ -71,6 +71,11 @@ def test_a_limit_past_the_cap_is_served_with_the_cap(
         endpoint, {**extra, field: 500}, default_max_tokens=0, caps=Caps(max_tokens=32768)
     )
     assert orjson.loads(within.body)[field] == 500
+    if field == "n_predict":  # llama.cpp's 0: generate nothing, a limit within any cap
+        nothing = read_job(
+            endpoint, {**extra, field: 0}, default_max_tokens=0, caps=Caps(max_tokens=32768)
+        )
+        assert orjson.loads(nothing.body)[field] == 0
 
 
 def test_routing_fields_are_read() -> None:
