@@ -146,7 +146,9 @@ async def pair() -> AsyncIterator[Pair]:
         dialing = asyncio.create_task(dial.run())
         try:
             async with asyncio.timeout(10):
-                while not tunnels.connected("tunnel://w1"):
+                # both ends: the hub holds the tunnel once it accepted, a moment before the
+                # worker's side has its handshake back
+                while not (tunnels.connected("tunnel://w1") and dial.connected):
                     await asyncio.sleep(0.01)
             yield Pair(tunnels, dial, worker, server, proxy, calls, connections)
         finally:
