@@ -65,8 +65,9 @@ def load(worker: Worker) -> tuple[float, int]:
     return (worker.in_flight / worker.slots, worker.in_flight)
 
 
-class ByLoad(Protocol):
-    """The open workers by load (`open_workers.ByLoad`)."""
+class Lightest(Protocol):
+    """What keeps the open workers by load and gives the lightest (the scheduler's
+    `open_workers.OpenWorkers`)."""
 
     def lightest(self, after: int, takes: Callable[[Worker], bool]) -> Worker | None: ...
 
@@ -79,7 +80,7 @@ class Candidates:
     look at before the one they give, so a policy can stay fast with a thousand workers.
     """
 
-    __slots__ = ("_by_load", "_open", "_positions", "_registered", "_want")
+    __slots__ = ("_lightest", "_open", "_positions", "_registered", "_want")
 
     def __init__(
         self,
@@ -87,13 +88,13 @@ class Candidates:
         positions: Mapping[Worker, int],
         want: Want,
         registered: Registered | None = None,
-        by_load: ByLoad | None = None,
+        lightest: Lightest | None = None,
     ) -> None:
         self._open = open_workers
         self._positions = positions  # the index of each open worker in `open_workers`
         self._want = want
         self._registered = registered  # every registered worker (None: not known)
-        self._by_load = by_load  # the open workers by load (None: not known)
+        self._lightest = lightest  # the open workers by load (None: not known)
 
     def __iter__(self) -> Iterator[Worker]:
         takes = self._want.takes
@@ -127,8 +128,8 @@ class Candidates:
         going round. With the open workers by load, looks at the lightest first; else at
         every open worker."""
         takes, positions = self._want.takes, self._positions
-        if self._by_load is not None:
-            return self._by_load.lightest(after, lambda w: w in positions and takes(w))
+        if self._lightest is not None:
+            return self._lightest.lightest(after, lambda w: w in positions and takes(w))
         fitting = [w for w in self._open if takes(w)]
         if not fitting:
             return None

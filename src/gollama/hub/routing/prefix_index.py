@@ -46,6 +46,7 @@ class Speeds:
     # Prompt tokens per character: the ratio of the running averages of both, so each prompt
     # weighs as much as it is long. An average of each prompt's own ratio would let a short
     # one ("Hi": a few characters, dozens of tokens of chat template) skew it many times over.
+    # Kept, not derived at each read: the cost estimate reads it for every worker it weighs.
     tokens_per_char: float | None = None
     prompt_tokens: float | None = None
     prompt_chars: float | None = None
